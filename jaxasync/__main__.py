@@ -1,0 +1,3 @@
+from jaxasync.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""Named algorithms: each an ``optax.chain`` of worker-axis pieces, plus a registry.
+
+A named algorithm is a factory taking plain numbers and returning an
+``optax.GradientTransformationExtraArgs``. It expects stacked per-worker gradients
+``[W, ...]`` and returns an ordinary update for the server parameters, so it works in
+anyone's training loop::
+
+    import jaxasync as ja
+    tx = ja.delay_adaptive(learning_rate=0.1, num_workers=16)
+    state = tx.init(params)
+    updates, state = tx.update(grads_w, state, params, staleness=tau_w)
+    params = optax.apply_updates(params, updates)
+
+The registry (:data:`ALGORITHMS`) tells the simulator what each algorithm needs beyond
+the cheap side information (``needs``: ``drift_norm``, ``drift``, ``ref_grads``,
+``update_norms``), how many arrivals a server step waits for by default, and whether it
+runs synchronous rounds. Adding an algorithm never needs a change in the simulator:
+decorate its factory with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+
+import optax
+
+from jaxasync import rules
+from jaxasync.transforms import aggregate, scale_by_staleness
+
+#: side information the simulator can compute on request (see :mod:`jaxasync.transforms`)
+KNOWN_NEEDS = frozenset({"drift_norm", "drift", "ref_grads", "update_norms"})
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    """How the simulator runs a named algorithm.
+
+    Attributes:
+      name: registry name (the Hydra ``algorithm=`` option).
+      factory: ``(**numbers) -> optax.GradientTransformationExtraArgs``.
+      needs: extra args beyond ``staleness, mask, worker_ids, key``.
+      arrivals: default arrivals per server step: an int, or ``"all"`` (= M).
+      synchronous: every step all M workers compute at the current version
+        (synchronous SGD, LAG/LASG/SASG); no delay model applies.
+    """
+
+    name: str
+    factory: Callable[..., optax.GradientTransformationExtraArgs]
+    needs: frozenset = frozenset()
+    arrivals: int | str = 1
+    synchronous: bool = False
+
+    def parameters(self) -> list[str]:
+        """Keyword arguments the factory accepts."""
+        return list(inspect.signature(self.factory).parameters)
+
+    def build(self, **kwargs) -> optax.GradientTransformationExtraArgs:
+        """Calls the factory with the kwargs it accepts; an unknown kwarg is an error."""
+        accepted = self.parameters()
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"algorithm {self.name!r}: unknown parameter {unknown[0]!r}; "
+                f"accepted: {', '.join(accepted)}"
+            )
+        return self.factory(**kwargs)
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
+
+
+def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False):
+    """Decorator adding a factory to :data:`ALGORITHMS` under ``name``."""
+    unknown = set(needs) - KNOWN_NEEDS
+    if unknown:
+        raise ValueError(f"register({name!r}): unknown needs {sorted(unknown)}")
+
+    def deco(factory):
+        ALGORITHMS[name] = AlgorithmSpec(name, factory, frozenset(needs), arrivals, synchronous)
+        return factory
+
+    return deco
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    """The registered spec for ``name``; a clear error for an unknown name."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm {name!r}: unknown; choose one of: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+# ----------------------------------------------------------------------------- the first four
+
+
+@register("sync_sgd", arrivals="all", synchronous=True)
+def sync_sgd(learning_rate: float = 0.1) -> optax.GradientTransformationExtraArgs:
+    r"""Synchronous (minibatch) SGD: all M workers at :math:`x_t`, mean of their gradients.
+
+    .. math:: x_{t+1} = x_t - \eta \frac{1}{M} \sum_{i=1}^M g_i(x_t)
+
+    Args:
+      learning_rate: :math:`\eta`.
+    """
+    return optax.chain(aggregate("mean"), optax.sgd(learning_rate))
+
+
+@register("asgd")
+def asgd(learning_rate: float = 0.1) -> optax.GradientTransformationExtraArgs:
+    r"""Asynchronous SGD: every arrival applied at a constant step size.
+
+    .. math:: x_{t+1} = x_t - \eta\, g_i(x_{t-\tau_i})
+
+    (With K arrivals per step, the mean of the K stale gradients.)
+
+    References: Recht, Re, Wright, Niu, "Hogwild!", NeurIPS 2011; Lian, Huang, Li, Liu,
+    "Asynchronous parallel SGD for nonconvex optimization", NeurIPS 2015.
+    """
+    return optax.chain(aggregate("mean"), optax.sgd(learning_rate))
+
+
+@register("staleness_aware")
+def staleness_aware(learning_rate: float = 0.1) -> optax.GradientTransformationExtraArgs:
+    r"""Staleness-aware ASGD: :math:`\eta_i = \eta / \max(1, \tau_i)`.
+
+    Extra args: ``staleness`` (int32[W]).
+
+    Reference: Zhang, Gupta, Lian, Liu, "Staleness-aware Async-SGD for distributed deep
+    learning", IJCAI 2016 (arXiv 1511.05950).
+    """
+    return optax.chain(scale_by_staleness(rules.inverse_staleness), aggregate("mean"),
+                       optax.sgd(learning_rate))
+
+
+@register("delay_adaptive")
+def delay_adaptive(learning_rate: float = 0.1, num_workers: int = 1
+                   ) -> optax.GradientTransformationExtraArgs:
+    r"""Delay-adaptive ASGD: :math:`\eta_i = \eta\, M / \max(M, \tau_i)`.
+
+    Extra args: ``staleness`` (int32[W]).
+
+    Reference: Mishchenko, Bach, Even, Woodworth, "Asynchronous SGD beats minibatch SGD
+    under arbitrary delays", NeurIPS 2022 (arXiv 2206.07638); code
+    github.com/konstmish/asynchronous_sgd.
+    """
+    scaler = lambda tau: rules.delay_adaptive(tau, num_workers)
+    return optax.chain(scale_by_staleness(scaler), aggregate("mean"), optax.sgd(learning_rate))

@@ -1,0 +1,130 @@
+"""Structured config: the Hydra schemas, and their conversion to plain numbers.
+
+Config stops here (DESIGN.md, item 8): everything below takes plain numbers. The same
+:func:`validate` runs for the CLI and for the Python API, so both raise the same
+:class:`ConfigError`, a one-line message naming the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key, the value and what is allowed."""
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+@dataclasses.dataclass
+class AlgorithmConf:
+    """``algorithm/``: a registered algorithm and its numeric parameters."""
+
+    name: str = MISSING
+    arrivals: Any = None          # K per server step; None: the algorithm's default
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class WorkloadConf:
+    """``workload/``: dataset + model + loss + target, and how data is split."""
+
+    name: str = MISSING
+    batch_size: int = 32
+    partition: str = "iid"        # iid | dirichlet | shards
+    dirichlet_alpha: float = 0.5
+    shards_per_worker: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DelayConf:
+    """``delay/``: see :class:`jaxasync.delays.DelayConfig`."""
+
+    kind: str = "event"
+    tau: int = 0
+    low: int = 0
+    high: int = 0
+    p: float = 0.5
+    alpha: float = 2.0
+    scale: float = 1.0
+    max_delay: int | None = None
+    trace_file: str | None = None
+    compute: str = "exponential"
+    mean: float = 1.0
+    sigma: float = 0.5
+    speeds: list[float] | None = None
+    heterogeneity: float = 0.0
+    straggler_fraction: float = 0.0
+    straggler_slowdown: float = 1.0
+
+
+@dataclasses.dataclass
+class NetworkConf:
+    """``network/``: every worker's link."""
+
+    bandwidth: float = math.inf   # bits per second
+    latency: float = 0.0          # seconds per message
+
+
+@dataclasses.dataclass
+class RunConf:
+    """How long, how many workers, which seeds."""
+
+    num_workers: int = 16
+    gradients: int = 16000        # budget in worker gradients (steps = gradients / arrivals)
+    steps: int | None = None      # server steps; overrides `gradients`
+    evals: int = 20               # evaluation points (when eval_every is None)
+    eval_every: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    ring_size: int | None = None  # D; None: enough for the delay model (event: 4 M)
+    eval_train_size: int = 4096
+
+
+@dataclasses.dataclass
+class Config:
+    algorithm: AlgorithmConf = field(default_factory=AlgorithmConf)
+    workload: WorkloadConf = field(default_factory=WorkloadConf)
+    delay: DelayConf = field(default_factory=DelayConf)
+    network: NetworkConf = field(default_factory=NetworkConf)
+    run: RunConf = field(default_factory=RunConf)
+    out_dir: str | None = None
+    plot: bool = True
+    debug: bool = False
+
+
+def register_configs() -> None:
+    """Registers the schemas in Hydra's ConfigStore (a typo becomes an error)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="algorithm", name="schema", node=AlgorithmConf)
+    cs.store(group="workload", name="schema", node=WorkloadConf)
+    cs.store(group="delay", name="schema", node=DelayConf)
+    cs.store(group="network", name="schema", node=NetworkConf)
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def to_config(cfg: Any) -> Config:
+    """An OmegaConf node or a plain dict -> :class:`Config` (unknown keys are errors)."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, Config):
+        return cfg
+    base = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
+    except Exception as e:  # omegaconf's messages are multi-line; keep the first
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config: {msg}") from None
+    return OmegaConf.to_object(merged)

@@ -1,0 +1,303 @@
+"""One experiment: validate a config, build the simulator, run every member, report.
+
+Used by the Hydra CLI, the leaderboard and the tests alike::
+
+    from jaxasync.experiment import run_experiment
+    result = run_experiment({"algorithm": {"name": "asgd", "params": {"learning_rate": 0.05}},
+                             "workload": {"name": "mnist1d_mlp"}, "run": {"gradients": 2000}})
+
+A *member* is one seed with one value of every swept numeric parameter; all members
+of an experiment run as one vmapped, jitted program.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxasync import delays as dl
+from jaxasync import report
+from jaxasync.algorithms import get_algorithm
+from jaxasync.config import Config, ConfigError, to_config
+from jaxasync.sim import SimConfig, Simulator, put_data, run
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _delay_config(c: Config) -> dl.DelayConfig:
+    d = c.delay
+    if d.kind not in dl.KINDS:
+        raise ConfigError(f"delay.kind={d.kind!r}: unknown; choose one of: {', '.join(dl.KINDS)}")
+    if d.compute not in dl.COMPUTE:
+        raise ConfigError(f"delay.compute={d.compute!r}: unknown; choose one of: {', '.join(dl.COMPUTE)}")
+    trace: tuple[int, ...] = ()
+    if d.kind == "trace":
+        if not d.trace_file:
+            raise ConfigError("delay.trace_file: required when delay.kind=trace")
+        try:
+            trace = dl.read_trace(d.trace_file)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+    checks = [
+        ("delay.tau", d.tau, d.tau >= 0, ">= 0"),
+        ("delay.low", d.low, 0 <= d.low, ">= 0"),
+        ("delay.high", d.high, d.high >= d.low, f">= delay.low={d.low}"),
+        ("delay.p", d.p, 0 < d.p <= 1, "in (0, 1]"),
+        ("delay.alpha", d.alpha, d.alpha > 0, "> 0"),
+        ("delay.scale", d.scale, d.scale > 0, "> 0"),
+        ("delay.mean", d.mean, d.mean > 0, "> 0"),
+        ("delay.sigma", d.sigma, d.sigma >= 0, ">= 0"),
+        ("delay.heterogeneity", d.heterogeneity, d.heterogeneity >= 0, ">= 0"),
+        ("delay.straggler_fraction", d.straggler_fraction, 0 <= d.straggler_fraction <= 1, "in [0, 1]"),
+        ("delay.straggler_slowdown", d.straggler_slowdown, d.straggler_slowdown >= 1, ">= 1"),
+    ]
+    if d.max_delay is not None:
+        checks.append(("delay.max_delay", d.max_delay, d.max_delay >= 0, ">= 0"))
+    for key, val, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={val!r}: must be {allowed}")
+    return dl.DelayConfig(
+        kind=d.kind, tau=d.tau, low=d.low, high=d.high, p=d.p, alpha=d.alpha, scale=d.scale,
+        max_delay=d.max_delay, trace=trace, compute=d.compute, mean=d.mean, sigma=d.sigma,
+        speeds=tuple(d.speeds) if d.speeds is not None else None, heterogeneity=d.heterogeneity,
+        straggler_fraction=d.straggler_fraction, straggler_slowdown=d.straggler_slowdown,
+    )
+
+
+def _split_params(params: dict) -> tuple[dict, dict[str, list[float]]]:
+    """Static params (ints, strings, bools) vs numeric ones (floats, lists of floats: swept)."""
+    static, numeric = {}, {}
+    for k, v in params.items():
+        if isinstance(v, bool) or isinstance(v, str) or v is None:
+            static[k] = v
+        elif isinstance(v, float):
+            numeric[k] = [v]
+        elif isinstance(v, int):
+            static[k] = v
+        elif isinstance(v, list | tuple) and v and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            numeric[k] = [float(x) for x in v]
+        else:
+            raise ConfigError(f"algorithm.params.{k}={v!r}: must be a number, a list of numbers, a string or a bool")
+    return static, numeric
+
+
+_POSITIVE = ("learning_rate", "density", "levels")
+_NON_NEGATIVE = ("threshold", "kappa", "lam", "lam0")
+
+
+def _check_params(numeric: dict, static: dict) -> None:
+    for k, vs in itertools.chain(numeric.items(), ((k, [v]) for k, v in static.items())):
+        for v in vs:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            if k in _POSITIVE and not v > 0:
+                raise ConfigError(f"algorithm.params.{k}={v!r}: must be > 0")
+            if k == "density" and not v <= 1:
+                raise ConfigError(f"algorithm.params.density={v!r}: must be in (0, 1]")
+            if k in _NON_NEGATIVE and not v >= 0:
+                raise ConfigError(f"algorithm.params.{k}={v!r}: must be >= 0")
+
+
+class Prepared:
+    """A validated experiment, ready to run (built by :func:`prepare`)."""
+
+    def __init__(self, cfg: Config, workload_factory: Callable | None = None):
+        from jaxasync.data import partition
+        from jaxasync.workloads import get_workload
+
+        self.cfg = cfg
+        r, w, a = cfg.run, cfg.workload, cfg.algorithm
+        try:
+            self.spec = get_algorithm(a.name)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("algorithm ", "algorithm.name=", 1)) from None
+        m = r.num_workers
+        if not isinstance(m, int) or m < 1:
+            raise ConfigError(f"run.num_workers={m!r}: must be an integer >= 1")
+        arrivals = a.arrivals if a.arrivals is not None else self.spec.arrivals
+        if arrivals == "all":
+            arrivals = m
+        if not isinstance(arrivals, int) or arrivals < 1:
+            raise ConfigError(f"algorithm.arrivals={a.arrivals!r}: must be an integer >= 1 or 'all'")
+        if arrivals > m:
+            raise ConfigError(f"algorithm.arrivals={arrivals}: must be <= run.num_workers={m}")
+        self.delay = _delay_config(cfg)
+        static, numeric = _split_params(dict(a.params))
+        _check_params(numeric, static)
+        unknown = sorted(set(static) | set(numeric) - set())
+        accepted = set(self.spec.parameters())
+        for k in unknown:
+            if k not in accepted:
+                raise ConfigError(f"algorithm.params.{k}: unknown for algorithm {a.name!r}; "
+                                  f"accepted: {', '.join(sorted(accepted))}")
+        if not r.seeds:
+            raise ConfigError("run.seeds: must list at least one seed")
+        if r.evals < 1:
+            raise ConfigError(f"run.evals={r.evals!r}: must be >= 1")
+        if r.eval_every is not None and r.eval_every < 1:
+            raise ConfigError(f"run.eval_every={r.eval_every!r}: must be >= 1")
+        if r.steps is not None and r.steps < 1:
+            raise ConfigError(f"run.steps={r.steps!r}: must be >= 1")
+        if r.gradients < 1:
+            raise ConfigError(f"run.gradients={r.gradients!r}: must be >= 1")
+        if w.batch_size < 1:
+            raise ConfigError(f"workload.batch_size={w.batch_size!r}: must be >= 1")
+        if w.partition not in ("iid", "dirichlet", "shards"):
+            raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: iid, dirichlet, shards")
+        if w.dirichlet_alpha <= 0:
+            raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be > 0")
+        if cfg.network.bandwidth <= 0:
+            raise ConfigError(f"network.bandwidth={cfg.network.bandwidth!r}: must be > 0")
+        if cfg.network.latency < 0:
+            raise ConfigError(f"network.latency={cfg.network.latency!r}: must be >= 0")
+
+        rows = m if self.spec.synchronous else arrivals
+        self.rows = rows
+        bound = 0 if self.spec.synchronous else self.delay.bound()
+        if r.ring_size is not None:
+            if r.ring_size < 1:
+                raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
+            if bound is not None and r.ring_size < bound + 1:
+                raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
+                                  f"{bound + 1} (delay.kind={self.delay.kind})")
+            ring = r.ring_size
+        elif bound is not None:
+            ring = bound + 1
+        else:
+            ring = max(16, 4 * m)
+        # The ring depth must also cover the lazy algorithms' history window.
+        ring = max(ring, int(static.get("history", 0)) + 1, 2)
+
+        steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
+        every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
+        steps = math.ceil(steps / every) * every
+
+        wopts = dict(w.options)
+        try:
+            self.workload = (workload_factory or get_workload)(w.name, **wopts)
+        except ValueError as e:
+            raise ConfigError(f"workload: {e}") from None
+        except FileNotFoundError as e:
+            raise ConfigError(f"workload.options.data_dir: {e}") from None
+        labels = np.asarray(self.workload.data.y_train)
+        if self.workload.num_classes is None:
+            labels = np.zeros(labels.shape[0], np.int32) if w.partition == "iid" else labels
+            if w.partition != "iid":
+                raise ConfigError(f"workload.partition={w.partition!r}: needs a classification "
+                                  f"workload; {w.name!r} is regression (use iid)")
+        try:
+            index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
+                                    shards_per_worker=w.shards_per_worker,
+                                    seed=int(wopts.get("seed", 0)))
+        except ValueError as e:
+            raise ConfigError(f"workload.partition: {e}") from None
+        if w.batch_size > int(np.min(size)):
+            raise ConfigError(f"workload.batch_size={w.batch_size}: larger than the smallest worker "
+                              f"shard ({int(np.min(size))} examples with {m} workers)")
+        self.index, self.size = index, size
+        self.sim_config = SimConfig(
+            num_workers=m, arrivals=arrivals, batch_size=w.batch_size, ring_size=ring,
+            steps=steps, eval_every=every, delay=self.delay,
+            network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
+            eval_train_size=r.eval_train_size,
+        )
+        self.static = static
+        # members: seeds x grid of swept numeric parameters
+        names = sorted(numeric)
+        grid = list(itertools.product(*(numeric[k] for k in names))) or [()]
+        self.members = [
+            {"seed": int(s), "params": dict(zip(names, vals, strict=True))}
+            for vals in grid for s in r.seeds
+        ]
+        self.simulator = Simulator(self.spec, static, self.workload, self.sim_config)
+
+    def hparams(self) -> dict:
+        names = self.members[0]["params"].keys()
+        return {k: jnp.asarray([m["params"][k] for m in self.members], jnp.float32) for k in names}
+
+    def keys(self):
+        return jax.vmap(jax.random.PRNGKey)(jnp.asarray([m["seed"] for m in self.members]))
+
+
+def prepare(cfg: Any, workload_factory: Callable | None = None) -> Prepared:
+    """Validates ``cfg`` (dict, OmegaConf or :class:`Config`) and builds the simulator."""
+    return Prepared(to_config(cfg), workload_factory)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def provenance() -> dict:
+    """Versions, device and git revision of this run."""
+    import flax
+    import optax
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                    text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = None, None
+    dev = jax.devices()[0]
+    return {
+        "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
+                     "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                     "optax": optax.__version__, "flax": flax.__version__,
+                     "numpy": np.__version__},
+        "device": {"platform": dev.platform, "kind": dev.device_kind, "count": jax.device_count(),
+                   "host": platform.node(), "processor": platform.processor() or platform.machine()},
+        "git": {"revision": rev, "dirty": dirty},
+    }
+
+
+def _progress_printer(name: str, stream=sys.stdout):
+    t0 = time.perf_counter()
+
+    def show(done: int, total: int, last: list[dict]):
+        h = last[0]
+        acc = h.get("test_accuracy")
+        metric = f"acc {np.mean([x['test_accuracy'] for x in last]):.3f}" if acc is not None else \
+            f"loss {np.mean([x['train_loss'] for x in last]):.4g}"
+        print(f"[{name}] chunk {done}/{total}  step {h['step']}  grads {h['grads']}  "
+              f"{metric}  up {h['bits_up']:.3g} bits  {time.perf_counter() - t0:.1f}s",
+              file=stream, flush=True)
+
+    return show
+
+
+def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
+                   progress: bool = True, workload_factory: Callable | None = None) -> dict:
+    """Validates, runs all members as one program, writes outputs, returns the run record.
+
+    The record (also written as ``run.json`` when ``out_dir`` is given) holds the
+    resolved config, per-member metric histories, counters, targets reached, the
+    staleness histogram, versions, device, git revision and timings.
+    """
+    t_start = time.perf_counter()
+    prep = prepare(cfg, workload_factory)
+    cfg_obj = prep.cfg
+    name = cfg_obj.algorithm.name
+    if progress:
+        print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
+              f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
+              f"members={len(prep.members)} delay={prep.delay.kind}", flush=True)
+    data = put_data(prep.workload, prep.index, prep.size)
+    result = run(prep.simulator, data, prep.keys(), prep.hparams(),
+                 progress=_progress_printer(name) if progress else None)
+    record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
+    if out_dir is not None:
+        report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
+    return record

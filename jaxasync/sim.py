@@ -1,0 +1,483 @@
+"""The parameter-server simulator: one pure server step, scanned, jitted once.
+
+Shape letters: ``S`` members (seeds x hyperparameters, vmapped), ``M`` workers,
+``K`` arrivals per server step (rows ``W = K``), ``D`` ring depth, ``B`` batch.
+
+One server step (DESIGN.md, item 4):
+
+1. pick the K arriving workers (sampled model: K distinct workers at random, each with
+   a sampled delay; event model: the K that finish first; synchronous algorithms: all M
+   at the current version);
+2. gather each arrival's stale parameters from the ring of the last D versions (a
+   gather with a traced index: changing delays never recompiles); an arrival staler than
+   the ring holds is *dropped and counted*, never computed at a wrong version;
+3. sample each arrival's minibatch from its own data shard, compute the gradients
+   vmapped over the worker axis;
+4. pass them through the algorithm (an optax transform) with the side information it
+   declared it needs, apply the update, push the new version into the ring;
+5. advance the clocks (event model: the arrivals start again from the new version once
+   their messages have crossed the link).
+
+A chunk of E steps is one ``lax.scan``, followed by an evaluation, inside one jitted
+function; members are vmapped into the same program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from jaxasync import delays as dl
+from jaxasync.algorithms import AlgorithmSpec
+from jaxasync.transforms import communication, last_decisions, num_params, with_rows
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- ring buffer
+
+
+class Ring(NamedTuple):
+    """The last D parameter versions: leaves ``[D, ...]``, slot ``head`` holds the newest."""
+
+    versions: PyTree
+    head: Array
+
+
+def ring_init(params: PyTree, depth: int) -> Ring:
+    """A ring whose every slot holds ``params``: reading before step 0 gives x_0."""
+    versions = jax.tree.map(lambda p: jnp.broadcast_to(p, (depth,) + p.shape).copy(), params)
+    return Ring(versions, jnp.zeros((), jnp.int32))
+
+
+def ring_push(ring: Ring, params: PyTree) -> Ring:
+    depth = jax.tree.leaves(ring.versions)[0].shape[0]
+    head = (ring.head + 1) % depth
+    versions = jax.tree.map(lambda r, p: r.at[head].set(p), ring.versions, params)
+    return Ring(versions, head)
+
+
+def ring_read(ring: Ring, lag: Array) -> PyTree:
+    """The version pushed ``lag`` pushes ago (``lag`` int32 array, any shape; gathers)."""
+    depth = jax.tree.leaves(ring.versions)[0].shape[0]
+    slot = (ring.head - lag) % depth
+    return jax.tree.map(lambda r: r[slot], ring.versions)
+
+
+# ----------------------------------------------------------------------------- config & state
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """Static simulation settings (plain numbers; Hydra stops above this).
+
+    Attributes:
+      num_workers: M.
+      arrivals: K, arrivals per server step (ignored for synchronous algorithms: M).
+      batch_size: per-worker minibatch B.
+      ring_size: D, versions kept; staler arrivals are dropped.
+      steps: server steps in the run.
+      eval_every: steps per chunk (evaluation points).
+      delay: the delay model.
+      network: the link of every worker.
+      eval_train_size: training examples used to evaluate the training loss.
+    """
+
+    num_workers: int = 16
+    arrivals: int = 1
+    batch_size: int = 32
+    ring_size: int = 64
+    steps: int = 1000
+    eval_every: int = 100
+    delay: dl.DelayConfig = dl.DelayConfig()
+    network: dl.Network = dl.Network()
+    eval_train_size: int = 4096
+
+
+class SimCounts(NamedTuple):
+    """Simulator-side counters (the communication counters live in the optax state)."""
+
+    iterations: Array       # server steps processed
+    grads: Array            # worker gradient computations
+    wasted: Array           # computations whose result was not applied (rejected, dropped)
+    staleness_sum: Array    # over arrivals (float32)
+    staleness_max: Array
+    staleness_hist: Array   # int32[D + 1]; bin D counts arrivals with tau >= D (dropped)
+    batch_loss_sum: Array   # minibatch losses at the stale iterates, summed over the chunk
+    batch_loss_n: Array
+
+
+class SimState(NamedTuple):
+    params: PyTree
+    opt_state: PyTree
+    ring: Ring
+    version: Array          # t: number of versions pushed (updates applied)
+    norms: Array            # float32[D] ||x_slot - x_previous||, aligned with the ring slots
+    clock: Array            # simulated time
+    finish: Array           # float32[M] when each worker's gradient arrives (event model)
+    worker_version: Array   # int32[M] the version each worker is computing on (event model)
+    speed: Array            # float32[M] slowdown factors
+    ref_params: PyTree      # [M, ...] each worker's last-upload iterate (only if needed)
+    counts: SimCounts
+    key: Array
+
+
+class Data(NamedTuple):
+    """Device arrays of a workload, with the per-worker shards."""
+
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    shard_index: Array  # int32[M, n_max]
+    shard_size: Array   # int32[M]
+
+
+# ----------------------------------------------------------------------------- the simulator
+
+
+def _tree_norm(tree: PyTree) -> Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+class Simulator:
+    """Runs one algorithm on one workload under one delay model.
+
+    Args:
+      spec: the algorithm's registry entry.
+      static_hparams: algorithm kwargs fixed at trace time (ints, strings, bools).
+      workload: a :class:`jaxasync.workloads.Workload`.
+      config: :class:`SimConfig`.
+      worker_axis: ``vmap`` options for per-worker work (``spmd_axis_name`` on a mesh).
+    """
+
+    def __init__(self, spec: AlgorithmSpec, static_hparams: dict, workload, config: SimConfig,
+                 worker_axis: dict | None = None):
+        self.spec = spec
+        self.static_hparams = dict(static_hparams)
+        self.workload = workload
+        self.cfg = config
+        self.worker_axis = dict(worker_axis or {})
+        m = config.num_workers
+        self.rows = m if spec.synchronous else config.arrivals
+        if "num_workers" in spec.parameters():
+            self.static_hparams.setdefault("num_workers", m)
+        self.needs = spec.needs
+
+    # -- building blocks -----------------------------------------------------------------
+
+    def make_tx(self, hparams: dict) -> optax.GradientTransformationExtraArgs:
+        return self.spec.build(**self.static_hparams, **hparams)
+
+    def _vmap(self, fn, in_axes=0):
+        return jax.vmap(fn, in_axes=in_axes, axis_name="workers", **self.worker_axis)
+
+    def init(self, key: Array, hparams: dict) -> SimState:
+        """Initial state for one member (vmap it over members)."""
+        cfg = self.cfg
+        k_init, k_speed, k_first, k_run = jax.random.split(key, 4)
+        params = self.workload.init(k_init)
+        tx = self.make_tx(hparams)
+        opt_state = with_rows(tx.init(params), self.rows)
+        speed = dl.worker_speeds(cfg.delay, k_speed, cfg.num_workers)
+        m = cfg.num_workers
+        if cfg.delay.kind == "event" and not self.spec.synchronous:
+            finish = dl.compute_times(cfg.delay, k_first, speed) + cfg.network.seconds(
+                jnp.zeros((m,), jnp.float32))
+        else:
+            finish = jnp.zeros((m,), jnp.float32)
+        ref = (jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape).copy(), params)
+               if "ref_grads" in self.needs else ())
+        d = cfg.ring_size
+        counts = SimCounts(
+            iterations=jnp.zeros((), jnp.int32), grads=jnp.zeros((), jnp.int32),
+            wasted=jnp.zeros((), jnp.int32), staleness_sum=jnp.zeros((), jnp.float32),
+            staleness_max=jnp.zeros((), jnp.int32),
+            staleness_hist=jnp.zeros((d + 1,), jnp.int32),
+            batch_loss_sum=jnp.zeros((), jnp.float32), batch_loss_n=jnp.zeros((), jnp.int32),
+        )
+        return SimState(
+            params=params, opt_state=opt_state, ring=ring_init(params, d),
+            version=jnp.zeros((), jnp.int32), norms=jnp.zeros((d,), jnp.float32),
+            clock=jnp.zeros((), jnp.float32), finish=finish,
+            worker_version=jnp.zeros((m,), jnp.int32), speed=speed, ref_params=ref,
+            counts=counts, key=k_run,
+        )
+
+    def _arrivals(self, state: SimState, key: Array):
+        """Which workers arrive, how stale they are, and the new server clock."""
+        cfg, m = self.cfg, self.cfg.num_workers
+        k_pick, k_tau, k_time = jax.random.split(key, 3)
+        if self.spec.synchronous:
+            ids = jnp.arange(m, dtype=jnp.int32)
+            tau = jnp.zeros((m,), jnp.int32)
+            if cfg.delay.kind == "event":
+                # a round lasts as long as its slowest worker (compute + download + upload)
+                exchange = 2 * cfg.network.seconds(jnp.full((m,), self._dense_bits))
+                now = state.clock + jnp.max(dl.compute_times(cfg.delay, k_time, state.speed)
+                                            + exchange)
+            else:
+                now = state.clock + 1.0
+            return ids, tau, now
+        k = self.rows
+        if cfg.delay.kind == "event":
+            _, ids = jax.lax.top_k(-state.finish, k)
+            ids = ids.astype(jnp.int32)
+            now = jnp.max(state.finish[ids])
+            tau = state.version - state.worker_version[ids]
+        else:
+            ids = jax.random.permutation(k_pick, m)[:k].astype(jnp.int32)
+            tau = dl.sample_delays(cfg.delay, k_tau, k, state.counts.iterations)
+            now = state.clock + 1.0
+        return ids, tau, now
+
+    def _batches(self, data: Data, ids: Array, key: Array):
+        b = self.cfg.batch_size
+        k_idx, k_aug = jax.random.split(key)
+        size = data.shard_size[ids]                                   # [W]
+        pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
+        idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)  # [W, B]
+        x, y = data.x_train[idx], data.y_train[idx]
+        if self.workload.augment is not None:
+            keys = jax.random.split(k_aug, ids.shape[0])
+            x = jax.vmap(self.workload.augment)(keys, x)
+        return x, y
+
+    def step(self, state: SimState, data: Data, hparams: dict) -> SimState:
+        """One server step (pure)."""
+        cfg = self.cfg
+        d = cfg.ring_size
+        tx = self.make_tx(hparams)
+        key, k_arr, k_batch, k_tx, k_next = jax.random.split(state.key, 5)
+        ids, tau, now = self._arrivals(state, k_arr)
+        w = ids.shape[0]
+        live = tau < d                      # staler than the ring holds: dropped
+        lag = jnp.minimum(tau, d - 1)
+        loss_grad = jax.value_and_grad(self.workload.loss)
+
+        if self.spec.synchronous:
+            params_w = None
+            loss_w, grads_w = self._vmap(loss_grad, (None, 0, 0))(state.params, *self._xy(data, ids, k_batch))
+        else:
+            params_w = ring_read(state.ring, lag)
+            x, y = self._batches(data, ids, k_batch)
+            loss_w, grads_w = self._vmap(loss_grad)(params_w, x, y)
+
+        extra = dict(staleness=tau, mask=live, worker_ids=ids, key=k_tx)
+        if "drift_norm" in self.needs or "drift" in self.needs:
+            if params_w is None:
+                drift = jax.tree.map(lambda p: jnp.zeros((w,) + p.shape, p.dtype), state.params)
+            else:
+                drift = jax.tree.map(lambda p, pw: p[None] - pw, state.params, params_w)
+            if "drift" in self.needs:
+                extra["drift"] = drift
+            if "drift_norm" in self.needs:
+                extra["drift_norm"] = jnp.sqrt(sum(
+                    jnp.sum(jnp.square(v.reshape(w, -1)), axis=1) for v in jax.tree.leaves(drift)))
+        if "update_norms" in self.needs:
+            extra["update_norms"] = state.norms[(state.ring.head - jnp.arange(d)) % d]
+        n_ref = 0
+        if "ref_grads" in self.needs:
+            ref_w = jax.tree.map(lambda r: r[ids], state.ref_params)
+            x_ref, y_ref = self._xy(data, ids, k_batch)   # the same minibatch
+            extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x_ref, y_ref)
+            n_ref = w
+
+        updates, opt_state = tx.update(grads_w, state.opt_state, state.params, **extra)
+        rows = last_decisions(opt_state)
+        # A step that applies nothing (all rejected or dropped) makes no new version, so
+        # staleness counts real updates. Without `cond` (vmap would turn it into a select
+        # over the whole ring): when nothing advances, the head slot is rewritten with
+        # the same parameters.
+        advance = jnp.any(rows.applied)
+        new_params = jax.tree.map(lambda p, u: jnp.where(advance, p + u, p), state.params, updates)
+        step_norm = jnp.where(advance, _tree_norm(updates), 0.0)
+        head = (state.ring.head + advance.astype(jnp.int32)) % d
+        ring = Ring(jax.tree.map(lambda r, p: r.at[head].set(p), state.ring.versions, new_params),
+                    head)
+        norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
+        version = state.version + advance.astype(jnp.int32)
+
+        # clocks: each arrival's exchange (its upload, the model download) delays its next
+        # gradient; rejected and dropped workers start again from the new version too.
+        finish, worker_version = state.finish, state.worker_version
+        if cfg.delay.kind == "event" and not self.spec.synchronous:
+            link = cfg.network.seconds(rows.bits_up) + cfg.network.seconds(rows.bits_down)
+            compute = dl.compute_times(cfg.delay, k_next, state.speed[ids])
+            finish = finish.at[ids].set(now + link + compute)
+            worker_version = worker_version.at[ids].set(version)
+
+        ref_params = state.ref_params
+        if "ref_grads" in self.needs:
+            base_w = params_w if params_w is not None else jax.tree.map(
+                lambda p: jnp.broadcast_to(p, (w,) + p.shape), state.params)
+            ref_params = jax.tree.map(
+                lambda r, b: r.at[ids].set(jnp.where(
+                    rows.uploaded.reshape((w,) + (1,) * (b.ndim - 1)), b, r[ids])),
+                state.ref_params, base_w)
+
+        c = state.counts
+        wasted = jnp.sum((rows.rejected | rows.dropped).astype(jnp.int32))
+        counts = SimCounts(
+            iterations=c.iterations + 1,
+            grads=c.grads + w + n_ref,
+            wasted=c.wasted + wasted,
+            staleness_sum=c.staleness_sum + jnp.sum(tau).astype(jnp.float32),
+            staleness_max=jnp.maximum(c.staleness_max, jnp.max(tau)),
+            staleness_hist=c.staleness_hist.at[jnp.minimum(tau, d)].add(1),
+            batch_loss_sum=c.batch_loss_sum + jnp.mean(loss_w),
+            batch_loss_n=c.batch_loss_n + 1,
+        )
+        return SimState(new_params, opt_state, ring, version, norms, now, finish, worker_version,
+                        state.speed, ref_params, counts, key)
+
+    def _xy(self, data: Data, ids: Array, key: Array):
+        return self._batches(data, ids, key)
+
+    @functools.cached_property
+    def _dense_bits(self) -> float:
+        return 32.0 * num_params(jax.eval_shape(self.workload.init, jax.random.PRNGKey(0)))
+
+    # -- chunks, evaluation ----------------------------------------------------------------
+
+    def evaluate(self, state: SimState, data: Data) -> dict[str, Array]:
+        """Metrics of one member at its current parameters (pure, jittable)."""
+        wl = self.workload
+        n_tr = min(self.cfg.eval_train_size, data.x_train.shape[0])
+        tr = wl.evaluate(state.params, data.x_train[:n_tr], data.y_train[:n_tr])
+        te = wl.evaluate(state.params, data.x_test, data.y_test)
+        out = {f"train_{k}": v for k, v in tr.items()}
+        out.update({f"test_{k}": v for k, v in te.items()})
+        if wl.f_star is not None:
+            out["train_gap"] = tr["loss"] - wl.f_star
+        c = state.counts
+        out["batch_loss"] = c.batch_loss_sum / jnp.maximum(1, c.batch_loss_n)
+        comm = communication(state.opt_state)
+        out.update({
+            "step": c.iterations, "version": state.version, "time": state.clock,
+            "grads": c.grads, "wasted": c.wasted,
+            "staleness_mean": c.staleness_sum / jnp.maximum(1, c.iterations * self.rows),
+            "staleness_max": c.staleness_max,
+        })
+        out.update(comm)
+        leaves_ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+        out["finite"] = leaves_ok & jnp.isfinite(out["train_loss"])
+        return out
+
+    def chunk(self, state: SimState, data: Data, hparams: dict, length: int):
+        """``length`` steps in one ``lax.scan``, then an evaluation."""
+        c = state.counts
+        state = state._replace(counts=c._replace(batch_loss_sum=jnp.zeros_like(c.batch_loss_sum),
+                                                 batch_loss_n=jnp.zeros_like(c.batch_loss_n)))
+
+        def body(s, _):
+            return self.step(s, data, hparams), None
+
+        state, _ = jax.lax.scan(body, state, None, length=length)
+        return state, self.evaluate(state, data)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def put_data(workload, shard_index: np.ndarray, shard_size: np.ndarray) -> Data:
+    d = workload.data
+    return Data(jnp.asarray(d.x_train), jnp.asarray(d.y_train), jnp.asarray(d.x_test),
+                jnp.asarray(d.y_test), jnp.asarray(shard_index, jnp.int32),
+                jnp.asarray(shard_size, jnp.int32))
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one (vmapped) run produced, on the host.
+
+    ``history[s]`` is a list of metric dicts (one per evaluation point) of member s;
+    ``diverged[s]`` is the server step at which member s became non-finite, or None.
+    """
+
+    history: list[list[dict]]
+    diverged: list[int | None]
+    final_state: Any
+    compile_seconds: float
+    run_seconds: float
+    staleness_hist: np.ndarray  # [S, D + 1]
+
+
+def _to_host(metrics: dict) -> list[dict]:
+    """Stacked per-member metrics -> one plain dict per member."""
+    host = jax.device_get(metrics)
+    n = np.shape(next(iter(host.values())))[0]
+    rows = []
+    for i in range(n):
+        row = {k: np.asarray(v[i]).item() for k, v in host.items() if not k.endswith("_lo")}
+        for k in host:
+            if k.endswith("_lo"):  # Kahan low-order parts of the bit counters
+                row[k[:-3]] = float(np.float64(host[k[:-3]][i]) + np.float64(host[k][i]))
+        rows.append(row)
+    return rows
+
+
+def run(sim: Simulator, data: Data, keys: Array, hparams: dict,
+        progress: Callable[[int, int, list[dict]], None] | None = None,
+        state: SimState | None = None, history: list[list[dict]] | None = None,
+        on_chunk: Callable[[SimState, list[list[dict]]], None] | None = None) -> RunResult:
+    """Runs ``S`` members (``keys[S]``, ``hparams`` leaves ``[S]``) as one vmapped program.
+
+    The whole run is ``steps / eval_every`` calls of one compiled chunk function
+    (donating the state); metrics come back to the host once per chunk. A member whose
+    loss or parameters become non-finite is marked diverged at that chunk; the run stops
+    early when every member has diverged.
+
+    ``state``/``history`` resume a run; ``on_chunk`` is called after each chunk (for
+    checkpoints).
+    """
+    cfg = sim.cfg
+    n_chunks = math.ceil(cfg.steps / cfg.eval_every)
+    length = cfg.eval_every
+    members = keys.shape[0]
+
+    init = jax.jit(jax.vmap(sim.init))
+    evaluate = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, None)))
+    chunk = jax.jit(jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0)),
+                    donate_argnums=(0,))
+
+    t0 = time.perf_counter()
+    if state is None:
+        state = init(keys, hparams)
+        history = [[m] for m in _to_host(evaluate(state, data))]
+    compiled = chunk.lower(state, data, hparams).compile()
+    compile_s = time.perf_counter() - t0
+
+    diverged: list[int | None] = [None] * members
+    for hist_s, i in zip(history, range(members), strict=True):
+        bad = [h["step"] for h in hist_s if not h["finite"]]
+        diverged[i] = bad[0] if bad else None
+    t1 = time.perf_counter()
+    done = max(h[-1]["step"] for h in history) // length
+    for c in range(done, n_chunks):
+        state, metrics = compiled(state, data, hparams)
+        rows = _to_host(metrics)
+        for i, row in enumerate(rows):
+            if diverged[i] is None:
+                history[i].append(row)
+                if not row["finite"]:
+                    diverged[i] = row["step"]
+        if progress is not None:
+            progress(c + 1, n_chunks, [h[-1] for h in history])
+        if on_chunk is not None:
+            on_chunk(state, history)
+        if all(dv is not None for dv in diverged):
+            break
+    run_s = time.perf_counter() - t1
+    hist = np.asarray(jax.device_get(state.counts.staleness_hist))
+    return RunResult(history, diverged, state, compile_s, run_s, hist)

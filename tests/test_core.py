@@ -1,0 +1,313 @@
+"""Transforms, ring buffer, delay models and the simulator on toy problems."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxasync as ja
+from jaxasync import delays as dl
+from jaxasync import rules, sim
+from jaxasync.transforms import as_rows, with_rows
+
+from helpers import full_batch_least_squares, least_squares, run_toy, toy_data
+
+
+def _grads(key, w, d=5):
+    return {"a": jax.random.normal(key, (w, d)), "b": jax.random.normal(jax.random.fold_in(key, 1), (w, 2, 3))}
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def test_sync_sgd_equals_optax_sgd_on_mean_gradient_step_by_step():
+    params = {"a": jnp.ones(5), "b": jnp.zeros((2, 3))}
+    ref_params = params
+    tx, ref = ja.sync_sgd(learning_rate=0.07), optax.sgd(0.07)
+    s, rs = tx.init(params), ref.init(params)
+    for t in range(200):
+        g = _grads(jax.random.PRNGKey(t), 4)
+        g = jax.tree.map(lambda x, p: x + 0.1 * p, g, params)  # depends on the iterate
+        u, s = tx.update(g, s, params, staleness=jnp.zeros(4, jnp.int32))
+        params = optax.apply_updates(params, u)
+        rg = jax.tree.map(lambda x, p: x + 0.1 * p, _grads(jax.random.PRNGKey(t), 4), ref_params)
+        ru, rs = ref.update(jax.tree.map(lambda x: x.mean(0), rg), rs, ref_params)
+        ref_params = optax.apply_updates(ref_params, ru)
+    for k in params:
+        np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-5, atol=1e-6)
+
+
+def test_aggregations_by_hand():
+    g = {"x": jnp.asarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}
+    rows = as_rows(g)._replace(scale=jnp.asarray([1.0, 0.5, 2.0]),
+                               applied=jnp.asarray([True, True, False]))
+    p = {"x": jnp.zeros(2)}
+    for how, want in [("mean", [(1 + 1.5) / 2, (2 + 2) / 2]), ("sum", [2.5, 4.0]),
+                      ("weighted", [2.5 / 1.5, 4.0 / 1.5])]:
+        tx = ja.aggregate(how)
+        u, _ = tx.update(rows, with_rows(tx.init(p), 3), p)
+        np.testing.assert_allclose(u["x"], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="how='median'"):
+        ja.aggregate("median")
+
+
+def test_staleness_scalers_identity_at_zero_and_values():
+    tau0 = jnp.zeros(5, jnp.int32)
+    for fn in (rules.constant_scale, rules.inverse_staleness, rules.fedbuff_weight,
+               lambda t: rules.delay_adaptive(t, 16), lambda t: rules.koloskova_scale(t, 4)):
+        np.testing.assert_array_equal(fn(tau0), np.ones(5))
+    tau = jnp.asarray([0, 1, 4, 32])
+    np.testing.assert_allclose(rules.inverse_staleness(tau), [1, 1, 0.25, 1 / 32])
+    np.testing.assert_allclose(rules.delay_adaptive(tau, 16), [1, 1, 1, 0.5])
+    np.testing.assert_allclose(rules.fedbuff_weight(tau), 1 / np.sqrt(1 + np.asarray([0, 1, 4, 32])))
+    np.testing.assert_allclose(rules.koloskova_scale(tau, 4), [1, 1, 1, 0])
+
+
+def test_scale_by_staleness_at_zero_delay_is_identity_chain():
+    p = {"a": jnp.zeros(5), "b": jnp.zeros((2, 3))}
+    g = _grads(jax.random.PRNGKey(3), 3)
+    for tx in (ja.staleness_aware(0.1), ja.delay_adaptive(0.1, num_workers=8)):
+        u, _ = tx.update(g, tx.init(p), p, staleness=jnp.zeros(3, jnp.int32))
+        uu, _ = ja.asgd(0.1).update(g, ja.asgd(0.1).init(p), p)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u, uu)
+
+
+def test_accept_if_rejects_and_counts_bits():
+    p = {"x": jnp.zeros(4)}
+    g = {"x": jnp.asarray([[3.0, 4.0, 0, 0], [0.3, 0.4, 0, 0], [6.0, 8.0, 0, 0]])}  # norms 5, .5, 10
+    drift = jnp.asarray([1.0, 1.0, 0.0])
+    tx = optax.chain(
+        ja.accept_if(lambda n, dn: rules.norm_ratio(n, dn, 2.0), ("grad_norm", "drift_norm"),
+                     probe_bits=32.0, upload_after_accept=True),
+        ja.aggregate("mean"), optax.sgd(1.0))
+    s = with_rows(tx.init(p), 3)
+    u, s = tx.update(g, s, p, drift_norm=drift)
+    # row 0: 5 >= 2*1 accept; row 1: .5 < 2 reject; row 2: fresh accept
+    np.testing.assert_allclose(u["x"], -np.asarray([4.5, 6.0, 0, 0]), rtol=1e-6)
+    c = ja.communication(s)
+    assert int(c["rejections"]) == 1 and int(c["applied"]) == 2 and int(c["uploads"]) == 2
+    assert float(c["bits_up"]) == 3 * 32 + 2 * 32 * 4
+    assert float(c["bits_down"]) == 3 * 32 * 4
+    last = ja.last_decisions(s)
+    np.testing.assert_array_equal(last.rejected, [False, True, False])
+
+
+def test_dropped_rows_are_counted_and_not_applied():
+    p = {"x": jnp.zeros(2)}
+    g = {"x": jnp.asarray([[1.0, 1.0], [5.0, 5.0]])}
+    tx = ja.asgd(1.0)
+    u, s = tx.update(g, with_rows(tx.init(p), 2), p, mask=jnp.asarray([True, False]))
+    np.testing.assert_allclose(u["x"], [-1.0, -1.0])
+    c = ja.communication(s)
+    assert int(c["dropped"]) == 1 and int(c["arrivals"]) == 1 and float(c["bits_up"]) == 64
+
+
+def test_bit_counter_keeps_small_increments_on_large_totals():
+    p = {"x": jnp.zeros(1)}
+    tx = ja.aggregate("sum")
+    s = with_rows(tx.init(p), 1)
+    s = s._replace(counts=s.counts._replace(bits_up=jnp.float32(1e12)))
+    for _ in range(1000):
+        _, s = tx.update({"x": jnp.ones((1, 1))}, s, p)
+    got = ja.transforms.total_bits(ja.communication(s))
+    assert got == float(np.float32(1e12)) + 32_000
+
+
+def test_compress_identity_with_error_feedback_keeps_zero_residual():
+    def identity(tree, key):
+        return tree, jnp.float32(32 * sum(x.size for x in jax.tree.leaves(tree)))
+
+    p = {"a": jnp.zeros(5), "b": jnp.zeros((2, 3))}
+    tx = optax.chain(ja.compress(identity, error_feedback=True, num_workers=3), ja.aggregate("mean"),
+                     optax.sgd(0.1))
+    s = with_rows(tx.init(p), 3)
+    g = _grads(jax.random.PRNGKey(0), 3)
+    u, s = tx.update(g, s, p, worker_ids=jnp.arange(3))
+    ref, _ = ja.asgd(0.1).update(g, ja.asgd(0.1).init(p), p)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u, ref)
+    err = s[0].error
+    assert all(float(jnp.abs(e).max()) == 0.0 for e in jax.tree.leaves(err))
+
+
+def test_algorithms_work_under_inject_hyperparams_and_jit_without_recompiling():
+    p = {"a": jnp.zeros(5), "b": jnp.zeros((2, 3))}
+    tx = optax.inject_hyperparams(ja.staleness_aware)(learning_rate=0.1)
+    s = with_rows(tx.init(p), 2)
+    upd = jax.jit(tx.update)
+    for t in range(3):
+        _, s = upd(_grads(jax.random.PRNGKey(t), 2), s, p, staleness=jnp.asarray([t, 1]))
+    assert upd._cache_size() == 1
+
+
+# ----------------------------------------------------------------------------- ring & delays
+
+
+def test_ring_read_returns_version_pushed_tau_steps_ago_for_traced_tau():
+    depth = 8
+    ring = sim.ring_init({"w": jnp.zeros(3)}, depth)
+    push = jax.jit(sim.ring_push)
+    read = jax.jit(sim.ring_read)
+    for t in range(1, 20):
+        ring = push(ring, {"w": jnp.full(3, float(t))})
+        for tau in range(depth):
+            got = read(ring, jnp.asarray(tau))["w"]
+            np.testing.assert_array_equal(got, np.full(3, float(max(t - tau, 0))))
+        many = read(ring, jnp.arange(depth))["w"][:, 0]
+        np.testing.assert_array_equal(many, np.maximum(t - np.arange(depth), 0))
+    assert read._cache_size() == 2  # scalar and vector lags, never one per value
+
+
+@pytest.mark.parametrize("cfg", [
+    dl.DelayConfig(kind="constant", tau=3),
+    dl.DelayConfig(kind="uniform", low=2, high=9),
+    dl.DelayConfig(kind="geometric", p=0.2, max_delay=60),
+    dl.DelayConfig(kind="pareto", alpha=1.5, scale=4.0, max_delay=100),
+    dl.DelayConfig(kind="trace", trace=(0, 5, 1, 7)),
+])
+def test_sampled_delays_match_their_distribution(cfg):
+    n = 40_000
+    taus = np.asarray(jax.jit(lambda k: dl.sample_delays(cfg, k, n, jnp.int32(0)))(jax.random.PRNGKey(0)))
+    assert taus.min() >= 0
+    bound = cfg.bound()
+    if bound is not None:
+        assert taus.max() <= bound
+    mean = dl.truncated_mean(cfg)
+    if cfg.kind in ("constant", "trace"):
+        assert taus.mean() == pytest.approx(mean, abs=1e-3)
+    else:
+        # 5 standard errors of the sample mean (bounded support: sd <= (max - min) / 2)
+        sd = taus.std()
+        assert abs(taus.mean() - mean) < 5 * sd / np.sqrt(n)
+    if cfg.kind == "geometric":
+        assert (taus == 0).mean() == pytest.approx(cfg.p, abs=0.01)
+
+
+def test_event_driven_identical_exponential_workers_mean_staleness_is_m_minus_1():
+    m = 8
+    cfg = sim.SimConfig(num_workers=m, arrivals=1, batch_size=4, ring_size=128, steps=4000,
+                        eval_every=4000, delay=dl.DelayConfig(kind="event", compute="exponential"))
+    r = run_toy("asgd", cfg, {"learning_rate": 0.01})
+    h = r.history[0][-1]
+    assert h["staleness_mean"] == pytest.approx(m - 1, rel=0.05)
+    assert h["dropped"] == 0
+    # with rate-1 workers, arrivals form a Poisson process of rate M
+    assert h["time"] == pytest.approx(4000 / m, rel=0.05)
+
+
+def test_event_driven_constant_compute_is_round_robin():
+    m = 5
+    cfg = sim.SimConfig(num_workers=m, arrivals=1, batch_size=4, ring_size=16, steps=50, eval_every=50,
+                        delay=dl.DelayConfig(kind="event", compute="constant", mean=1.0))
+    h = run_toy("asgd", cfg, {"learning_rate": 0.01}).history[0][-1]
+    hist = run_toy("asgd", cfg, {"learning_rate": 0.01}).staleness_hist[0]
+    # after the first round every arrival is exactly M - 1 versions stale
+    assert hist[m - 1] >= 50 - m and h["staleness_max"] == m - 1
+
+
+def test_stragglers_and_heterogeneity_speeds():
+    cfg = dl.DelayConfig(kind="event", straggler_fraction=0.25, straggler_slowdown=10.0)
+    sp = np.asarray(dl.worker_speeds(cfg, jax.random.PRNGKey(0), 8))
+    np.testing.assert_array_equal(sp, [10, 10, 1, 1, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="delay.speeds"):
+        dl.worker_speeds(dl.DelayConfig(speeds=(1.0, 2.0)), jax.random.PRNGKey(0), 3)
+
+
+def test_link_time_slows_large_messages():
+    net = dl.Network(bandwidth=1e6, latency=0.01)
+    assert float(net.seconds(jnp.float32(1e6))) == pytest.approx(1.01)
+    assert float(dl.Network().seconds(jnp.float32(1e9))) == 0.0
+
+
+def test_over_stale_arrivals_are_dropped_and_counted():
+    # constant delay 6 with a ring of 4 versions: every arrival after warm-up is dropped
+    cfg = sim.SimConfig(num_workers=2, arrivals=1, batch_size=4, ring_size=4, steps=20, eval_every=20,
+                        delay=dl.DelayConfig(kind="constant", tau=6))
+    h = run_toy("asgd", cfg, {"learning_rate": 0.1}).history[0][-1]
+    assert h["dropped"] == 20 and h["applied"] == 0 and h["wasted"] == 20 and h["version"] == 0
+
+
+def test_read_trace(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("0 3, 2\n5")
+    assert dl.read_trace(f) == (0, 3, 2, 5)
+    f.write_text("1 -2")
+    with pytest.raises(ValueError, match="entry 1"):
+        dl.read_trace(f)
+    f.write_text("1 2.5")
+    with pytest.raises(ValueError, match="non-negative integer"):
+        dl.read_trace(f)
+
+
+# ----------------------------------------------------------------------------- simulator
+
+
+@pytest.mark.parametrize("tau", [0, 1, 3])
+def test_constant_delay_reproduces_numpy_delayed_gd(tau):
+    wl = full_batch_least_squares()
+    a = wl.data.x_train.astype(np.float64)
+    b = wl.data.y_train.astype(np.float64)
+    lr, steps = 0.3, 60
+    cfg = sim.SimConfig(num_workers=3, arrivals=1, batch_size=2, ring_size=tau + 1, steps=steps,
+                        eval_every=steps, delay=dl.DelayConfig(kind="constant", tau=tau))
+    r = run_toy("asgd", cfg, {"learning_rate": lr}, workload=wl)
+    xs = [np.zeros(a.shape[1])]
+    for t in range(steps):
+        stale = xs[max(t - tau, 0)]
+        xs.append(xs[-1] - lr * a.T @ (a @ stale - b) / a.shape[0])
+    got = np.asarray(r.final_state.params["w"][0])
+    np.testing.assert_allclose(got, xs[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_simulated_sync_sgd_equals_optax_full_gradient_descent():
+    wl = full_batch_least_squares()
+    cfg = sim.SimConfig(num_workers=4, batch_size=2, ring_size=2, steps=40, eval_every=20,
+                        delay=dl.DelayConfig(kind="none"))
+    r = run_toy("sync_sgd", cfg, {"learning_rate": 0.5}, workload=wl)
+    p = wl.init(None)
+    tx = optax.sgd(0.5)
+    s = tx.init(p)
+    for _ in range(40):
+        u, s = tx.update(jax.grad(wl.loss)(p, None, None), s, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(r.final_state.params["w"][0], p["w"], rtol=1e-5, atol=1e-6)
+    h = r.history[0][-1]
+    assert h["uploads"] == 160 and h["grads"] == 160 and h["staleness_max"] == 0
+
+
+def test_same_seed_identical_and_vmapped_seeds_equal_one_by_one():
+    cfg = sim.SimConfig(num_workers=4, arrivals=1, batch_size=8, ring_size=32, steps=60, eval_every=20,
+                        delay=dl.DelayConfig(kind="event"))
+    both = run_toy("delay_adaptive", cfg, {"learning_rate": 0.05}, seeds=(3, 7))
+    again = run_toy("delay_adaptive", cfg, {"learning_rate": 0.05}, seeds=(3, 7))
+    assert both.history == again.history
+    for i, seed in enumerate((3, 7)):
+        one = run_toy("delay_adaptive", cfg, {"learning_rate": 0.05}, seeds=(seed,))
+        for h1, hv in zip(one.history[0], both.history[i], strict=True):
+            for k in ("train_loss", "bits_up", "time", "staleness_mean"):
+                assert h1[k] == pytest.approx(hv[k], rel=1e-5, abs=1e-7), k
+    assert both.history[0][-1]["train_loss"] != both.history[1][-1]["train_loss"]
+
+
+def test_chunk_compiles_once():
+    wl = least_squares()
+    cfg = sim.SimConfig(num_workers=4, arrivals=2, batch_size=8, ring_size=16, steps=30, eval_every=10,
+                        delay=dl.DelayConfig(kind="uniform", low=0, high=5))
+    s = sim.Simulator(ja.get_algorithm("asgd"), {}, wl, cfg)
+    data = toy_data(wl, 4)
+    hp = {"learning_rate": jnp.float32(0.05)}
+    state = jax.jit(s.init)(jax.random.PRNGKey(0), hp)
+    chunk = jax.jit(lambda st, dd, h: s.chunk(st, dd, h, 10), donate_argnums=(0,))
+    for _ in range(3):
+        state, m = chunk(state, data, hp)
+    assert chunk._cache_size() == 1
+    assert int(m["step"]) == 30
+
+
+def test_divergence_is_reported_with_step():
+    cfg = sim.SimConfig(num_workers=2, arrivals=1, batch_size=8, ring_size=4, steps=200, eval_every=20,
+                        delay=dl.DelayConfig(kind="none"))
+    r = run_toy("asgd", cfg, {"learning_rate": 50.0}, seeds=(0, 1))
+    assert all(d is not None for d in r.diverged)
+    assert r.diverged[0] % 20 == 0 and r.diverged[0] < 200
+    assert r.history[0][-1]["finite"] is False and r.history[0][0]["finite"] is True
