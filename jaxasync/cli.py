@@ -6,7 +6,7 @@ ends with a table over all its jobs, ``summary.md``, ``summary.csv`` and
 ``comparison.png`` in the sweep directory.
 
 A bad config value exits with status 2 and a one-line message naming the key; set
-``debug=true`` or ``HYDRA_FULL_ERROR=1`` for the traceback.
+``traceback=true`` or ``HYDRA_FULL_ERROR=1`` for the traceback.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _job(cfg: Any) -> None:
     try:
         record = run_experiment(plain, out_dir)
     except ConfigError as e:
-        _fail(str(e), bool(cfg.get("debug")))
+        _fail(str(e), bool(cfg.get("traceback")))
         return
     print()
     print(report.format_table([report.summary_row(record)]))

@@ -84,7 +84,7 @@ class RunConf:
     evals: int = 20               # evaluation points (when eval_every is None)
     eval_every: int | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
-    ring_size: int | None = None  # D; None: enough for the delay model (event: 4 M)
+    ring_size: int | None = None  # D; None: enough for the delay model (event: 8 M)
     eval_train_size: int = 4096
 
 
@@ -97,7 +97,7 @@ class Config:
     run: RunConf = field(default_factory=RunConf)
     out_dir: str | None = None
     plot: bool = True
-    debug: bool = False
+    traceback: bool = False      # show the full traceback of a config error
 
 
 def register_configs() -> None:

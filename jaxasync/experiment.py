@@ -176,7 +176,7 @@ class Prepared:
         elif bound is not None:
             ring = bound + 1
         else:
-            ring = max(16, 4 * m)
+            ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
         # The ring depth must also cover the lazy algorithms' history window.
         ring = max(ring, int(static.get("history", 0)) + 1, 2)
 
