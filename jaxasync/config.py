@@ -38,6 +38,7 @@ class WorkloadConf:
 
     name: str = MISSING
     batch_size: int = 32
+    full_batch: bool = False      # each worker's batch = its whole shard (full local gradients)
     partition: str = "iid"        # iid | dirichlet | shards
     dirichlet_alpha: float = 0.5
     shards_per_worker: int = 2

@@ -203,7 +203,10 @@ class Prepared:
                                     seed=int(wopts.get("seed", 0)))
         except ValueError as e:
             raise ConfigError(f"workload.partition: {e}") from None
-        if w.batch_size > int(np.min(size)):
+        if w.full_batch and int(np.min(size)) != int(np.max(size)):
+            raise ConfigError(f"workload.full_batch=true: needs equal shards; partition "
+                              f"{w.partition!r} gives sizes {int(np.min(size))}..{int(np.max(size))}")
+        if not w.full_batch and w.batch_size > int(np.min(size)):
             raise ConfigError(f"workload.batch_size={w.batch_size}: larger than the smallest worker "
                               f"shard ({int(np.min(size))} examples with {m} workers)")
         self.index, self.size = index, size
@@ -211,7 +214,7 @@ class Prepared:
             num_workers=m, arrivals=arrivals, batch_size=w.batch_size, ring_size=ring,
             steps=steps, eval_every=every, delay=self.delay,
             network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
-            eval_train_size=r.eval_train_size,
+            eval_train_size=r.eval_train_size, full_batch=w.full_batch,
         )
         self.static = static
         # members: seeds x grid of swept numeric parameters

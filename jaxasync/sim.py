@@ -91,6 +91,8 @@ class SimConfig:
       delay: the delay model.
       network: the link of every worker.
       eval_train_size: training examples used to evaluate the training loss.
+      full_batch: each worker's batch is its whole shard, in order (deterministic
+        full local gradients, as LAG uses); needs equal shard sizes.
     """
 
     num_workers: int = 16
@@ -102,6 +104,7 @@ class SimConfig:
     delay: dl.DelayConfig = dl.DelayConfig()
     network: dl.Network = dl.Network()
     eval_train_size: int = 4096
+    full_batch: bool = False
 
 
 class SimCounts(NamedTuple):
@@ -244,9 +247,12 @@ class Simulator:
     def _batches(self, data: Data, ids: Array, key: Array):
         b = self.cfg.batch_size
         k_idx, k_aug = jax.random.split(key)
-        size = data.shard_size[ids]                                   # [W]
-        pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
-        idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)  # [W, B]
+        if self.cfg.full_batch:
+            idx = data.shard_index[ids]                                   # [W, n]
+        else:
+            size = data.shard_size[ids]                                   # [W]
+            pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
+            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)  # [W, B]
         x, y = data.x_train[idx], data.y_train[idx]
         if self.workload.augment is not None:
             keys = jax.random.split(k_aug, ids.shape[0])
