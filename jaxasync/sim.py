@@ -39,7 +39,13 @@ from jax import Array
 
 from jaxasync import delays as dl
 from jaxasync.algorithms import AlgorithmSpec
-from jaxasync.transforms import communication, last_decisions, num_params, with_rows
+from jaxasync.transforms import (
+    algorithm_metrics,
+    communication,
+    last_decisions,
+    num_params,
+    with_rows,
+)
 
 PyTree = Any
 
@@ -376,6 +382,7 @@ class Simulator:
             "staleness_max": c.staleness_max,
         })
         out.update(comm)
+        out.update(algorithm_metrics(state.opt_state))
         leaves_ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
         out["finite"] = leaves_ok & jnp.isfinite(out["train_loss"])
         return out

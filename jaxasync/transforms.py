@@ -455,6 +455,33 @@ def total_bits(comm: dict, key: str = "bits_up") -> float:
     return float(np.float64(comm[key]) + np.float64(comm[key + "_lo"]))
 
 
+def algorithm_metrics(opt_state: PyTree) -> dict[str, Array]:
+    """Counters that transforms expose: every state object with a ``metrics()`` method.
+
+    A transform that wants a counter reported per run (forced uploads, server work per
+    decision...) gives its state NamedTuple a ``metrics(self) -> dict[str, Array]``
+    method; the simulator merges the dicts into each evaluation's metrics. Keys must
+    be unique across the chain.
+    """
+    out: dict[str, Array] = {}
+
+    def visit(node):
+        if hasattr(node, "metrics") and callable(node.metrics) and isinstance(node, tuple):
+            for k, v in node.metrics().items():
+                if k in out:
+                    raise ValueError(f"algorithm metric {k!r} reported twice in one chain")
+                out[k] = v
+        if isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(opt_state)
+    return out
+
+
 def last_decisions(opt_state: PyTree) -> WorkerRows:
     """The per-row decisions of the last update (``grads`` is empty)."""
     states = _find(opt_state, AggregateState)
