@@ -443,7 +443,8 @@ def _to_host(metrics: dict) -> list[dict]:
 def run(sim: Simulator, data: Data, keys: Array, hparams: dict,
         progress: Callable[[int, int, list[dict]], None] | None = None,
         state: SimState | None = None, history: list[list[dict]] | None = None,
-        on_chunk: Callable[[SimState, list[list[dict]]], None] | None = None) -> RunResult:
+        on_chunk: Callable[[SimState, list[list[dict]]], None] | None = None,
+        mesh=None) -> RunResult:
     """Runs ``S`` members (``keys[S]``, ``hparams`` leaves ``[S]``) as one vmapped program.
 
     The whole run is ``steps / eval_every`` calls of one compiled chunk function
@@ -452,17 +453,44 @@ def run(sim: Simulator, data: Data, keys: Array, hparams: dict,
     early when every member has diverged.
 
     ``state``/``history`` resume a run; ``on_chunk`` is called after each chunk (for
-    checkpoints).
+    checkpoints). With a ``mesh`` (see :mod:`jaxasync.mesh`) the worker axis of the state
+    and of the per-step computation is sharded over the mesh axis ``"workers"``.
     """
+    if mesh is not None:
+        with jax.set_mesh(mesh):
+            return _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh)
+    return _run(sim, data, keys, hparams, progress, state, history, on_chunk, None)
+
+
+def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> RunResult:
     cfg = sim.cfg
     n_chunks = math.ceil(cfg.steps / cfg.eval_every)
     length = cfg.eval_every
     members = keys.shape[0]
 
-    init = jax.jit(jax.vmap(sim.init))
-    evaluate = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, None)))
-    chunk = jax.jit(jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0)),
-                    donate_argnums=(0,))
+    init_fn = jax.vmap(sim.init)
+    eval_fn = jax.vmap(sim.evaluate, in_axes=(0, None))
+    chunk_fn = jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0))
+    if mesh is None:
+        init, evaluate = jax.jit(init_fn), jax.jit(eval_fn)
+        chunk = jax.jit(chunk_fn, donate_argnums=(0,))
+    else:
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from jaxasync.mesh import data_shardings, state_shardings
+
+        rep = NamedSharding(mesh, P())
+        state_sh = state_shardings(jax.eval_shape(init_fn, keys, hparams), mesh, cfg.num_workers)
+        data_sh = data_shardings(data, mesh)
+        data = jax.device_put(data, data_sh)
+        keys, hparams = jax.device_put((keys, hparams), rep)
+        init = jax.jit(init_fn, out_shardings=state_sh)
+        evaluate = jax.jit(eval_fn, in_shardings=(state_sh, data_sh), out_shardings=rep)
+        chunk = jax.jit(chunk_fn, donate_argnums=(0,), in_shardings=(state_sh, data_sh, rep),
+                        out_shardings=(state_sh, rep))
+        if state is not None:
+            state = jax.device_put(state, state_sh)
 
     t0 = time.perf_counter()
     if state is None:

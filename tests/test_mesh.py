@@ -1,0 +1,52 @@
+"""The worker axis on 8 forced host CPU devices equals the single-device run (subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, numpy as np
+    from jaxasync.experiment import prepare, run_experiment
+    from jaxasync.sim import put_data, run
+    out = {}
+    for alg, k in [("asgd", 8), ("asgd", 1), ("sync_sgd", None)]:
+        rows = []
+        for mesh in (1, 8):
+            cfg = {"algorithm": {"name": alg, "arrivals": k, "params": {"learning_rate": 0.05}},
+                   "workload": {"name": "least_squares", "batch_size": 8, "options": {"n": 512, "d": 16}},
+                   "run": {"num_workers": 8, "steps": 20, "eval_every": 10, "seeds": [0, 1],
+                           "mesh_workers": mesh}}
+            prep = prepare(cfg)
+            r = run(prep.simulator, put_data(prep.workload, prep.index, prep.size), prep.keys(),
+                    prep.hparams(), mesh=prep.mesh)
+            st = r.final_state
+            rows.append({"params": np.asarray(jax.tree.leaves(st.params)[0]).tolist(),
+                         "loss": [h[-1]["train_loss"] for h in r.history],
+                         "finish_spec": str(getattr(st.finish.sharding, "spec", None)),
+                         "ring_spec": str(getattr(jax.tree.leaves(st.ring.versions)[0].sharding, "spec", None)),
+                         "devices": len(st.finish.sharding.device_set)})
+        out[f"{alg}-{k}"] = rows
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_sharded_worker_axis_equals_single_device():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for name, (single, sharded) in out.items():
+        assert sharded["devices"] == 8, name
+        assert sharded["finish_spec"] == "P(None, 'workers')", name
+        if not name.startswith("sync"):  # sync runs keep a 2-deep ring: not divisible, replicated
+            assert sharded["ring_spec"] == "P(None, 'workers')", name
+        assert single["devices"] == 1
+        import numpy as np
+        np.testing.assert_allclose(sharded["params"], single["params"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
