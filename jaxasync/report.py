@@ -143,9 +143,8 @@ def summary_row(record: dict) -> dict[str, str]:
         "workload": record["workload"],
         "members": str(len(ms)),
     }
-    params = {k for m in ms for k in m["params"]}
-    if params and len({json.dumps(m["params"], sort_keys=True) for m in ms}) > 1:
-        row["params"] = "sweep"
+    if any(m["params"] for m in ms):
+        row["params"] = ", ".join(f"{k}={v:g}" for k, v in ms[0]["params"].items())
     if any(m["status"] == "diverged" for m in ms):
         steps = [m["diverged_at_step"] for m in ms if m["status"] == "diverged"]
         row["status"] = f"diverged ({len(steps)}/{len(ms)}, step {min(steps)})"
@@ -221,9 +220,30 @@ def dumps(record: dict) -> str:
     return json.dumps(record, indent=1, default=_json_default, allow_nan=True)
 
 
+def member_label(member: dict) -> str:
+    """``seed3`` or ``seed3_learning_rate=0.05``: a member's directory name."""
+    parts = [f"seed{member['seed']}"] + [f"{k}={v:g}" for k, v in sorted(member["params"].items())]
+    return "_".join(parts)
+
+
+def split_members(record: dict) -> list[dict]:
+    """One single-member record per member (a vmapped sweep's members as separate runs)."""
+    return [{**record, "members": [m], "member_of": record.get("config_hash")}
+            for m in record["members"]]
+
+
 def write_outputs(record: dict, out_dir: Path, plot: bool = True) -> None:
-    """Writes ``run.json``, ``metrics.csv`` and ``metrics.png`` into ``out_dir`` atomically."""
+    """Writes ``run.json``, ``metrics.csv`` and ``metrics.png`` into ``out_dir`` atomically.
+
+    A run of several members also gets ``members/<label>/run.json`` and ``metrics.csv``
+    per member, so each seed / hyperparameter value of a vmapped sweep is a run of its own.
+    """
     out_dir = Path(out_dir)
+    if len(record["members"]) > 1:
+        for i, single in enumerate(split_members(record)):
+            sub = out_dir / "members" / f"{i:03d}_{member_label(single['members'][0])}"
+            atomic_write(sub / "metrics.csv", history_csv(single))
+            atomic_write(sub / "run.json", dumps(single))
     atomic_write(out_dir / "metrics.csv", history_csv(record))
     if plot:
         plot_records([record], out_dir / "metrics.png")
@@ -271,5 +291,21 @@ def plot_records(records: list[dict], path: Path) -> None:
 
 
 def load_records(root: Path) -> list[dict]:
-    """Every ``run.json`` under ``root`` (sorted by path)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("run.json"))]
+    """Every job's ``run.json`` under ``root`` (sorted by path; per-member copies excluded)."""
+    paths = sorted(p for p in Path(root).rglob("run.json") if "members" not in p.parts)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def summary_rows(record: dict) -> list[dict[str, str]]:
+    """Table rows of a record: one per distinct swept-parameter value (seeds pooled)."""
+    groups: dict[str, list[dict]] = {}
+    for m in record["members"]:
+        groups.setdefault(json.dumps(m["params"], sort_keys=True), []).append(m)
+    if len(groups) == 1:
+        return [summary_row(record)]
+    rows = []
+    for key, ms in groups.items():
+        row = summary_row({**record, "members": ms})
+        row["params"] = ", ".join(f"{k}={v:g}" for k, v in json.loads(key).items())
+        rows.append(row)
+    return rows
