@@ -5,8 +5,18 @@ directory and prints a summary table; a multirun (``-m``, or the default compari
 ends with a table over all its jobs, ``summary.md``, ``summary.csv`` and
 ``comparison.png`` in the sweep directory.
 
-A bad config value exits with status 2 and a one-line message naming the key; set
-``traceback=true`` or ``HYDRA_FULL_ERROR=1`` for the traceback.
+A bad config value, a misspelled key or an unknown config option exits with status 2
+and a one-line message naming the key, the value and what is allowed, before any job
+runs; ``--debug``, ``traceback=true`` or ``HYDRA_FULL_ERROR=1`` show the traceback::
+
+    $ jaxasync run.num_wrkers=3
+    jaxasync: error: run.num_wrkers: unknown key (did you mean run.num_workers?); run has: ...
+    $ jaxasync algorithm=asgd algorithm.params.learning_rate=-1
+    jaxasync: error: algorithm.params.learning_rate=-1.0: must be > 0
+
+Rerunning into the same output directory (``out_dir=...``, or a fixed
+``hydra.sweep.dir``) skips finished jobs and resumes checkpointed ones
+(``run.checkpoint_every=N``); see :mod:`jaxasync.checkpoint`.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ def _job(cfg: Any) -> None:
     from jaxasync import report
     from jaxasync.experiment import run_experiment
 
+    if cfg.run.get("distributed"):
+        from jaxasync.mesh import initialize_distributed
+
+        initialize_distributed()
     out_dir = cfg.get("out_dir") or HydraConfig.get().runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
@@ -44,7 +58,7 @@ def _job(cfg: Any) -> None:
         _fail(str(e), bool(cfg.get("traceback")))
         return
     print()
-    print(report.format_table([report.summary_row(record)]))
+    print(report.format_table(report.summary_rows(record)))
     print(f"\nwrote {Path(out_dir) / 'run.json'}, metrics.csv, metrics.png", flush=True)
 
 
@@ -64,10 +78,11 @@ class SummaryCallback(Callback):
         records = report.load_records(sweep)
         if not records:
             return
-        table = report.format_table([report.summary_row(r) for r in records])
+        rows = [row for r in records for row in report.summary_rows(r)]
+        table = report.format_table(rows)
         print("\n" + table, flush=True)
         report.atomic_write(sweep / "summary.md", table + "\n")
-        report.atomic_write(sweep / "summary.csv", _rows_csv([report.summary_row(r) for r in records]))
+        report.atomic_write(sweep / "summary.csv", _rows_csv(rows))
         if any(r["config"].get("plot", True) for r in records):
             report.plot_records(records, sweep / "comparison.png")
         print(f"\nwrote {sweep}/summary.md, summary.csv, comparison.png", flush=True)
@@ -87,13 +102,155 @@ def _rows_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# ----------------------------------------------------------------------------- checking first
+
+
+def _wants_traceback(overrides: list[str]) -> bool:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return True
+    return any(o.lstrip("+").replace(" ", "").lower() == "traceback=true" for o in overrides)
+
+
+def _composition_message(e: Exception) -> str:
+    """Hydra's composition errors (multi-line) -> one line naming the key."""
+    import difflib
+
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from jaxasync.config import config_error
+
+    if isinstance(e, MissingConfigException) and "/" in (e.missing_cfg_file or ""):
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        options = [o for o in (e.options or []) if o != "schema"]
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        return (f"{group}={name}: no such {group} config{hint}; choose one of: "
+                f"{', '.join(options) or '(none)'}")
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return str(config_error(cause))
+        cause = cause.__cause__
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _precheck(argv: list[str]) -> None:
+    """Composes and validates every job of the command before Hydra runs any.
+
+    Hydra reports a misspelled key or an unknown config option with several lines and
+    exit status 1; here they become the same one-line :class:`ConfigError` as the Python
+    API's, with exit status 2. Every job of a sweep (the command line's and the config's
+    ``hydra.sweeper.params``) is composed and checked with
+    :func:`jaxasync.experiment.validate`, so a bad value in the last job stops the sweep
+    before the first one runs. Checks that need the data run in each job, before it
+    compiles. Anything this cannot judge (other sweepers, ``--cfg``, ``--help``...) is
+    left to Hydra.
+    """
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from jaxasync.experiment import validate
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if (args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
+            or args.experimental_rerun or args.config_path or args.config_dir):
+        return
+    debug = _wants_traceback(args.overrides)
+
+    def fail(msg: str, exc: BaseException) -> None:
+        if debug:
+            raise exc
+        print(f"jaxasync: error: {msg}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+    parser = OverridesParser.create()
+    cmd: dict[str, list[str]] = {}
+    for text in args.overrides:
+        try:
+            o = parser.parse_override(text)
+        except Exception as e:
+            fail(f"{text}: cannot parse this override ({str(e).splitlines()[0]})", e)
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return  # a sweeper plugin's syntax: Hydra checks it
+            try:
+                cmd[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            except Exception:
+                return  # glob() and the like need Hydra's config loader
+        else:
+            cmd[key] = [text]
+    config_name = args.config_name or "config"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3",
+                               job_name="jaxasync_check"):
+        first = [vals[0] for vals in cmd.values()]
+        try:
+            base = compose(config_name, overrides=first, return_hydra_config=True)
+        except Exception as e:
+            fail(_composition_message(e), e)
+        multirun = args.multirun or str(base.hydra.mode).endswith("MULTIRUN")
+        sweeps = {k: v for k, v in cmd.items() if len(v) > 1}
+        if sweeps and not multirun:
+            key = next(iter(sweeps))
+            fail(f"{key}={','.join(v.split('=', 1)[1] for v in sweeps[key])}: several values "
+                 f"need a multirun; add -m", ValueError(key))
+        if multirun and str(base.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            params = base.hydra.sweeper.get("params") or {}
+            for k, v in params.items():
+                if k in cmd:
+                    continue
+                try:
+                    o = parser.parse_override(f"{k}={v}")
+                    cmd[k] = ([f"{k}={x}" for x in o.sweep_string_iterator()]
+                              if o.is_sweep_override() else [f"{k}={v}"])
+                except Exception:
+                    return  # a form this does not know: Hydra's sweeper judges it
+        lists = list(cmd.values())
+        combos: list[tuple[str, ...]] = list(itertools.product(*lists))
+        if len(combos) > 64:  # a large grid: every value of every key once, the rest first
+            firsts = [vals[0] for vals in lists]
+            combos = [(*firsts[:i], v, *firsts[i + 1:])
+                      for i, vals in enumerate(lists) for v in vals]
+        for combo in combos:
+            if list(combo) == first:  # composed above: drop Hydra's own node
+                cfg = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])
+            else:
+                try:
+                    cfg = compose(config_name, overrides=list(combo))
+                except Exception as e:
+                    fail(_composition_message(e), e)
+            debug = debug or bool(cfg.get("traceback"))
+            try:
+                plain = OmegaConf.to_container(cfg, resolve=True)
+            except InterpolationResolutionError:
+                continue  # e.g. ${hydra:...}: resolved, and checked, inside the job
+            try:
+                validate(plain)
+            except ConfigError as e:
+                fail(str(e), e)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point ``jaxasync``."""
+    """Console entry point ``jaxasync``.
+
+    ``--debug`` (removed before Hydra parses the command line) is ``traceback=true``.
+    """
     import hydra
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+        if not any(a.lstrip("+").startswith("traceback=") for a in sys.argv[1:]):
+            sys.argv.append("traceback=true")
     register_configs()
+    _precheck(sys.argv[1:])
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
     app()
 

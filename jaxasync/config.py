@@ -87,6 +87,10 @@ class RunConf:
     seeds: list[int] = field(default_factory=lambda: [0])
     ring_size: int | None = None  # D; None: enough for the delay model (event: 8 M)
     eval_train_size: int = 4096
+    mesh_workers: int = 1         # devices along the worker axis; must divide num_workers
+    distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
+    checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
+    resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
 
 
 @dataclasses.dataclass
@@ -119,13 +123,77 @@ def register_configs() -> None:
 def to_config(cfg: Any) -> Config:
     """An OmegaConf node or a plain dict -> :class:`Config` (unknown keys are errors)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(cfg, Config):
         return cfg
     base = OmegaConf.structured(Config)
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
-    except Exception as e:  # omegaconf's messages are multi-line; keep the first
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"config: {msg}") from None
-    return OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise config_error(e) from None
+
+
+def _schema_node(parts: list[str]):
+    """The schema node at ``parts`` (an OmegaConf node), or None past a leaf."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.structured(Config)
+    for part in parts:
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node._get_node(part)
+    return node
+
+
+def unknown_key(full_key: str) -> ConfigError:
+    """The error for a key the schema does not have, with the closest allowed key."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    parts = full_key.split(".")
+    parent = _schema_node(parts[:-1])
+    prefix = ".".join(parts[:-1])
+    if isinstance(parent, DictConfig):
+        if not dataclasses.is_dataclass(OmegaConf.get_type(parent)):
+            # a free-form dict (algorithm.params, workload.options): Hydra wants a '+'
+            return ConfigError(f"{full_key}: not in the config; add a key to {prefix} with "
+                               f"+{full_key}=VALUE")
+        keys = [str(k) for k in parent.keys()]
+        close = difflib.get_close_matches(parts[-1], keys, n=1)
+        hint = f" (did you mean {'.'.join([*parts[:-1], close[0]])}?)" if close else ""
+        where = prefix or "the top level"
+        return ConfigError(f"{full_key}: unknown key{hint}; {where} has: {', '.join(keys)}")
+    return ConfigError(f"{full_key}: unknown key; {prefix} is not a group of keys")
+
+
+_TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
+               "String": "a string"}
+
+
+def config_error(e: Exception) -> ConfigError:
+    """An OmegaConf error (multi-line) -> one-line :class:`ConfigError` naming the key."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
+
+    key = getattr(e, "full_key", None) or ""
+    first = (getattr(e, "msg", None) or str(e)).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, ConfigKeyError | ConfigAttributeError) and key:
+        return unknown_key(key)
+    if isinstance(e, MissingMandatoryValue) and key:
+        return ConfigError(f"{key}: missing; it has no default, set it ({key}=...)")
+    if not key:
+        return ConfigError(f"config: {first}")
+    value = getattr(e, "value", None)
+    m = re.search(r"could not be converted to (\w+)", first)
+    if m:
+        first = f"must be {_TYPE_WORDS.get(m.group(1), m.group(1))}"
+    elif "is not a ListConfig" in first:
+        first = "must be a list"
+    elif "is not a valid bool" in first:
+        first = "must be true or false"
+    shown = f"={value!r}" if value is not None else ""
+    return ConfigError(f"{key}{shown}: {first}")

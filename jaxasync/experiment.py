@@ -12,6 +12,7 @@ of an experiment run as one vmapped, jitted program.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import os
@@ -76,11 +77,21 @@ def _delay_config(c: Config) -> dl.DelayConfig:
     )
 
 
+#: numeric parameters that fix array shapes (top-k's k = max(1, floor(density * d))): kept
+#: static (one compiled program per value), never traced or swept inside one program
+_SHAPING = ("density",)
+
+
 def _split_params(params: dict) -> tuple[dict, dict[str, list[float]]]:
     """Static params (ints, strings, bools) vs numeric ones (floats, lists of floats: swept)."""
     static, numeric = {}, {}
     for k, v in params.items():
         if isinstance(v, bool) or isinstance(v, str) or v is None:
+            static[k] = v
+        elif k in _SHAPING:
+            if not isinstance(v, int | float):
+                raise ConfigError(f"algorithm.params.{k}={v!r}: must be one number (it fixes "
+                                  "array shapes; sweep it with a Hydra multirun, -m)")
             static[k] = v
         elif isinstance(v, float):
             numeric[k] = [v]
@@ -102,12 +113,65 @@ def _check_params(numeric: dict, static: dict) -> None:
         for v in vs:
             if not isinstance(v, int | float) or isinstance(v, bool):
                 continue
+            if not math.isfinite(v):
+                raise ConfigError(f"algorithm.params.{k}={v!r}: must be a finite number")
             if k in _POSITIVE and not v > 0:
                 raise ConfigError(f"algorithm.params.{k}={v!r}: must be > 0")
             if k == "density" and not v <= 1:
                 raise ConfigError(f"algorithm.params.density={v!r}: must be in (0, 1]")
             if k in _NON_NEGATIVE and not v >= 0:
                 raise ConfigError(f"algorithm.params.{k}={v!r}: must be >= 0")
+
+
+def _check_run(cfg: Config) -> None:
+    """Run-level values that need no data: mesh, checkpoints, evaluation, speeds."""
+    r, m = cfg.run, cfg.run.num_workers
+    mesh = r.mesh_workers
+    if not isinstance(mesh, int) or mesh < 1:
+        raise ConfigError(f"run.mesh_workers={mesh!r}: must be an integer >= 1")
+    if m % mesh:
+        raise ConfigError(f"run.mesh_workers={mesh}: must divide run.num_workers={m}")
+    if mesh > jax.device_count():
+        raise ConfigError(f"run.mesh_workers={mesh}: larger than the {jax.device_count()} "
+                          f"{jax.default_backend()} device(s) available")
+    if r.checkpoint_every < 0:
+        raise ConfigError(f"run.checkpoint_every={r.checkpoint_every!r}: must be >= 0 (0: off)")
+    if r.eval_train_size < 1:
+        raise ConfigError(f"run.eval_train_size={r.eval_train_size!r}: must be >= 1")
+    if cfg.workload.shards_per_worker < 1:
+        raise ConfigError(f"workload.shards_per_worker={cfg.workload.shards_per_worker!r}: "
+                          f"must be >= 1")
+    speeds = cfg.delay.speeds
+    if speeds is not None:
+        if len(speeds) != m:
+            raise ConfigError(f"delay.speeds: has {len(speeds)} entries; must have one per "
+                              f"worker (run.num_workers={m})")
+        bad = [v for v in speeds if not (v > 0 and math.isfinite(v))]
+        if bad:
+            raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
+
+
+def _check_workload(name: str, options: dict) -> None:
+    """Workload name, option names and data directory, without loading anything."""
+    import difflib
+
+    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS
+
+    if name not in WORKLOADS:
+        close = difflib.get_close_matches(str(name), WORKLOADS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"workload.name={name!r}: unknown{hint}; choose one of: "
+                          f"{', '.join(WORKLOADS)}")
+    allowed = inspect.signature(WORKLOADS[name]).parameters
+    for k in options:
+        if k not in allowed:
+            raise ConfigError(f"workload.options.{k}: unknown option for workload {name!r}; "
+                              f"allowed: {', '.join(allowed)}")
+    if name not in OFFLINE_WORKLOADS and "data_dir" in allowed:
+        d = options.get("data_dir", allowed["data_dir"].default)
+        if d is not None and not os.path.isdir(os.path.expanduser(os.fspath(d))):
+            raise ConfigError(f"workload.options.data_dir={os.fspath(d)!r}: no such directory "
+                              f"(workload {name!r} reads its files from there)")
 
 
 class Prepared:
@@ -126,6 +190,7 @@ class Prepared:
         m = r.num_workers
         if not isinstance(m, int) or m < 1:
             raise ConfigError(f"run.num_workers={m!r}: must be an integer >= 1")
+        _check_run(cfg)
         arrivals = a.arrivals if a.arrivals is not None else self.spec.arrivals
         if arrivals == "all":
             arrivals = m
@@ -177,18 +242,26 @@ class Prepared:
             ring = bound + 1
         else:
             ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
-        # The ring depth must also cover the lazy algorithms' history window.
-        ring = max(ring, int(static.get("history", 0)) + 1, 2)
+        # The ring depth must also cover the lazy algorithms' history window (the factory's
+        # default when the config does not set it).
+        default = inspect.signature(self.spec.factory).parameters.get("history")
+        history = static.get("history", None if default is None else default.default)
+        ring = max(ring, int(history or 0) + 1, 2)
 
         steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
         every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
         steps = math.ceil(steps / every) * every
 
         wopts = dict(w.options)
+        if workload_factory is None:
+            _check_workload(w.name, wopts)
         try:
             self.workload = (workload_factory or get_workload)(w.name, **wopts)
         except ValueError as e:
-            raise ConfigError(f"workload: {e}") from None
+            opt = next((k for k in wopts if str(e).startswith(f"{k}=")), None)
+            if opt is not None:
+                raise ConfigError(f"workload.options.{e}") from None
+            raise ConfigError(f"workload.name={w.name!r}: {e}") from None
         except FileNotFoundError as e:
             raise ConfigError(f"workload.options.data_dir: {e}") from None
         labels = np.asarray(self.workload.data.y_train)
@@ -216,6 +289,17 @@ class Prepared:
             network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
             eval_train_size=r.eval_train_size, full_batch=w.full_batch,
         )
+        # A factory taking `smoothness` gets the workload's L (None where unknown): CE-ASGD's
+        # threshold kappa * L, Koloskova's 1/(4 L tau). One trial build turns a factory's
+        # ValueError (kappa without a known L...) into a config error before compiling.
+        if "smoothness" in accepted and "smoothness" not in static and "smoothness" not in numeric:
+            static["smoothness"] = self.workload.smoothness
+        trial = {"num_workers": m} if "num_workers" in accepted else {}
+        trial.update(static, **{k: v[0] for k, v in numeric.items()})
+        try:
+            self.spec.build(**trial)
+        except ValueError as e:
+            raise ConfigError(f"algorithm.params: {e}") from None
         self.static = static
         # members: seeds x grid of swept numeric parameters
         names = sorted(numeric)
@@ -224,7 +308,14 @@ class Prepared:
             {"seed": int(s), "params": dict(zip(names, vals, strict=True))}
             for vals in grid for s in r.seeds
         ]
-        self.simulator = Simulator(self.spec, static, self.workload, self.sim_config)
+        self.mesh, worker_axis = None, None
+        if r.mesh_workers > 1:  # validated above: divides M, enough devices
+            from jaxasync.mesh import make_mesh
+
+            self.mesh = make_mesh(r.mesh_workers)
+            if rows % r.mesh_workers == 0:
+                worker_axis = {"spmd_axis_name": "workers"}
+        self.simulator = Simulator(self.spec, static, self.workload, self.sim_config, worker_axis)
 
     def hparams(self) -> dict:
         names = self.members[0]["params"].keys()
@@ -237,6 +328,40 @@ class Prepared:
 def prepare(cfg: Any, workload_factory: Callable | None = None) -> Prepared:
     """Validates ``cfg`` (dict, OmegaConf or :class:`Config`) and builds the simulator."""
     return Prepared(to_config(cfg), workload_factory)
+
+
+class _DataNeeded(Exception):
+    """Raised in place of loading the data: every check that needs no data has passed
+    (or, with ``error``, the workload's own check failed)."""
+
+    def __init__(self, error: ConfigError | None = None):
+        super().__init__()
+        self.error = error
+
+
+def validate(cfg: Any) -> Config:
+    """Checks every value that can be checked without loading data or compiling.
+
+    Raises the same :class:`ConfigError` as :func:`prepare` for all but the checks that
+    need the data (batch larger than a shard, a partition that cannot be made, a missing
+    or broken data file), which :func:`prepare` makes before compiling. The CLI runs it
+    on every job of a sweep before starting any.
+    """
+    c = to_config(cfg)
+
+    def stop(name: str, **options: Any):
+        try:
+            _check_workload(name, options)
+        except ConfigError as e:  # not through Prepared's `except ValueError`
+            raise _DataNeeded(e) from None
+        raise _DataNeeded
+
+    try:
+        Prepared(c, stop)
+    except _DataNeeded as stopped:
+        if stopped.error is not None:
+            raise stopped.error from None
+    return c
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -288,19 +413,58 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     The record (also written as ``run.json`` when ``out_dir`` is given) holds the
     resolved config, per-member metric histories, counters, targets reached, the
     staleness histogram, versions, device, git revision and timings.
+
+    With ``out_dir`` (see :mod:`jaxasync.checkpoint`): a finished ``run.json`` of the
+    same config is reused (the run is skipped), a checkpoint of the same config is
+    resumed, and ``run.checkpoint_every = N > 0`` saves the state every N chunks.
     """
+    from jaxasync import checkpoint as ckpt
+
     t_start = time.perf_counter()
-    prep = prepare(cfg, workload_factory)
-    cfg_obj = prep.cfg
+    cfg_obj = to_config(cfg)
     name = cfg_obj.algorithm.name
+    digest = ckpt.config_hash(cfg_obj)
+    if out_dir is not None and cfg_obj.run.resume:
+        done = ckpt.finished_record(Path(out_dir), digest)
+        if done is not None:
+            if progress:
+                print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
+                      f"skipped", flush=True)
+            return done
+    elif out_dir is not None:
+        ckpt.discard(Path(out_dir))
+    prep = prepare(cfg_obj, workload_factory)
     if progress:
         print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
               f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
               f"members={len(prep.members)} delay={prep.delay.kind}", flush=True)
+    keys, hparams = prep.keys(), prep.hparams()
+    checkpoints, state, history = None, None, None
+    every = cfg_obj.run.checkpoint_every
+    if out_dir is not None and (every > 0 or ckpt.Checkpoints.exists(out_dir)):
+        sc = prep.sim_config
+        checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
+                                       math.ceil(sc.steps / sc.eval_every))
+        state, history = checkpoints.restore(prep.simulator, keys, hparams)
+        if state is not None and progress:
+            print(f"[{name}] resuming from {checkpoints.directory} after chunk "
+                  f"{checkpoints.chunks_done(history)}", flush=True)
+    resumed = checkpoints.chunks_done(history) if history is not None else None
     data = put_data(prep.workload, prep.index, prep.size)
-    result = run(prep.simulator, data, prep.keys(), prep.hparams(),
-                 progress=_progress_printer(name) if progress else None)
+    try:
+        result = run(prep.simulator, data, keys, hparams,
+                     progress=_progress_printer(name) if progress else None,
+                     state=state, history=history,
+                     on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
+                     mesh=prep.mesh)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
+    record["config_hash"] = digest
+    record["timing"]["resumed_after_chunk"] = resumed
     if out_dir is not None:
         report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
+        if checkpoints is not None:
+            checkpoints.remove()
     return record
