@@ -78,7 +78,7 @@ def test_every_config_option_composes(hydra_conf, group):
         plain = OmegaConf.to_container(cfg, resolve=False)
         plain.pop("hydra", None)
         # Building needs data; file-based workloads must fail with a clear data error.
-        if group == "workload" and "data_dir" in plain["workload"].get("options", {}):
+        if group in ("workload", "experiment") and "data_dir" in plain["workload"].get("options", {}):
             with pytest.raises(ConfigError, match="data_dir"):
                 prepare(plain)
             continue

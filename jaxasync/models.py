@@ -1,0 +1,177 @@
+"""Flax (linen) models of the workloads.
+
+The simulator sees a model only as a pure ``apply(params, x)`` and a params pytree, so no model
+here carries mutable state (no BatchNorm statistics, no dropout RNG): ``module.apply(params, x)``
+is all it takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["MLP", "CNN1D", "Conv1D", "ResNet18", "BasicBlock", "Linear", "count_params"]
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree."""
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+class Linear(nn.Module):
+    """x -> x @ w with a single weight vector ``w`` [d], initialised at zero, no bias.
+
+    Used by the convex workloads: with this parameterisation the Hessian of
+    0.5 * mean((A w - b)^2) is exactly A^T A / n, so the smoothness constants computed in
+    :mod:`jaxasync.data` hold for these params as they are. Zero init matches the start
+    x0 = 0 of Mishchenko et al. (2022).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param("w", nn.initializers.zeros_init(), (x.shape[-1],), jnp.float32)
+        return x @ w
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: flatten, ``features`` hidden layers, ``num_classes`` logits.
+
+    ``MLP((512,), 10)`` on 784 inputs is the MNIST net of the SASG authors
+    (github.com/xiaogdeng/SASG, ``MNISTNet`` in sasg-dis/tasks/cifar_architectures/lenet.py):
+    784*512 + 512 + 512*10 + 10 = 407,050 parameters. Flax's default initialisers (LeCun normal
+    kernels, zero biases) differ from PyTorch's uniform ones; the architecture is the same.
+    """
+
+    features: Sequence[int]
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for width in self.features:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class Conv1D(nn.Module):
+    """1-D convolution ([B, L, C] -> [B, ceil(L / strides), features]) computed as a matmul.
+
+    Zero padding of ``kernel_size // 2`` on both sides (PyTorch's ``padding=k//2``). The input is
+    unfolded into ``kernel_size`` shifted views and contracted with the kernel in one einsum.
+    Why not ``nn.Conv``: XLA:CPU runs convolutions inside ``lax.scan`` bodies on a slow path; on
+    this project's 2-core CPU a scanned step of 10 vmapped workers x batch 10 through
+    :class:`CNN1D` took 104 ms with ``nn.Conv`` and 3 ms with this matmul form. Parameters have
+    ``nn.Conv``'s shapes (kernel [k, C, features], bias [features]) and initialisers.
+    """
+
+    features: int
+    kernel_size: int = 5
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.strides
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, x.shape[-1], self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        length_out = -(-x.shape[1] // s)
+        padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (0, 0)))
+        # views[:, t, j] = padded[:, s * t + j]: the j-th tap of every output position.
+        views = jnp.stack(
+            [padded[:, j : j + s * (length_out - 1) + 1 : s] for j in range(k)], axis=2
+        )
+        return jnp.einsum("btjc,jcf->btf", views, kernel) + bias
+
+
+class CNN1D(nn.Module):
+    """Small 1-D convolutional net for MNIST-1D ([B, 40] signals).
+
+    Three kernel-5 convolutions with ReLU (the first with stride 2), then a dense classifier, in
+    the spirit of the ``ConvBase`` baseline of Greydanus & Kobak (2020, arXiv 2011.14439), which
+    reaches about 94% test accuracy. 16,906 parameters with the defaults, cheap on a CPU.
+    """
+
+    num_classes: int = 10
+    channels: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1, 1)  # [B, length, 1 channel]
+        x = nn.relu(Conv1D(self.channels, 5, strides=2)(x))
+        x = nn.relu(Conv1D(self.channels, 5)(x))
+        x = nn.relu(Conv1D(self.channels, 5)(x))
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def _norm(channels: int, name: str) -> nn.Module:
+    # GroupNorm with 32 groups (Wu & He, 2018, arXiv 1803.08494), the paper's default; every
+    # ResNet-18 width (64..512) is divisible by 32.
+    return nn.GroupNorm(num_groups=min(32, channels), name=name)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (He et al., 2016, arXiv 1512.03385).
+
+    A 1x1 strided projection (with its normalisation) replaces the identity shortcut when the
+    shape changes, as in the CIFAR ResNet of the SASG code (kuangliu/pytorch-cifar lineage).
+    """
+
+    channels: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        def conv(kernel: int, strides: int, name: str) -> nn.Conv:
+            # Explicit symmetric padding, as PyTorch's padding=1 (3x3) / 0 (1x1): Flax's "SAME"
+            # pads only the far side when striding, which shifts the sampling grid.
+            pad = (kernel - 1) // 2
+            return nn.Conv(
+                self.channels,
+                (kernel, kernel),
+                strides=(strides, strides),
+                padding=((pad, pad), (pad, pad)),
+                use_bias=False,
+                name=name,
+            )
+
+        y = nn.relu(_norm(self.channels, "norm1")(conv(3, self.strides, "conv1")(x)))
+        y = _norm(self.channels, "norm2")(conv(3, 1, "conv2")(y))
+        if self.strides != 1 or x.shape[-1] != self.channels:
+            x = _norm(self.channels, "shortcut_norm")(conv(1, self.strides, "shortcut")(x))
+        return nn.relu(y + x)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 images (CIFAR variant), NHWC input.
+
+    3x3 stem convolution (stride 1, no max-pool), four stages of two basic blocks with widths
+    64-128-256-512 (strides 1, 2, 2, 2), global average pooling, a dense classifier: the network
+    of the SASG authors (sasg-dis/tasks/cifar_architectures/resnet.py).
+
+    Deviation: GroupNorm (32 groups) replaces BatchNorm, so the model is a pure function of its
+    params with no running statistics to carry through the asynchronous simulator, and per-worker
+    minibatches of 10 (SASG's protocol) do not make the normalisation noisy. Each norm layer has a
+    per-channel scale and bias exactly like BatchNorm's trainable parameters, so the parameter
+    count is unchanged: 11,173,962 for 10 classes (the paper's "11.17 M"), 11,220,132 for 100.
+    Accuracy with GroupNorm is typically a little below BatchNorm's at large batch sizes (Wu & He,
+    2018), so the published 92% is a demanding target for this variant.
+    """
+
+    num_classes: int = 10
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    widths: Sequence[int] = (64, 128, 256, 512)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, name="stem")(x)
+        x = nn.relu(_norm(self.widths[0], "stem_norm")(x))
+        for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+            for block in range(blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, strides, name=f"stage{stage + 1}_block{block + 1}")(x)
+        x = jnp.mean(x, axis=(1, 2))  # global average pool (4x4 after three stride-2 stages)
+        return nn.Dense(self.num_classes, name="head")(x)
