@@ -410,22 +410,23 @@ def _dense_row_bits(rows: WorkerRows) -> float:
 # ----------------------------------------------------------------------------- reading state
 
 
-def _find(state: PyTree, cls: type) -> list:
-    found = []
+def _nodes(tree: PyTree):
+    """Every node of an optimizer-state tree (NamedTuples, tuples, lists, dicts), pre-order."""
+    yield tree
+    if isinstance(tree, tuple | list):
+        for child in tree:
+            yield from _nodes(child)
+    elif isinstance(tree, dict):
+        for child in tree.values():
+            yield from _nodes(child)
 
-    def visit(node):
-        if isinstance(node, cls):
-            found.append(node)
-            return
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
 
-    visit(state)
-    return found
+def find_states(opt_state: PyTree, cls: type) -> list:
+    """All state objects of type ``cls`` inside a (possibly chained) optimizer state."""
+    return [node for node in _nodes(opt_state) if isinstance(node, cls)]
+
+
+_find = find_states
 
 
 def communication(opt_state: PyTree) -> dict[str, Array]:
@@ -464,21 +465,12 @@ def algorithm_metrics(opt_state: PyTree) -> dict[str, Array]:
     be unique across the chain.
     """
     out: dict[str, Array] = {}
-
-    def visit(node):
-        if hasattr(node, "metrics") and callable(node.metrics) and isinstance(node, tuple):
+    for node in _nodes(opt_state):
+        if isinstance(node, tuple) and callable(getattr(node, "metrics", None)):
             for k, v in node.metrics().items():
                 if k in out:
                     raise ValueError(f"algorithm metric {k!r} reported twice in one chain")
                 out[k] = v
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
     return out
 
 
