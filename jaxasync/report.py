@@ -158,6 +158,12 @@ def summary_row(record: dict) -> dict[str, str]:
         row["up bits"] = _mean_sd([f["bits_up"] for f in final])
         row["uploads"] = _mean_sd([f["uploads"] for f in final])
         row["staleness"] = _mean_sd([f["staleness_mean"] for f in final])
+        if any(f.get("rejections") or f.get("skips") or f.get("dropped") for f in final):
+            row["rejected"] = _mean_sd([f.get("rejections", 0) for f in final])
+            row["skipped"] = _mean_sd([f.get("skips", 0) for f in final])
+            row["wasted grads"] = _mean_sd([f.get("wasted", 0) for f in final])
+        if final and "server_flops_per_decision" in final[0]:
+            row["server flops/decision"] = _mean_sd([f["server_flops_per_decision"] for f in final])
         row["sim time"] = _mean_sd([f["time"] for f in final])
     if target:
         hits = [m["target_reached"] for m in ms]

@@ -1,0 +1,217 @@
+"""The asynchronous baselines: rules by hand, equivalences with ASGD, the optax contract."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import least_squares, toy_data
+
+import jaxasync as ja
+from jaxasync import delays as dl
+from jaxasync import sim
+from jaxasync.algorithms import get_algorithm
+from jaxasync.transforms import with_rows
+
+# Sampled delays uniform on {0..5}: every rule sees stale and fresh arrivals.
+UNIFORM = sim.SimConfig(num_workers=6, arrivals=1, batch_size=8, ring_size=8, steps=200,
+                        eval_every=200, delay=dl.DelayConfig(kind="uniform", low=0, high=5))
+
+NEW = ("ce_asgd", "ce_asgd_lite", "dc_asgd", "dc_asgd_adaptive", "koloskova", "picky", "fedbuff")
+
+
+def _run(name, cfg, hparams: dict, static=None):
+    wl = least_squares()
+    n = len(next(iter(hparams.values())))
+    s = sim.Simulator(get_algorithm(name), static or {}, wl, cfg)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.zeros((n,), jnp.int32))
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+    return sim.run(s, toy_data(wl, cfg.num_workers), keys, hp)
+
+
+def _params(r, i):
+    return np.asarray(r.final_state.params["w"][i])
+
+
+@pytest.fixture(scope="module")
+def asgd_run():
+    return _run("asgd", UNIFORM, {"learning_rate": [0.05]})
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def _extra(name, w, params, key):
+    k1, k2 = jax.random.split(key)
+    spec = get_algorithm(name)
+    extra = {"staleness": jax.random.randint(k1, (w,), 0, 4), "mask": jnp.ones((w,), bool),
+             "worker_ids": jnp.arange(w, dtype=jnp.int32), "key": k2}
+    drift = jax.tree.map(lambda p: 0.01 * jax.random.normal(k2, (w,) + p.shape), params)
+    if "drift" in spec.needs:
+        extra["drift"] = drift
+    if "drift_norm" in spec.needs:
+        extra["drift_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(v.reshape(w, -1)), axis=1)
+                                           for v in jax.tree.leaves(drift)))
+    if "update_norms" in spec.needs:
+        extra["update_norms"] = jnp.full((8,), 0.01)
+    return extra
+
+
+KWARGS = {"ce_asgd": {"threshold": 1.0}, "ce_asgd_lite": {"threshold": 1.0},
+          "picky": {"threshold": 0.05}, "koloskova": {"num_workers": 4}}
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_contract_jit_once_inject_hyperparams_and_docs(name):
+    spec = get_algorithm(name)
+    p = {"a": jnp.zeros(5), "b": jnp.ones((2, 3))}
+    tx = optax.inject_hyperparams(spec.factory)(learning_rate=0.1, **KWARGS.get(name, {}))
+    ref = spec.factory(learning_rate=0.1, **KWARGS.get(name, {}))
+    w = 4 if spec.arrivals == 4 else 3
+    s, rs = with_rows(tx.init(p), w), with_rows(ref.init(p), w)
+    upd, ref_upd = jax.jit(tx.update), jax.jit(ref.update)
+    for t in range(2):
+        key = jax.random.PRNGKey(t)
+        g = {"a": jax.random.normal(key, (w, 5)), "b": jax.random.normal(key, (w, 2, 3))}
+        extra = _extra(name, w, p, key)
+        u, s = upd(g, s, p, **extra)
+        ru, rs = ref_upd(g, rs, p, **extra)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), u, ru)
+        assert jax.tree.structure(s) == jax.tree.structure(with_rows(tx.init(p), w))
+    assert upd._cache_size() == 1
+    doc = spec.factory.__doc__
+    for part in (".. math::", "Args:", "References:", "learning_rate"):
+        assert part in doc, (name, part)
+    assert "arXiv" in doc or "DOI" in doc
+    if name.startswith("ce_asgd"):
+        assert "interpretation" in doc and "abstract" in doc
+
+
+# ----------------------------------------------------------------------------- DC-ASGD
+
+
+def test_dc_asgd_constant_and_adaptive_by_hand():
+    p = {"x": jnp.zeros(2)}
+    g = {"x": jnp.asarray([[1.0, 2.0]])}
+    drift = {"x": jnp.asarray([[0.5, -1.0]])}
+    tx = ja.dc_asgd(learning_rate=1.0, lam=0.04)
+    u, _ = tx.update(g, with_rows(tx.init(p), 1), p, drift=drift)
+    np.testing.assert_allclose(-u["x"], [1 + 0.04 * 1 * 0.5, 2 - 0.04 * 4 * 1.0], rtol=1e-6)
+
+    tx = ja.dc_asgd_adaptive(learning_rate=1.0, lam0=2.0, ms_decay=0.95, eps=1e-7)
+    s = with_rows(tx.init(p), 1)
+    ms = np.zeros(2)
+    for gv, dv in (([1.0, 2.0], [0.5, -1.0]), ([0.5, -1.0], [0.2, 0.1])):
+        gv, dv = np.asarray(gv), np.asarray(dv)
+        u, s = tx.update({"x": jnp.asarray([gv])}, s, p, drift={"x": jnp.asarray([dv])})
+        ms = 0.95 * ms + 0.05 * gv**2
+        lam = 2.0 / np.sqrt(ms + 1e-7)
+        np.testing.assert_allclose(-u["x"], gv + lam * gv * gv * dv, rtol=1e-5)
+
+
+def test_dc_asgd_adaptive_with_zero_lambda_is_asgd_step_by_step():
+    p = {"x": jnp.zeros(3)}
+    tx, ref = ja.dc_asgd_adaptive(0.1, lam0=0.0), ja.asgd(0.1)
+    s, rs = with_rows(tx.init(p), 2), with_rows(ref.init(p), 2)
+    for t in range(2):
+        key = jax.random.PRNGKey(t)
+        g = {"x": jax.random.normal(key, (2, 3))}
+        u, s = tx.update(g, s, p, drift={"x": jax.random.normal(key, (2, 3))})
+        ru, rs = ref.update(g, rs, p)
+        np.testing.assert_array_equal(u["x"], ru["x"])
+
+
+def test_dc_asgd_lambda_zero_equals_asgd_through_the_simulator(asgd_run):
+    r = _run("dc_asgd", UNIFORM, {"learning_rate": [0.05, 0.05], "lam": [0.0, 0.5]})
+    np.testing.assert_array_equal(_params(r, 0), _params(asgd_run, 0))
+    assert r.history[0][-1]["bits_up"] == asgd_run.history[0][-1]["bits_up"]
+    assert not np.array_equal(_params(r, 1), _params(asgd_run, 0))   # compensation acts
+
+
+# ----------------------------------------------------------------------------- Koloskova
+
+
+def test_koloskova_drop_and_shrink_by_hand():
+    p = {"x": jnp.zeros(1)}
+    g = {"x": jnp.asarray([[1.0], [2.0], [4.0]])}
+    tau = jnp.asarray([0, 3, 5])
+    tx = ja.koloskova(learning_rate=0.1, num_workers=4)         # concurrency defaults to M
+    u, s = tx.update(g, with_rows(tx.init(p), 3), p, staleness=tau)
+    np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, True, False])
+    np.testing.assert_allclose(u["x"], [-0.1 * 1.5], rtol=1e-6)
+    c = ja.communication(s)
+    assert int(c["rejections"]) == 1 and int(c["uploads"]) == 3       # it was already sent
+    # shrink: tau = 5 > 4 gets min(0.1, 1 / (4 * 1 * 5)) = 0.05, i.e. half the step
+    tx = ja.koloskova(learning_rate=0.1, num_workers=4, mode="shrink", smoothness=1.0)
+    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, staleness=tau)
+    np.testing.assert_allclose(u["x"], [-0.1 * (1 + 2 + 0.5 * 4) / 3], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the smoothness"):
+        ja.koloskova(mode="shrink")
+    with pytest.raises(ValueError, match="mode='skip'"):
+        ja.koloskova(mode="skip")
+
+
+def test_koloskova_shrink_with_concurrency_above_every_delay_is_asgd():
+    p = {"x": jnp.zeros(3)}
+    tx, ref = ja.koloskova(0.1, concurrency=50, mode="shrink", smoothness=10.0), ja.asgd(0.1)
+    g = {"x": jax.random.normal(jax.random.PRNGKey(0), (3, 3))}
+    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, staleness=jnp.asarray([0, 7, 50]))
+    ru, _ = ref.update(g, with_rows(ref.init(p), 3), p)
+    np.testing.assert_array_equal(u["x"], ru["x"])
+
+
+def test_koloskova_through_the_simulator(asgd_run):
+    # concurrency 100 (above every delay) is ASGD; concurrency 2 drops exactly the tau > 2
+    r = _run("koloskova", UNIFORM, {"learning_rate": [0.05, 0.05], "concurrency": [100.0, 2.0]})
+    np.testing.assert_array_equal(_params(r, 0), _params(asgd_run, 0))
+    h, hist = r.history[1][-1], r.staleness_hist[1]
+    assert h["rejections"] == int(hist[3:].sum()) > 0
+    assert h["applied"] + h["rejections"] + h["dropped"] == UNIFORM.steps
+    assert h["wasted"] == h["rejections"]
+    assert h["bits_up"] == 32 * 8 * UNIFORM.steps                   # every gradient was sent
+
+
+# ----------------------------------------------------------------------------- PickySGD
+
+
+def test_picky_by_hand_and_radius_from_epsilon():
+    p = {"x": jnp.zeros(2)}
+    g = {"x": jnp.asarray([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])}
+    drift = jnp.asarray([0.1, 0.5, 0.0])
+    for tx in (ja.picky(learning_rate=1.0, threshold=0.2),
+               ja.picky(learning_rate=1.0, epsilon=0.8, smoothness=2.0),      # 0.8 / 4
+               ja.picky(learning_rate=1.0, threshold=0.2, epsilon=9.0)):      # no L: fallback
+        u, s = tx.update(g, with_rows(tx.init(p), 3), p, drift_norm=drift)
+        np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, False, True])
+        np.testing.assert_allclose(u["x"], [-2.0, -1.5], rtol=1e-6)
+        c = ja.communication(s)
+        assert int(c["rejections"]) == 1 and float(c["bits_up"]) == 3 * 64   # sent before
+    tx = ja.picky(learning_rate=1.0, threshold=math.inf)
+    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, drift_norm=drift)
+    np.testing.assert_allclose(u["x"], [-4.0 / 3, -5.0 / 3], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the smoothness"):
+        ja.picky(epsilon=1.0)
+
+
+# ----------------------------------------------------------------------------- FedBuff
+
+
+def test_fedbuff_weights_by_hand_and_arrivals_config():
+    from jaxasync.experiment import prepare
+
+    p = {"x": jnp.zeros(1)}
+    g = {"x": jnp.asarray([[1.0], [2.0], [3.0], [4.0]])}
+    tau = jnp.asarray([0, 1, 3, 8])
+    tx = ja.fedbuff(learning_rate=0.5)
+    u, _ = tx.update(g, with_rows(tx.init(p), 4), p, staleness=tau)
+    want = np.mean(np.asarray([1.0, 2.0, 3.0, 4.0]) / np.sqrt(1 + np.asarray([0, 1, 3, 8])))
+    np.testing.assert_allclose(u["x"], [-0.5 * want], rtol=1e-6)
+    assert get_algorithm("fedbuff").arrivals == 4
+    wl = least_squares()
+    cfg = {"algorithm": {"name": "fedbuff", "params": {"learning_rate": 0.05}},
+           "workload": {"name": "toy", "batch_size": 8}, "run": {"num_workers": 8}}
+    assert prepare(cfg, workload_factory=lambda name, **o: wl).rows == 4
+    cfg["algorithm"]["arrivals"] = 2
+    assert prepare(cfg, workload_factory=lambda name, **o: wl).rows == 2
