@@ -51,7 +51,7 @@ from jax import Array
 
 from jaxasync import rules
 from jaxasync.algorithms import register
-from jaxasync.transforms import accept_if, aggregate, as_rows, num_params
+from jaxasync.transforms import accept_if, aggregate, as_rows, find_states, num_params
 
 PyTree = Any
 
@@ -192,23 +192,6 @@ def count_server_work(variant: str) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _find_work(opt_state: PyTree) -> list[ServerWorkState]:
-    found = []
-
-    def visit(node):
-        if isinstance(node, ServerWorkState):
-            found.append(node)
-        elif isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
-    return found
-
-
 def server_work(opt_state: PyTree) -> dict[str, Array]:
     """The server-work counters of a CE-ASGD state, as a flat dict.
 
@@ -220,7 +203,7 @@ def server_work(opt_state: PyTree) -> dict[str, Array]:
     Raises:
       ValueError: the state has no :func:`count_server_work` in its chain.
     """
-    states = _find_work(opt_state)
+    states = find_states(opt_state, ServerWorkState)
     if len(states) != 1:
         raise ValueError("expected exactly one count_server_work() in the chain, "
                          f"found {len(states)}")
