@@ -17,6 +17,21 @@ from jaxasync.algorithms import (
     staleness_aware,
     sync_sgd,
 )
+from jaxasync.baselines import dc_asgd, dc_asgd_adaptive, fedbuff, koloskova, picky
+from jaxasync.ce_asgd import ce_asgd, ce_asgd_lite, server_work
+from jaxasync.lazy import (
+    LazyState,
+    lag,
+    lag_ps,
+    lag_wk,
+    lasg,
+    lazy_counters,
+    lazy_state,
+    lazy_upload,
+    sasg,
+    sgd_sum,
+    topk_ef,
+)
 from jaxasync.transforms import (
     WorkerRows,
     accept_if,
@@ -33,4 +48,8 @@ __all__ = [
     "ALGORITHMS", "AlgorithmSpec", "WorkerRows", "accept_if", "aggregate", "asgd",
     "communication", "compress", "delay_adaptive", "get_algorithm", "last_decisions", "register",
     "rules", "scale_by_staleness", "staleness_aware", "sync_sgd", "transforms",
+    "ce_asgd", "ce_asgd_lite", "server_work",
+    "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky",
+    "LazyState", "lag", "lag_ps", "lag_wk", "lasg", "lazy_counters", "lazy_state", "lazy_upload",
+    "sasg", "sgd_sum", "topk_ef",
 ]

@@ -128,6 +128,21 @@ def lazy_upload(diff_sq: Array, threshold: Array, consecutive_skips: Array,
     return (diff_sq > threshold) | (consecutive_skips > max_skips)
 
 
+def lazy_threshold(update_norms: Array, window: int, scale: float | Array) -> Array:
+    r"""LAG / LASG / SASG threshold from the last iterate differences.
+
+    .. math:: \text{thr} = s \sum_{j=0}^{w-1} \|x_{k-j} - x_{k-j-1}\|^2
+
+    with ``update_norms`` :math:`u_j = \|x_{k-j} - x_{k-j-1}\|` newest first (slots not
+    yet filled are 0), :math:`w` = ``window`` and :math:`s` = ``scale``. SASG's code sums
+    the :math:`D-1` differences of its last :math:`D` stored iterates with
+    :math:`s = 1/(2\alpha M^2)`; LAG sums :math:`D` differences with
+    :math:`s = \xi/(\alpha^2 M^2)`, :math:`\xi = 1/D` (see :mod:`jaxasync.lazy`).
+    """
+    u = update_norms[:window].astype(jnp.float32)
+    return jnp.asarray(scale, jnp.float32) * jnp.sum(u * u)
+
+
 SCALERS = {
     "constant": constant_scale,
     "inverse": inverse_staleness,

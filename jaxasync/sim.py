@@ -300,7 +300,9 @@ class Simulator:
             extra["update_norms"] = state.norms[(state.ring.head - jnp.arange(d)) % d]
         n_ref = 0
         if "ref_grads" in self.needs:
-            ref_w = jax.tree.map(lambda r: r[ids], state.ref_params)
+            # synchronous rows are the workers 0..M-1 in order: no gather of [M, ...] needed
+            ref_w = (state.ref_params if self.spec.synchronous
+                     else jax.tree.map(lambda r: r[ids], state.ref_params))
             x_ref, y_ref = self._xy(data, ids, k_batch)   # the same minibatch
             extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x_ref, y_ref)
             n_ref = w
@@ -330,7 +332,12 @@ class Simulator:
             worker_version = worker_version.at[ids].set(version)
 
         ref_params = state.ref_params
-        if "ref_grads" in self.needs:
+        if "ref_grads" in self.needs and self.spec.synchronous:
+            # in place, one elementwise pass (a gather + scatter would cost three)
+            ref_params = jax.tree.map(
+                lambda r, p: jnp.where(rows.uploaded.reshape((w,) + (1,) * p.ndim), p[None], r),
+                state.ref_params, state.params)
+        elif "ref_grads" in self.needs:
             base_w = params_w if params_w is not None else jax.tree.map(
                 lambda p: jnp.broadcast_to(p, (w,) + p.shape), state.params)
             ref_params = jax.tree.map(
@@ -366,6 +373,8 @@ class Simulator:
         """Metrics of one member at its current parameters (pure, jittable)."""
         wl = self.workload
         n_tr = min(self.cfg.eval_train_size, data.x_train.shape[0])
+        if wl.f_star is not None:  # F - F* needs F over the whole training set
+            n_tr = data.x_train.shape[0]
         tr = wl.evaluate(state.params, data.x_train[:n_tr], data.y_train[:n_tr])
         te = wl.evaluate(state.params, data.x_test, data.y_test)
         out = {f"train_{k}": v for k, v in tr.items()}

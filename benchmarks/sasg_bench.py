@@ -1,0 +1,258 @@
+"""SASG iterations per second on the MNIST FC protocol, with the time split; and the SASG table.
+
+    python benchmarks/sasg_bench.py                          # speed, about 5 min on 2 CPU cores
+    python benchmarks/sasg_bench.py --methods exact,lax      # choose the top-k variants
+    python benchmarks/sasg_bench.py --table runs/<date>/<time>   # experiment=sasg_mnist_fc sweep
+
+**Speed.** One simulated SASG run (M = 10 workers, batch 10, FC 784-512-10 = 407,050
+parameters, D = 10, per-layer top-k at h = 0.01, one seed) through the real simulator step
+(:class:`jaxasync.sim.Simulator`: two gradients per worker on the same minibatch, the skip
+test, top-k with error feedback, the server sum, the ring of versions), measured after a
+warm-up of 100 iterations (so workers skip as they do in a run). For each top-k variant
+(``exact``: :func:`jaxasync.compress.top_k`'s fast exact selection; ``lax``: ``jax.lax.top_k``,
+what a straightforward port uses; ``approx``: DGC's sampled threshold) it prints iterations
+per second and the split of one iteration into
+
+* gradients: the 20 minibatch gradients alone (10 at x_k, 10 at the workers' last-upload
+  iterates), a jitted scan of the same shapes;
+* top-k: the 10 per-worker per-layer selections alone, on error-corrected steps
+  ``alpha g + e`` taken from the warmed-up run (the distribution matters: ties and clusters);
+* the rest: iteration minus the two (skip test, error feedback, stored messages, server sum,
+  simulator bookkeeping).
+
+Every timing is the median of ``--repeats`` calls of an already-compiled scan of ``--steps``
+iterations; variants are interleaved so that load from other processes hits them alike, and
+the load average is printed next to the figures (this machine is shared: expect +-30%).
+
+**Table.** Reads the ``run.json`` files of an ``experiment=sasg_mnist_fc`` sweep (one per
+algorithm) and prints, per algorithm over the seeds: rounds (uploads) and uplink bits to the
+first evaluation at or above ``--target``, final test accuracy, fraction of skipped uploads
+and total uplink bits, next to the paper's MNIST row (TARGETS.md, the authors' logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxasync as ja
+from jaxasync import delays as dl
+from jaxasync import lazy, report
+from jaxasync.data import partition
+from jaxasync.sim import SimConfig, Simulator, put_data
+from jaxasync.workloads import get_workload
+
+M, BATCH, HISTORY, DENSITY, ALPHA = 10, 10, 10, 0.01, 0.005
+
+#: TARGETS.md, MNIST row (authors' logs, full MNIST, target 98%)
+PAPER = {
+    "sgd_sum": {"label": "SGD", "rounds": 61000, "final": 98.19, "skipped": None},
+    "topk_ef": {"label": "Sparse", "rounds": 62200, "final": 98.17, "skipped": None},
+    "lasg": {"label": "LASG", "rounds": 34269, "final": 98.12, "skipped": 48.4},
+    "sasg": {"label": "SASG", "rounds": 23775, "final": 98.18, "skipped": 65.1},
+}
+D_PARAMS, K_SASG = 407050, 4071
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def _setup(workload_name: str):
+    wl = get_workload(workload_name)
+    index, size = partition(np.asarray(wl.data.y_train), M, "iid")
+    return wl, put_data(wl, index, size)
+
+
+def sasg_run(wl, data, method: str, steps: int, warmup: int):
+    """A compiled scan of ``steps`` SASG iterations and the warmed-up state."""
+    cfg = SimConfig(num_workers=M, batch_size=BATCH, ring_size=HISTORY + 1, steps=steps,
+                    eval_every=steps, delay=dl.DelayConfig(kind="none"))
+    sim = Simulator(ja.get_algorithm("sasg"), {"topk_method": method, "history": HISTORY,
+                                               "density": DENSITY}, wl, cfg)
+    hp = {"learning_rate": jnp.float32(ALPHA)}
+
+    def body(s, _):
+        return sim.step(s, data, hp), None
+
+    run = jax.jit(lambda s, n: jax.lax.scan(body, s, None, length=n)[0], static_argnums=1,
+                  donate_argnums=0)
+    state = jax.jit(sim.init)(jax.random.PRNGKey(1), hp)
+    state = run(state, warmup)
+    jax.block_until_ready(state)
+    holder = {"s": state}
+
+    def call():
+        holder["s"] = run(holder["s"], steps)
+        jax.block_until_ready(holder["s"])
+
+    call()  # compile the timed length
+    return call, holder
+
+
+def gradients_run(wl, data, steps: int):
+    """The 20 gradients of an iteration alone (10 at x, 10 at per-worker iterates)."""
+    params = wl.init(jax.random.PRNGKey(0))
+    params_m = jax.tree.map(lambda p: jnp.broadcast_to(p, (M,) + p.shape) * 1.01, params)
+    grad = jax.grad(wl.loss)
+    shard = data.shard_index
+
+    def body(acc, key):
+        pos = jax.random.randint(key, (M, BATCH), 0, data.shard_size[:, None])
+        idx = jnp.take_along_axis(shard, pos, axis=1)
+        x, y = data.x_train[idx], data.y_train[idx]
+        g = jax.vmap(grad, (None, 0, 0))(params, x, y)
+        r = jax.vmap(grad)(params_m, x, y)
+        return acc + sum(jnp.sum(a[:, :1]) + jnp.sum(b[:, :1])
+                         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(r), strict=True)), None
+
+    run = jax.jit(lambda key: jax.lax.scan(body, jnp.float32(0), jax.random.split(key, steps))[0])
+    jax.block_until_ready(run(jax.random.PRNGKey(0)))
+    return lambda: jax.block_until_ready(run(jax.random.PRNGKey(3)))
+
+
+def topk_run(v_w, method: str, steps: int):
+    """The 10 per-layer selections of an iteration alone, on realistic inputs ``v_w``."""
+    comp = lazy.top_k_compressor(DENSITY, method=method)
+    keys = jax.random.split(jax.random.PRNGKey(0), M)
+
+    def body(acc, t):
+        # a step-dependent positive scale keeps the ranking (and the ties) and defeats hoisting
+        v = jax.tree.map(lambda x: x * (1.0 + 1e-6 * t), v_w)
+        msg, bits = jax.vmap(comp)(v, keys)
+        return acc + bits[0] + sum(jnp.sum(m[:, :1]) for m in jax.tree.leaves(msg)), None
+
+    ts = jnp.arange(steps, dtype=jnp.float32)
+    run = jax.jit(lambda: jax.lax.scan(body, jnp.float32(0), ts)[0])
+    jax.block_until_ready(run())
+    return lambda: jax.block_until_ready(run())
+
+
+def speed(args) -> None:
+    wl, data = _setup(args.workload)
+    methods = args.methods.split(",")
+    runs = {}
+    for method in methods:
+        runs[method] = sasg_run(wl, data, method, args.steps, args.warmup)
+    # realistic top-k inputs: each worker's last v = alpha g + e (= its message + its new
+    # memory) in the warmed-up run: error feedback piles up entries just below the cut
+    state = next(iter(runs.values()))[1]["s"]
+    ls = lazy.lazy_state(state.opt_state)
+    v_w = jax.tree.map(jnp.add, ls.error, ls.messages)
+    calls = {f"sasg[{m}]": runs[m][0] for m in methods}
+    calls["gradients"] = gradients_run(wl, data, args.steps)
+    for m in methods:
+        calls[f"top-k[{m}]"] = topk_run(v_w, m, args.steps)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    load0 = os.getloadavg()
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            t, c = time.perf_counter(), time.process_time()
+            call()
+            times[name].append((time.perf_counter() - t) / args.steps)
+            cpu[name].append((time.process_time() - c) / args.steps)
+    load1 = os.getloadavg()
+    state = next(iter(runs.values()))[1]["s"]      # the latest (earlier ones were donated)
+    comm = ja.communication(state.opt_state)
+    it = int(state.counts.iterations)
+    print(f"# SASG on {args.workload}: M={M}, batch {BATCH}, D={HISTORY}, h={DENSITY}, "
+          f"{D_PARAMS:,} params; {jax.devices()[0].platform} x {os.cpu_count()} cores; "
+          f"median of {args.repeats} x {args.steps} iterations after {args.warmup}")
+    print(f"# load average before/after: {load0[0]:.1f} / {load1[0]:.1f}; skipped uploads in the "
+          f"warmed-up run: {int(comm['skips'])}/{M * it}")
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    cpu_med = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
+    spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
+    print("# wall: elapsed ms per iteration (what a run takes now); cpu: this process's CPU ms")
+    print("# per iteration, all threads (less sensitive to other processes; on an idle machine")
+    print("# wall <= cpu, so 1000/cpu is a lower bound of the idle it/s)")
+    print(f"{'variant':<14} {'it/s':>6} {'wall ms':>8} {'(min-max)':>13} {'grads':>6} "
+          f"{'top-k':>6} {'rest':>6} | {'cpu ms':>7} {'grads':>6} {'top-k':>6} {'rest':>6} "
+          f"{'1000/cpu':>8}")
+    for m in methods:
+        name = f"sasg[{m}]"
+        total, g, k = med[name], med["gradients"], med[f"top-k[{m}]"]
+        c_total, c_g, c_k = cpu_med[name], cpu_med["gradients"], cpu_med[f"top-k[{m}]"]
+        lo, hi = spread[name]
+        print(f"{name:<14} {1e3 / total:>6.1f} {total:>8.2f} {lo:>6.1f}-{hi:<6.1f} {g:>6.2f} "
+              f"{k:>6.2f} {total - g - k:>6.2f} | {c_total:>7.2f} {c_g:>6.2f} {c_k:>6.2f} "
+              f"{c_total - c_g - c_k:>6.2f} {1e3 / c_total:>8.1f}")
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _records(root: Path) -> dict[str, dict]:
+    out = {}
+    for rec in report.load_records(root):
+        out[rec["algorithm"] + ("[" + rec["config"]["algorithm"]["params"].get("topk_method", "")
+                                + "]" if rec["algorithm"] in ("sasg", "topk_ef") else "")] = rec
+    return out
+
+
+def _stats(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.4g}"
+    return f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+
+
+def table(args) -> None:
+    recs = _records(Path(args.table))
+    if not recs:
+        raise SystemExit(f"no run.json under {args.table}")
+    print(f"# target: test accuracy >= {args.target}; 'rounds' = uploads until the first "
+          f"evaluation at or above it (mean ± sd over seeds; n = seeds reaching it)")
+    cols = ("algorithm", "seeds", "reached", "rounds to target", "uplink bits to target",
+            "final acc %", "skipped %", "uplink bits total", "paper rounds (98%)", "paper final",
+            "paper skipped %")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    order = ("sgd_sum", "topk_ef", "lasg", "sasg")
+    for name in sorted(recs, key=lambda n: (order.index(n.split("[")[0]) if n.split("[")[0]
+                                            in order else 9, n)):
+        rec = recs[name]
+        ms = rec["members"]
+        m = rec["resolved"]["num_workers"]
+        hits = [report.reached(x["history"], "test_accuracy", args.target, "max") for x in ms]
+        ok = [h for h in hits if h is not None]
+        finals = [x["final"] for x in ms]
+        skipped = [100 * f["skips"] / (m * f["step"]) for f in finals]
+        paper = PAPER.get(name.split("[")[0], {})
+        row = (name, str(len(ms)), f"{len(ok)}/{len(ms)}",
+               _stats([h["uploads"] for h in ok]), _stats([h["bits_up"] for h in ok]),
+               _stats([100 * f["test_accuracy"] for f in finals]), _stats(skipped),
+               _stats([f["bits_up"] for f in finals]),
+               str(paper.get("rounds", "-")), str(paper.get("final", "-")),
+               str(paper.get("skipped") or "-"))
+        print("| " + " | ".join(row) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", default="mnist_subset_fc")
+    ap.add_argument("--methods", default="exact,lax,approx", help="top-k variants, comma-separated")
+    ap.add_argument("--steps", type=int, default=50, help="iterations per timed call")
+    ap.add_argument("--warmup", type=int, default=100, help="iterations before timing")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--table", default=None,
+                    help="a sasg_mnist_fc sweep directory: print the table")
+    ap.add_argument("--target", type=float, default=0.92, help="test accuracy target of the table")
+    args = ap.parse_args()
+    if args.table:
+        table(args)
+    else:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,646 @@
+r"""Lazy aggregation and sparsification: SASG, LASG-WK2, LAG-WK/PS, top-k with error feedback.
+
+Synchronous rounds of :math:`M` workers at the current iterate :math:`x_k`; the server keeps
+each worker's last uploaded message :math:`\hat g_m` and sums the stored messages, stale
+ones included, with the step size folded into the messages (as the SASG authors' code):
+
+.. math::
+
+   x_{k+1} = x_k - \sum_{m=1}^{M} \hat g_m .
+
+A worker *skips* its upload (:math:`\hat g_m` is reused) when its gradient barely changed
+since its last upload:
+
+.. math::
+
+   \text{upload}_m \iff k < D_{warm}\ \lor\ \|g_m(x_k;\xi) - g_m(\hat x_m;\xi)\|^2 > \text{thr}_k
+   \ \lor\ \tau_m > D,
+   \qquad \text{thr}_k = s \sum_{j=0}^{w-1} \|x_{k-j} - x_{k-j-1}\|^2 ,
+
+where :math:`\hat x_m` is the iterate of :math:`m`'s last upload, both gradients are taken on
+the *same* minibatch :math:`\xi`, and :math:`\tau_m` counts :math:`m`'s consecutive skips
+(reset to 1 on an upload; the warm-up leaves it alone, as the authors' code does). The
+threshold forms (``threshold=``), with :math:`\alpha` the step size and :math:`D` the
+``history``:
+
+============ ======== =============================== =============================================
+form         window w scale s                         where
+============ ======== =============================== =============================================
+``"2alpha"`` D - 1    :math:`1/(2\alpha M^2)`          SASG MNIST notebook (the default)
+``"alpha"``  D - 1    :math:`1/(\alpha M^2)`           SASG CIFAR notebooks, ``sasg-dis`` code
+``"wk2"``    D - 1    :math:`4/(D\alpha^2 M^2)`        older SASG VGG notebook (LASG-WK2, xi = 4/D)
+``"lag"``    D        :math:`1/(D\alpha^2 M^2)`        LAG-WK/PS paper (xi_d = 1/D)
+``"never"``  -        :math:`\text{thr} = -\infty`     never skip (equivalence tests, baselines)
+============ ======== =============================== =============================================
+
+(The SASG code stores the last :math:`D` iterates and sums their :math:`D-1` differences.)
+``threshold_scale`` multiplies any form (a traced number: sweepable).
+
+On upload, SASG sends the per-layer top-k of the error-corrected step,
+
+.. math::
+
+   v = \alpha g_m(x_k) + e_m,\quad \hat g_m = \mathrm{TopK}(v),\quad e_m \leftarrow v - \hat g_m,
+
+with :math:`k_l = \max(1, \lfloor h d_l\rfloor)` per layer (``density`` :math:`h`) and
+:math:`64 \sum_l k_l` bits (a float32 value and an int32 index per entry); :math:`e_m` changes
+only when :math:`m` uploads. LASG and LAG send :math:`\alpha g_m` dense (:math:`32d` bits).
+Every worker receives the dense model, :math:`32d` bits per round. Rounds = uploads.
+
+Siblings, all in the same harness (server sums :math:`\alpha`-scaled messages):
+
+* :func:`sgd_sum` -- every worker uploads :math:`\alpha g_m` dense ("SGD" in the paper);
+* :func:`topk_ef` -- every worker uploads :math:`\mathrm{TopK}(\alpha g_m + e_m)` ("Sparse");
+* :func:`lasg` -- SASG's skip rule, dense :math:`\alpha g_m`, no memory;
+* :func:`lag` -- deterministic LAG: full local gradients (``workload.full_batch=true``),
+  worker-side (``"wk"``) or server-side (``"ps"``:
+  :math:`L_m^2\|\hat x_m - x_k\|^2` on the left) test.
+
+The counters: uploads (rounds), skips and bits are kept by :func:`jaxasync.aggregate` from
+the per-row flags; forced uploads are kept in :class:`LazyState` (read them with
+:func:`lazy_counters`; the simulator reports ``forced_uploads`` through
+:meth:`LazyState.metrics`).
+
+References:
+  Deng, Li, Sun, Lu, "SASG: sparse communication with adaptive aggregated stochastic
+  gradients for distributed learning", arXiv 2112.04088; code github.com/xiaogdeng/SASG.
+  Chen, Sun, Yin, "LASG: lazily aggregated stochastic gradients for communication-efficient
+  distributed learning", arXiv 2002.11360 (IEEE TSP 2021).
+  Chen, Giannakis, Sun, Yin, "LAG: lazily aggregated gradient for communication-efficient
+  distributed learning", NeurIPS 2018, arXiv 1805.09965.
+  Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018, arXiv 1809.07599.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from jaxasync import rules
+from jaxasync.algorithms import register
+from jaxasync.transforms import aggregate, as_rows, compress, dense_bits
+
+PyTree = Any
+Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
+
+#: threshold forms (see the module docstring)
+THRESHOLDS = ("2alpha", "alpha", "wk2", "lag", "never")
+#: what the skip test compares: gradients on the same minibatch (worker side, LAG-WK, LASG,
+#: SASG) or parameters (server side, LAG-PS)
+RULES = ("gradient", "parameter")
+
+_LAZY_NEEDS = ("ref_grads", "update_norms")
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def threshold_form(form: str, learning_rate: float | Array, num_workers: int,
+                   history: int) -> tuple[int, Array | float]:
+    r"""The window :math:`w` and scale :math:`s` of a threshold form (module docstring table).
+
+    Returns ``(window, scale)`` for :func:`jaxasync.rules.lazy_threshold`;
+    ``"never"`` returns ``(0, -inf)``.
+    """
+    if form not in THRESHOLDS:
+        raise ValueError(f"threshold={form!r}: unknown; choose one of {', '.join(THRESHOLDS)}")
+    if history < 1:
+        raise ValueError(f"history={history!r}: must be >= 1")
+    a, m2, d = learning_rate, float(num_workers) ** 2, float(history)
+    if form == "2alpha":
+        return history - 1, 1.0 / (2.0 * a * m2)
+    if form == "alpha":
+        return history - 1, 1.0 / (a * m2)
+    if form == "wk2":
+        return history - 1, 4.0 / (d * a * a * m2)
+    if form == "lag":
+        return history, 1.0 / (d * a * a * m2)
+    return 0, -math.inf
+
+
+def _row_sq_dist(a_w: PyTree, b_w: PyTree) -> Array:
+    """:math:`\\|a_i - b_i\\|^2` per row of two ``[W, ...]`` pytrees: float32[W]."""
+    return sum(jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
+               for a, b in zip(jax.tree.leaves(a_w), jax.tree.leaves(b_w), strict=True))
+
+
+def _bcast(v: Array, leaf: Array) -> Array:
+    return v.reshape(v.shape + (1,) * (leaf.ndim - 1))
+
+
+def _select_rows(take_w: Array, new_w: PyTree, old_w: PyTree) -> PyTree:
+    return jax.tree.map(lambda n, o: jnp.where(_bcast(take_w, n), n, o), new_w, old_w)
+
+
+# ----------------------------------------------------------------------------- the transform
+
+
+class LazyState(NamedTuple):
+    """State of :func:`lazy_upload` (leading ``M`` = workers, in order).
+
+    Attributes:
+      messages: pytree ``[M, ...]``, :math:`\\hat g_m`, each worker's last uploaded
+        message (step size folded in), summed by the server every round.
+      error: pytree ``[M, ...]``, the error-feedback memories :math:`e_m` (``()`` without).
+      reference: pytree ``[M, ...]``, :math:`\\hat x_m` for the parameter rule (LAG-PS;
+        ``()`` otherwise: the gradient rule gets ``ref_grads`` from the simulator).
+      skips: int32[M], :math:`\\tau_m`, consecutive skips (1 right after an upload).
+      count: int32, the iteration :math:`k` (warm-up while :math:`k <` ``warmup``).
+      forced: int32, cumulative forced uploads (the test alone would have skipped).
+      tested: int32, cumulative skip tests taken (rows after the warm-up).
+    """
+
+    messages: PyTree
+    error: PyTree
+    reference: PyTree
+    skips: Array
+    count: Array
+    forced: Array
+    tested: Array
+
+    def metrics(self) -> dict[str, Array]:
+        """``forced_uploads`` and ``skip_tests`` (the simulator reports every state's metrics)."""
+        return {"forced_uploads": self.forced, "skip_tests": self.tested}
+
+
+def lazy_upload(
+    learning_rate: float | Array,
+    num_workers: int,
+    *,
+    rule: str = "gradient",
+    threshold: str = "2alpha",
+    threshold_scale: float | Array = 1.0,
+    history: int = 10,
+    max_skips: int | None = None,
+    warmup: int | None = None,
+    compressor: Compressor | None = None,
+    error_feedback: bool = False,
+    smoothness: float | Array | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Worker-axis transform: the lazy upload decision, the messages and the stored ones.
+
+    Rows are the :math:`M` workers in order, all at the current iterate (a synchronous
+    round). Per worker :math:`m`:
+
+    .. math::
+
+       \text{upload}_m = k < D_{warm} \lor \Delta_m > \text{thr}_k \lor \tau_m > D_{skip},
+       \qquad \hat g_m \leftarrow
+       \begin{cases} C(\alpha g_m + e_m) & \text{upload} \\ \hat g_m & \text{skip}\end{cases}
+
+    with :math:`\Delta_m = \|g_m - g_m^{ref}\|^2` (``rule="gradient"``, :math:`g^{ref}` =
+    the ``ref_grads`` extra arg) or :math:`L^2\|\hat x_m - x_k\|^2` (``rule="parameter"``),
+    :math:`\text{thr}_k` from :func:`threshold_form` and the ``update_norms`` extra arg, and
+    :math:`C` the compressor (identity: dense :math:`\alpha g_m`). Error feedback
+    :math:`e_m \leftarrow v - C(v)` happens only on upload. The output rows carry every
+    stored message (applied, so the server sums them all), with ``uploaded``/``skipped``
+    set and ``bits_up`` = the compressor's size (dense :math:`32d`) on upload, 0 on a skip.
+    Follow it with ``aggregate("sum")`` and ``optax.scale(-1.0)``.
+
+    Args:
+      learning_rate: :math:`\alpha`, folded into the messages.
+      num_workers: :math:`M` (the number of rows).
+      rule: ``"gradient"`` (needs ``ref_grads``) or ``"parameter"`` (needs ``smoothness``).
+      threshold: a form of :data:`THRESHOLDS`.
+      threshold_scale: multiplies the threshold.
+      history: :math:`D`, the window of iterate differences (the simulator's ring must
+        hold at least ``history + 1`` versions; :mod:`jaxasync.experiment` sees to it).
+      max_skips: :math:`D_{skip}`; default ``history``. A worker skips at most this many
+        times in a row after an upload; the next would-be skip is a forced upload.
+      warmup: :math:`D_{warm}` iterations in which every worker uploads; default ``history``.
+      compressor: ``(tree, key) -> (message_tree, bits)`` for one worker, or None (dense).
+      error_feedback: keep :math:`e_m` (with a compressor).
+      smoothness: :math:`L` for ``rule="parameter"``.
+
+    Extra args: ``ref_grads`` (pytree ``[M, ...]``, gradient rule), ``update_norms``
+    (float32[D'] newest first, :math:`D' \ge` window), ``key`` (compressor randomness),
+    ``mask`` (bool[M], optional).
+
+    References: Deng, Li, Sun, Lu, SASG, arXiv 2112.04088; Chen, Sun, Yin, LASG, arXiv
+    2002.11360; Chen, Giannakis, Sun, Yin, LAG, NeurIPS 2018, arXiv 1805.09965.
+    """
+    if rule not in RULES:
+        raise ValueError(f"lazy_upload rule={rule!r}: unknown; choose one of {', '.join(RULES)}")
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers={num_workers!r}: must be an integer >= 1")
+    window, scale = threshold_form(threshold, learning_rate, num_workers, history)
+    never = threshold == "never"
+    max_skips = history if max_skips is None else max_skips
+    warmup = history if warmup is None else warmup
+    if max_skips < 0 or warmup < 0:
+        raise ValueError(f"max_skips={max_skips!r}, warmup={warmup!r}: must be >= 0")
+    if rule == "parameter" and smoothness is None and not never:
+        raise ValueError("lazy_upload(rule='parameter') needs smoothness (L_m of LAG-PS)")
+    if error_feedback and compressor is None:
+        raise ValueError("lazy_upload(error_feedback=True) needs a compressor")
+    m = num_workers
+
+    def stack(params):
+        return jax.tree.map(lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params)
+
+    def init_fn(params):
+        z = jnp.zeros((), jnp.int32)
+        return LazyState(
+            messages=stack(params),
+            error=stack(params) if error_feedback else (),
+            reference=(jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + jnp.shape(p)), params)
+                       if rule == "parameter" else ()),
+            skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
+        )
+
+    def update_fn(updates, state, params=None, *, mask=None, ref_grads=None, update_norms=None,
+                  key=None, **extra):
+        del extra
+        rows = as_rows(updates, mask)
+        w = rows.scale.shape[0]
+        if w != m:
+            raise ValueError(f"lazy_upload: got {w} rows for num_workers={m}; the lazy "
+                             "algorithms take all M workers in order every round")
+        live = rows.applied
+        warm = state.count < warmup
+        if never:
+            diff_sq = jnp.zeros((m,), jnp.float32)
+            thr = jnp.asarray(-jnp.inf, jnp.float32)
+        else:
+            if update_norms is None:
+                raise ValueError("lazy_upload needs the update_norms extra arg")
+            if update_norms.shape[0] < window:
+                raise ValueError(f"lazy_upload: update_norms holds {update_norms.shape[0]} "
+                                 f"differences, the threshold sums {window} (history={history})")
+            thr = rules.lazy_threshold(update_norms, window, scale) * threshold_scale
+            if rule == "gradient":
+                if ref_grads is None:
+                    raise ValueError("lazy_upload(rule='gradient') needs the ref_grads extra arg")
+                diff_sq = _row_sq_dist(rows.grads, ref_grads)
+            else:
+                x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
+                diff_sq = (jnp.asarray(smoothness, jnp.float32) ** 2
+                           * _row_sq_dist(state.reference, x_w))
+        passes = rules.lazy_upload(diff_sq, thr, state.skips, max_skips)
+        upload = live & (warm | passes)
+        skipped = live & ~upload
+        forced = live & ~warm & ~(diff_sq > thr) & (state.skips > max_skips)
+        skips = jnp.where(warm | ~live, state.skips, jnp.where(upload, 1, state.skips + 1))
+
+        if compressor is None:
+            scaled = jax.tree.map(lambda g: (learning_rate * g).astype(g.dtype), rows.grads)
+            bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
+            messages = _select_rows(upload, scaled, state.messages)
+            error = state.error
+        else:
+            # Every row is compressed, skipped ones too, and their results discarded: the
+            # runner vmaps members, which turns any per-row branch into the same select.
+            scaled = jax.tree.map(lambda g: (learning_rate * g).astype(g.dtype), rows.grads)
+            v = jax.tree.map(jnp.add, scaled, state.error) if error_feedback else scaled
+            keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
+            msg, bits = jax.vmap(compressor)(v, keys)
+            bits = jnp.asarray(bits, jnp.float32)
+            messages = _select_rows(upload, msg, state.messages)
+            error = (_select_rows(upload, jax.tree.map(jnp.subtract, v, msg), state.error)
+                     if error_feedback else ())
+        reference = state.reference
+        if rule == "parameter":
+            x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
+            reference = _select_rows(upload, x_w, state.reference)
+        count_i = lambda b: jnp.sum(b.astype(jnp.int32))
+        new_state = LazyState(
+            messages=messages, error=error, reference=reference, skips=skips,
+            count=state.count + 1, forced=state.forced + count_i(forced),
+            tested=state.tested + jnp.where(warm, 0, count_i(live)),
+        )
+        out = rows._replace(
+            grads=messages, uploaded=upload, skipped=rows.skipped | skipped,
+            bits_up=jnp.where(upload, bits, 0.0).astype(jnp.float32),
+        )
+        return out, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def scale_rows(factor: float | Array) -> optax.GradientTransformationExtraArgs:
+    r"""Multiplies every row's gradient by ``factor`` before compression: :math:`g_i \to a g_i`.
+
+    Unlike ``WorkerRows.scale`` (a weight applied at aggregation), this changes the
+    message itself, so error feedback sees :math:`v = a g_i + e_i` as in the SASG code.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, mask=None, **extra):
+        del params, extra
+        rows = as_rows(updates, mask)
+        grads = jax.tree.map(lambda g: (factor * g).astype(g.dtype), rows.grads)
+        return rows._replace(grads=grads), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _server_sum() -> optax.GradientTransformation:
+    """The SASG server: :math:`x \\leftarrow x - \\sum_m \\hat g_m` (messages carry the step)."""
+    return optax.chain(aggregate("sum"), optax.scale(-1.0))
+
+
+def _find(state: PyTree) -> list[LazyState]:
+    found = []
+
+    def visit(node):
+        if isinstance(node, LazyState):
+            found.append(node)
+        elif isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(state)
+    return found
+
+
+def lazy_state(opt_state: PyTree) -> LazyState:
+    """The :class:`LazyState` inside an algorithm's state (stored messages, memories...).
+
+    Raises:
+      ValueError: the chain has no :func:`lazy_upload`.
+    """
+    states = _find(opt_state)
+    if len(states) != 1:
+        raise ValueError(f"expected exactly one lazy_upload() in the chain, found {len(states)}")
+    return states[0]
+
+
+def lazy_counters(opt_state: PyTree) -> dict[str, Array]:
+    """The lazy counters of a state from :func:`lazy_upload`: forced uploads, skip tests.
+
+    Keys: ``forced_uploads`` (uploads made only because the worker had skipped
+    ``max_skips`` times in a row), ``skip_tests`` (rows that took the test, i.e. after the
+    warm-up). Uploads, skips and bits are in :func:`jaxasync.communication`. Works on a
+    single or a stacked (leading seed axis) state.
+
+    Raises:
+      ValueError: the chain has no :func:`lazy_upload`.
+    """
+    return lazy_state(opt_state).metrics()
+
+
+#: ``topk_method`` values: the fast exact selection and DGC's sampled threshold of
+#: :func:`jaxasync.compress.top_k`, and ``"lax"``: ``jax.lax.top_k`` itself (the reference
+#: a straightforward port uses; the same set as ``"exact"``)
+TOPK_METHODS = ("exact", "approx", "lax")
+
+
+def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "exact"
+                     ) -> Compressor:
+    r"""The top-k compressor of SASG and Sparse (:func:`jaxasync.compress.top_k`).
+
+    Exact per-layer top-k keeps :math:`k_l = \max(1, \lfloor h d_l \rfloor)` entries of
+    largest magnitude per leaf (globally: :math:`k = \max(1, \lfloor h d \rfloor)`) and
+    costs :math:`64 k_l` bits (value + index). ``method`` is one of :data:`TOPK_METHODS`;
+    ``"lax"`` selects with ``jax.lax.top_k`` (same set, ties to the lower index).
+    """
+    if method not in TOPK_METHODS:
+        raise ValueError(f"topk_method={method!r}: unknown; choose one of "
+                         f"{', '.join(TOPK_METHODS)}")
+    # the module, not the ``jaxasync.compress`` transform that the package exports
+    compress_lib = importlib.import_module("jaxasync.compress")
+    if method != "lax":
+        return compress_lib.top_k(density, per_layer=per_layer, method=method)
+
+    def select(flat: Array) -> tuple[Array, int]:
+        k = compress_lib.top_k_count(density, flat.size)
+        if k >= flat.size:
+            return flat, k
+        _, idx = jax.lax.top_k(jnp.abs(flat), k)
+        return jnp.zeros_like(flat).at[idx].set(flat[idx]), k
+
+    def compressor(tree: PyTree, key: Array) -> tuple[PyTree, Array]:
+        del key
+        leaves, treedef = jax.tree.flatten(tree)
+        if per_layer:
+            out = [select(leaf.reshape(-1)) for leaf in leaves]
+            msgs = [o.reshape(leaf.shape) for (o, _), leaf in zip(out, leaves, strict=True)]
+            return treedef.unflatten(msgs), jnp.float32(64 * sum(k for _, k in out))
+        flat, k = select(jnp.concatenate([leaf.reshape(-1) for leaf in leaves]))
+        msgs, start = [], 0
+        for leaf in leaves:
+            msgs.append(flat[start:start + leaf.size].reshape(leaf.shape))
+            start += leaf.size
+        return treedef.unflatten(msgs), jnp.float32(64 * k)
+
+    return compressor
+
+
+# ----------------------------------------------------------------------------- the algorithms
+
+
+@register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+def sasg(learning_rate: float = 0.005, num_workers: int = 1, density: float = 0.01,
+         history: int = 10, threshold: str = "2alpha", threshold_scale: float = 1.0,
+         per_layer: bool = True, topk_method: str = "exact", max_skips: int | None = None
+         ) -> optax.GradientTransformationExtraArgs:
+    r"""SASG: lazy (skipped) uploads of per-layer top-k messages with error feedback.
+
+    .. math::
+
+       &\text{upload}_m \iff k < D \lor \|g_m(x_k;\xi) - g_m(\hat x_m;\xi)\|^2
+          > \frac{\sum_{j=0}^{D-2}\|x_{k-j} - x_{k-j-1}\|^2}{2\alpha M^2} \lor \tau_m > D \\
+       &\text{upload: } v = \alpha g_m(x_k;\xi) + e_m,\ \hat g_m = \mathrm{TopK}_h(v),\
+          e_m = v - \hat g_m,\ \hat x_m = x_k \\
+       &x_{k+1} = x_k - \textstyle\sum_m \hat g_m
+
+    Args:
+      learning_rate: :math:`\alpha`.
+      num_workers: :math:`M`.
+      density: :math:`h`; :math:`k_l = \max(1, \lfloor h d_l\rfloor)` per layer.
+      history: :math:`D` (warm-up, window, forced upload after :math:`D` skips).
+      threshold: the constant's form: ``"2alpha"`` (MNIST notebook), ``"alpha"`` (CIFAR
+        notebooks, distributed code), ``"wk2"`` (:math:`4\Sigma/(D(M\alpha)^2)`, VGG
+        notebook), or ``"lag"``/``"never"`` (see :mod:`jaxasync.lazy`).
+      threshold_scale: multiplies the threshold.
+      per_layer: top-k per parameter leaf (as the authors) or over the whole vector.
+      topk_method: ``"exact"`` (fast exact selection), ``"approx"`` (sampled threshold, as
+        in Deep Gradient Compression) or ``"lax"`` (``jax.lax.top_k``); see
+        :func:`top_k_compressor`.
+      max_skips: default ``history``.
+
+    Extra args: ``ref_grads`` (each worker's gradient at its last-upload iterate on the
+    same minibatch), ``update_norms``, ``key``.
+
+    Uplink bits per upload: :math:`64\sum_l k_l`; a skip costs nothing.
+
+    References: Deng, Li, Sun, Lu, "SASG: sparse communication with adaptive aggregated
+    stochastic gradients for distributed learning", arXiv 2112.04088 (code
+    github.com/xiaogdeng/SASG, ``FullConnect_MNIST.ipynb``).
+    """
+    comp = top_k_compressor(density, per_layer=per_layer, method=topk_method)
+    return optax.chain(
+        lazy_upload(learning_rate, num_workers, rule="gradient", threshold=threshold,
+                    threshold_scale=threshold_scale, history=history, max_skips=max_skips,
+                    compressor=comp, error_feedback=True),
+        _server_sum(),
+    )
+
+
+@register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+def lasg(learning_rate: float = 0.005, num_workers: int = 1, history: int = 10,
+         threshold: str = "2alpha", threshold_scale: float = 1.0, max_skips: int | None = None
+         ) -> optax.GradientTransformationExtraArgs:
+    r"""LASG-WK2 as the SASG authors run it: SASG's skip rule with dense messages, no memory.
+
+    .. math::
+
+       \text{upload}_m \iff k < D \lor \|g_m(x_k;\xi) - g_m(\hat x_m;\xi)\|^2 > \text{thr}_k
+       \lor \tau_m > D,\qquad x_{k+1} = x_k - \textstyle\sum_m \hat g_m,\
+       \hat g_m = \alpha g_m(\hat x_m; \xi_{\text{last upload}})
+
+    The default threshold is SASG's (``"2alpha"``); the SASG MNIST notebook's LASG cell
+    forgets to assign its division by :math:`2\alpha M^2`, which equals 1 at
+    :math:`\alpha = 0.005, M = 10`, so the default reproduces it there. ``"wk2"`` is the
+    LASG paper's constant (:math:`\xi_d = 4/D`).
+
+    Args:
+      learning_rate: :math:`\alpha`. num_workers: :math:`M`. history: :math:`D`.
+      threshold, threshold_scale, max_skips: as :func:`sasg`.
+
+    Extra args: ``ref_grads``, ``update_norms``.
+
+    References: Chen, Sun, Yin, "LASG: lazily aggregated stochastic gradients for
+    communication-efficient distributed learning", arXiv 2002.11360 (IEEE TSP 2021);
+    Deng, Li, Sun, Lu, arXiv 2112.04088 (the harness).
+    """
+    return optax.chain(
+        lazy_upload(learning_rate, num_workers, rule="gradient", threshold=threshold,
+                    threshold_scale=threshold_scale, history=history, max_skips=max_skips),
+        _server_sum(),
+    )
+
+
+def lag(learning_rate: float = 0.01, num_workers: int = 1, variant: str = "wk",
+        history: int = 10, smoothness: float | None = None, threshold: str = "lag",
+        threshold_scale: float = 1.0, max_skips: int | None = None
+        ) -> optax.GradientTransformationExtraArgs:
+    r"""LAG (lazily aggregated gradient), worker-side (WK) or server-side (PS) trigger.
+
+    Deterministic: run it with full local gradients (``workload.full_batch=true``), so
+    :math:`\nabla L_m` is worker :math:`m`'s full-shard gradient.
+
+    .. math::
+
+       \text{WK: upload}_m \iff \|\nabla L_m(x_k) - \nabla L_m(\hat x_m)\|^2 >
+         \frac{1}{\alpha^2 M^2}\sum_{d=1}^{D} \xi_d \|x_{k+1-d} - x_{k-d}\|^2,\ \xi_d = 1/D
+
+       \text{PS: upload}_m \iff L_m^2 \|\hat x_m - x_k\|^2 > \text{(same)}
+
+       x_{k+1} = x_k - \alpha \textstyle\sum_m \nabla L_m(\hat x_m)
+
+    Every worker uploads at :math:`k = 0` (nothing is stored yet), and, as in LASG/SASG, a
+    worker that skipped ``max_skips`` (default :math:`D`) times in a row uploads.
+
+    Args:
+      learning_rate: :math:`\alpha` (the paper's :math:`1/L` for a sum of :math:`M` mean
+        losses is :math:`1/(M L)` here).
+      num_workers: :math:`M`.
+      variant: ``"wk"`` (needs ``ref_grads``) or ``"ps"`` (needs ``smoothness``).
+      history: :math:`D`.
+      smoothness: :math:`L_m` (one value for all workers) for ``"ps"``.
+      threshold: default ``"lag"``; threshold_scale, max_skips: as :func:`sasg`.
+
+    References: Chen, Giannakis, Sun, Yin, "LAG: lazily aggregated gradient for
+    communication-efficient distributed learning", NeurIPS 2018, arXiv 1805.09965.
+    """
+    if variant not in ("wk", "ps"):
+        raise ValueError(f"lag variant={variant!r}: choose 'wk' or 'ps'")
+    return optax.chain(
+        lazy_upload(learning_rate, num_workers, rule="gradient" if variant == "wk" else "parameter",
+                    threshold=threshold, threshold_scale=threshold_scale, history=history,
+                    max_skips=max_skips, warmup=1, smoothness=smoothness),
+        _server_sum(),
+    )
+
+
+@register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+def lag_wk(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
+           threshold: str = "lag", threshold_scale: float = 1.0, max_skips: int | None = None
+           ) -> optax.GradientTransformationExtraArgs:
+    """LAG-WK: :func:`lag` with ``variant="wk"`` (the worker tests its gradient change).
+
+    Extra args: ``ref_grads``, ``update_norms``.
+
+    Reference: Chen, Giannakis, Sun, Yin, NeurIPS 2018, arXiv 1805.09965.
+    """
+    return lag(learning_rate, num_workers, "wk", history, None, threshold, threshold_scale,
+               max_skips)
+
+
+@register("lag_ps", needs=("update_norms",), arrivals="all", synchronous=True)
+def lag_ps(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
+           smoothness: float | None = None, threshold: str = "lag", threshold_scale: float = 1.0,
+           max_skips: int | None = None) -> optax.GradientTransformationExtraArgs:
+    r"""LAG-PS: :func:`lag` with ``variant="ps"``: the server tests :math:`L^2\|\hat x_m - x_k\|^2`.
+
+    ``smoothness`` defaults to the workload's :math:`L` when run by the experiment runner.
+
+    Extra args: ``update_norms``.
+
+    Reference: Chen, Giannakis, Sun, Yin, NeurIPS 2018, arXiv 1805.09965.
+    """
+    return lag(learning_rate, num_workers, "ps", history, smoothness, threshold,
+               threshold_scale, max_skips)
+
+
+@register("topk_ef", arrivals="all", synchronous=True)
+def topk_ef(learning_rate: float = 0.005, num_workers: int = 1, density: float = 0.01,
+            per_layer: bool = True, topk_method: str = "exact"
+            ) -> optax.GradientTransformationExtraArgs:
+    r"""Top-k sparsification with error feedback, every worker every round ("Sparse").
+
+    .. math::
+
+       v_m = \alpha g_m(x_k) + e_m,\quad \hat g_m = \mathrm{TopK}_h(v_m),\quad
+       e_m \leftarrow v_m - \hat g_m,\quad x_{k+1} = x_k - \textstyle\sum_m \hat g_m
+
+    Built from the generic :func:`jaxasync.compress` transform (not from
+    :func:`lazy_upload`), so ``sasg(threshold="never") == topk_ef`` is a real check.
+
+    Args:
+      learning_rate: :math:`\alpha`. num_workers: :math:`M` (error memories).
+      density, per_layer, topk_method: as :func:`sasg`.
+
+    Extra args: ``key`` (unused by exact top-k).
+
+    References: Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018,
+    arXiv 1809.07599; Aji, Heafield, arXiv 1704.05021; run as in Deng et al., arXiv
+    2112.04088.
+    """
+    comp = top_k_compressor(density, per_layer=per_layer, method=topk_method)
+    return optax.chain(scale_rows(learning_rate),
+                       compress(comp, error_feedback=True, num_workers=num_workers),
+                       _server_sum())
+
+
+@register("sgd_sum", arrivals="all", synchronous=True)
+def sgd_sum(learning_rate: float = 0.005) -> optax.GradientTransformationExtraArgs:
+    r"""Synchronous SGD as the SASG authors run it: every worker uploads :math:`\alpha g_m`.
+
+    .. math:: x_{k+1} = x_k - \sum_{m=1}^{M} \alpha\, g_m(x_k)
+
+    (a sum, not a mean: :math:`\alpha = 0.005` with :math:`M = 10` is a mean step of 0.05).
+
+    Args:
+      learning_rate: :math:`\alpha`.
+
+    Reference: Deng, Li, Sun, Lu, arXiv 2112.04088 (the "SGD" baseline).
+    """
+    return optax.chain(scale_rows(learning_rate), _server_sum())

@@ -1,0 +1,423 @@
+"""Compressors: exactness of top-k, bit accounting, unbiasedness, error feedback, vmap.
+
+The fast exact top-k path only engages for vectors of at least 2**15 entries, so the tests
+that must exercise it use one such size (40,000 entries, k = 400) and batch several inputs
+through one jitted, vmapped function to pay its compilation once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from functools import cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# The package exports the ``compress`` optax transform under the same name; import the module.
+C = importlib.import_module("jaxasync.compress")
+
+BIG_D, BIG_K = 40_000, 400   # above the fast-path threshold
+
+
+def lax_reference(x: jax.Array, k: int) -> jax.Array:
+    """What top-k must return: jax.lax.top_k's set of |x|, dense."""
+    flat = x.reshape(-1)
+    k = min(k, flat.size)
+    _, idx = jax.lax.top_k(jnp.abs(flat.astype(jnp.float32)), k)
+    return jnp.zeros_like(flat).at[idx].set(flat[idx]).reshape(x.shape)
+
+
+BATCH = 6   # every fast-path test feeds this many rows, so one compilation serves them all
+
+
+@cache
+def big_select():
+    """jit(vmap) of (top_k_select, whether the fast path succeeded) over BATCH rows."""
+    plan = C._plan(BIG_D, BIG_K)
+    assert plan is not None
+
+    def one(v):
+        return C.top_k_select(v, BIG_K), C._fast_threshold(v, BIG_K, plan)[2]
+
+    return jax.jit(jax.vmap(one))
+
+
+@cache
+def big_reference():
+    return jax.jit(jax.vmap(lambda v: lax_reference(v, BIG_K)))
+
+
+def tree_example():
+    key = jax.random.key(0)
+    ka, kb, kc = jax.random.split(key, 3)
+    return {
+        "a": jax.random.normal(ka, (10, 20)),     # 200 entries
+        "b": jax.random.normal(kb, (7,)),         # 7 entries
+        "c": jax.random.normal(kc, ()),           # a scalar leaf
+    }
+
+
+# ============================================================================= top-k exactness
+
+
+def test_density_one_is_identity_exactly():
+    tree = tree_example()
+    big = jax.random.normal(jax.random.key(3), (BIG_D,))
+    for t in (tree, {"big": big}):
+        out, _ = jax.jit(C.top_k(1.0))(t, jax.random.key(1))
+        ident, _ = C.identity()(t, jax.random.key(1))
+        for o, i in zip(jax.tree.leaves(out), jax.tree.leaves(ident), strict=True):
+            np.testing.assert_array_equal(np.asarray(o), np.asarray(i))
+
+
+def test_exact_count_per_layer_and_scalar_leaves():
+    mid = jax.random.normal(jax.random.key(4), (999,))
+    tree = {**tree_example(), "one": jnp.array([2.5]), "mid": mid}
+    out, bits = jax.jit(C.top_k(0.1))(tree, jax.random.key(0))
+    for name, leaf in tree.items():
+        k = max(1, math.floor(0.1 * leaf.size))
+        assert int(jnp.count_nonzero(out[name])) == k, name
+        assert out[name].shape == leaf.shape and out[name].dtype == leaf.dtype
+    np.testing.assert_array_equal(np.asarray(out["c"]), np.asarray(tree["c"]))   # k = 1 of 1
+    np.testing.assert_array_equal(np.asarray(out["one"]), np.asarray(tree["one"]))
+    assert float(bits) == 64 * sum(max(1, math.floor(0.1 * v.size)) for v in tree.values())
+
+
+@cache
+def jitted_top_k(density):
+    return jax.jit(C.top_k(density))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    size=st.sampled_from([1, 2, 3, 10, 17, 100, 257, 300]),
+    density=st.sampled_from([0.001, 0.1, 0.33, 0.9]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_small_layers_match_lax_top_k_set(size, density, seed):
+    rng = np.random.default_rng(seed)
+    # Distinct magnitudes, random signs: no ties, so the top-k set is unique.
+    x = jnp.asarray((rng.permutation(size) + 1.0) * rng.choice([-1.0, 1.0], size), jnp.float32)
+    k = max(1, math.floor(density * size))
+    out, _ = jitted_top_k(density)({"x": x}, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out["x"]), np.asarray(lax_reference(x, k)))
+
+
+def test_fast_path_matches_lax_top_k_on_random_data():
+    xs = jnp.concatenate([
+        jax.random.normal(jax.random.key(10), (2, BIG_D)),
+        jax.random.laplace(jax.random.key(11), (1, BIG_D)) * 1e-3,          # heavy tails, small
+        jax.random.cauchy(jax.random.key(12), (1, BIG_D)),                  # outliers
+        # gradient-like: most entries exactly zero (dead inputs), a dense rest
+        jax.random.normal(jax.random.key(13), (2, BIG_D))
+        * (jax.random.uniform(jax.random.key(14), (2, BIG_D)) < 0.2),
+    ])
+    out, ok = big_select()(xs)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(big_reference()(xs)))
+    assert np.all(np.count_nonzero(np.asarray(out), axis=1) == BIG_K)
+    # These inputs are what the fast path is for: none of them needed the fallback.
+    assert bool(ok.all())
+    # vmap over rows equals one row at a time
+    single = jax.jit(lambda v: C.top_k_select(v, BIG_K))
+    for w in (0, 3):
+        np.testing.assert_array_equal(np.asarray(out[w]), np.asarray(single(xs[w])))
+
+
+def test_fast_path_ties_and_fallback_keep_exactly_k():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(BIG_D).astype(np.float32)
+    # Ties at the threshold inside the bracket: copy the k-th magnitude onto 37 more entries
+    # (random signs) so the fast path's own tie cut must pick the lowest positions.
+    tied = base.copy()
+    kth = np.sort(np.abs(base))[::-1][BIG_K - 1]
+    where = rng.choice(BIG_D, 37, replace=False)
+    tied[where] = kth * rng.choice([-1.0, 1.0], 37)
+    # Fewer nonzeros than k (a worker's all-zero row, dead units): zeros make up the count.
+    sparse = np.zeros(BIG_D, np.float32)
+    sparse[rng.choice(BIG_D, BIG_K // 3, replace=False)] = rng.standard_normal(BIG_K // 3)
+    # Fallbacks: all equal (one giant bucket) and a quantised vector (huge bucket), and a
+    # vector the fixed sample misrepresents (small at the sampled positions only).
+    plan = C._plan(BIG_D, BIG_K)
+    fooled = np.full(BIG_D, 5.0, np.float32) + rng.random(BIG_D).astype(np.float32)
+    fooled[np.asarray(plan.sample)] = 1e-3
+    xs = jnp.asarray(np.stack([
+        tied, -np.ones(BIG_D, np.float32), np.round(base * 2) / 2, fooled, sparse, base,
+    ]))
+    out, ok = big_select()(xs)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(big_reference()(xs)))
+    counts = np.count_nonzero(np.asarray(out), axis=1)
+    assert np.all(counts[[0, 1, 2, 3, 5]] == BIG_K) and counts[4] == BIG_K // 3
+    assert bool(ok[0]) and bool(ok[4]) and bool(ok[5])   # ties, zeros: on the fast path
+    assert not bool(ok[1]) and not bool(ok[3])           # these went through the fallback
+
+
+def test_all_equal_vector_keeps_exactly_k_small():
+    x = jnp.full((50,), 3.0)
+    out, bits = C.top_k(0.1)({"x": x}, jax.random.key(0))
+    assert int(jnp.count_nonzero(out["x"])) == 5
+    np.testing.assert_array_equal(np.asarray(out["x"]), np.asarray(lax_reference(x, 5)))
+    assert float(bits) == 64 * 5
+
+
+def _check_select(x, k):
+    out = jax.jit(lambda v: C.top_k_select(v, k))(x)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)),
+                                  np.asarray(lax_reference(x, k).astype(jnp.float32)))
+
+
+def test_k_one_and_bfloat16_on_fast_path():
+    x = jax.random.normal(jax.random.key(5), (BIG_D,))
+    _check_select(x, 1)
+    _check_select(x.astype(jnp.bfloat16), BIG_K)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k,dtype", [(7, jnp.float32), (BIG_D // 2, jnp.float32),
+                                     (BIG_K, jnp.float16), (4014, jnp.float32)])
+def test_more_k_and_dtypes_on_fast_path(k, dtype):
+    d = 401_408 if k == 4014 else BIG_D          # the SASG layer: 784 x 512, k = 1%
+    for seed in range(3):
+        _check_select(jax.random.normal(jax.random.key(seed), (d,)).astype(dtype), k)
+
+
+def test_global_versus_per_layer_k():
+    big = jnp.arange(1.0, 101.0) * 100.0     # 100 large entries
+    small = jnp.arange(1.0, 101.0)           # 100 small entries
+    tree = {"big": big, "small": small}
+    per_layer, bits_l = C.top_k(0.1)(tree, jax.random.key(0))
+    global_, bits_g = C.top_k(0.1, per_layer=False)(tree, jax.random.key(0))
+    assert int(jnp.count_nonzero(per_layer["big"])) == 10
+    assert int(jnp.count_nonzero(per_layer["small"])) == 10
+    assert int(jnp.count_nonzero(global_["big"])) == 20      # k = floor(0.1 * 200), all large
+    assert int(jnp.count_nonzero(global_["small"])) == 0
+    assert float(bits_l) == float(bits_g) == 64 * 20
+    # global k from the concatenated size, not the sum of per-layer floors
+    uneven = {"a": jnp.arange(1.0, 16.0), "b": jnp.arange(1.0, 16.0) + 0.5}
+    _, bits = C.top_k(0.1, per_layer=False)(uneven, jax.random.key(0))
+    _, bits_pl = C.top_k(0.1)(uneven, jax.random.key(0))
+    assert float(bits) == 64 * 3 and float(bits_pl) == 64 * 2
+
+
+def test_approx_top_k_dgc():
+    x = jax.random.normal(jax.random.key(6), (BIG_D,))
+    out, bits = jax.jit(C.top_k(0.01, method="approx"))({"x": x}, jax.random.key(1))
+    kept = int(jnp.count_nonzero(out["x"]))
+    assert float(bits) == 64 * kept                      # bits count the entries kept
+    assert 0.5 * BIG_K <= kept <= 2.0 * BIG_K            # a 1% sample: roughly k
+    exact = lax_reference(x, BIG_K) != 0
+    recall = float(jnp.sum(exact & (out["x"] != 0))) / BIG_K
+    assert recall > 0.8
+    # kept entries are exactly those above a threshold
+    mags = jnp.abs(x)
+    assert float(jnp.min(jnp.where(out["x"] != 0, mags, jnp.inf))) >= float(
+        jnp.max(jnp.where(out["x"] == 0, mags, -jnp.inf)))
+
+
+# ============================================================================= bits
+
+
+def test_bits_formulas_on_known_tree():
+    tree = tree_example()               # leaves of 200, 7 and 1 entries: d = 208
+    comps = {
+        "identity": C.identity(),
+        "top_k": C.top_k(0.1),
+        "top_k_16_8": C.top_k(0.1, index_bits=16, value_bits=8),
+        "top_k_global": C.top_k(0.1, per_layer=False),
+        "random_k": C.random_k(0.1),
+        "qsgd4": C.qsgd(4), "qsgd1": C.qsgd(1), "qsgd255": C.qsgd(255),
+        "sign": C.sign_scale(),
+    }
+    # One program for all of them: compilation dominates these tiny calls.
+    bits = jax.jit(lambda t, k: {n: c(t, k)[1] for n, c in comps.items()})(tree, jax.random.key(0))
+    for b in bits.values():
+        assert b.dtype == jnp.float32 and b.shape == ()
+    bits = {n: float(b) for n, b in bits.items()}
+    assert bits["identity"] == 32 * 208
+    # k = 20, max(1, floor(0.7)) = 1, max(1, floor(0.1)) = 1
+    assert bits["top_k"] == 64 * 22
+    assert bits["top_k_16_8"] == 24 * 22
+    assert bits["top_k_global"] == 64 * 20          # floor(0.1 * 208)
+    assert bits["random_k"] == 64 * 22
+    # QSGD: 32 (norm) + d_l (1 sign + ceil(log2(s + 1)) level bits) per layer
+    assert bits["qsgd4"] == (32 + 200 * 4) + (32 + 7 * 4) + (32 + 1 * 4)
+    assert bits["qsgd1"] == 3 * 32 + 208 * 2
+    assert bits["qsgd255"] == 3 * 32 + 208 * 9
+    assert bits["sign"] == (200 + 32) + (7 + 32) + (1 + 32)
+
+
+# ============================================================================= unbiasedness
+
+
+def _mean_over_keys(comp, x, n):
+    keys = jax.random.split(jax.random.key(42), n)
+    out, _ = jax.jit(jax.vmap(comp, in_axes=(None, 0)))({"x": x}, keys)
+    return np.asarray(out["x"], np.float64).mean(axis=0)
+
+
+def test_random_k_unbiased():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(20), jnp.float32)
+    n, d, k = 10_000, 20, 5
+    mean = _mean_over_keys(C.random_k(0.25), x, n)
+    # Each coordinate is (d/k) x_i Bernoulli(k/d): sd of the mean = |x_i| sqrt((d/k - 1)/n).
+    # 5 sd per coordinate: a false alarm has probability ~ 20 * 6e-7.
+    sd = np.abs(np.asarray(x)) * math.sqrt((d / k - 1) / n)
+    assert np.all(np.abs(mean - np.asarray(x)) <= 5 * sd + 1e-6)
+    one, _ = C.random_k(0.25)({"x": x}, jax.random.key(0))
+    assert int(jnp.count_nonzero(one["x"])) == k
+
+
+def test_random_k_exact_count_on_fast_path():
+    x = jax.random.normal(jax.random.key(8), (BIG_D,))
+    out, bits = jax.jit(C.random_k(0.01))({"x": x}, jax.random.key(3))
+    assert int(jnp.count_nonzero(out["x"])) == BIG_K and float(bits) == 64 * BIG_K
+    kept = out["x"] != 0
+    np.testing.assert_allclose(np.asarray(out["x"][kept]), np.asarray(x[kept] * 100), rtol=1e-6)
+
+
+def test_qsgd_unbiased_and_on_the_grid():
+    x = jnp.asarray(np.random.default_rng(2).standard_normal(16), jnp.float32)
+    s, n = 3, 10_000
+    mean = _mean_over_keys(C.qsgd(s), x, n)
+    norm = float(jnp.linalg.norm(x))
+    # Each entry is norm/s times a {l, l+1} Bernoulli: variance <= (norm/s)^2 / 4.
+    sd = norm / (2 * s * math.sqrt(n))
+    assert np.all(np.abs(mean - np.asarray(x)) <= 5 * sd)
+    q, _ = C.qsgd(s)({"x": x}, jax.random.key(0))
+    levels = np.asarray(q["x"]) / norm * s
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+    assert np.all(np.sign(levels) * np.sign(np.asarray(x)) >= 0)
+    zero, _ = C.qsgd(s)({"x": jnp.zeros(5)}, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(zero["x"]), np.zeros(5))
+
+
+# ============================================================================= sign
+
+
+def test_sign_scale_by_hand():
+    out, bits = C.sign_scale()({"x": jnp.array([1.0, -2.0, 0.0, 3.0])}, jax.random.key(0))
+    # ||x||_1 / d = 6 / 4 = 1.5
+    np.testing.assert_allclose(np.asarray(out["x"]), [1.5, -1.5, 0.0, 1.5])
+    assert float(bits) == 4 + 32
+
+
+# ============================================================================= error feedback
+
+
+@pytest.mark.parametrize("make", [
+    lambda: C.top_k(0.1), lambda: C.top_k(0.1, method="approx"), lambda: C.random_k(0.2),
+    lambda: C.qsgd(2), lambda: C.sign_scale(), lambda: C.identity(),
+])
+def test_error_feedback_conserves_mass(make):
+    comp = make()
+    tree = tree_example()
+    error = jax.tree.map(lambda a: 0.3 * jnp.ones_like(a), tree)
+    message, new_error, bits = jax.jit(C.ef_step, static_argnums=0)(comp, tree, error,
+                                                                     jax.random.key(0))
+    total = jax.tree.map(jnp.add, error, tree)
+    for m, e, t in zip(jax.tree.leaves(message), jax.tree.leaves(new_error),
+                       jax.tree.leaves(total), strict=True):
+        np.testing.assert_allclose(np.asarray(m + e), np.asarray(t), rtol=1e-6, atol=1e-6)
+    assert bits.shape == ()
+    step = jax.jit(C.with_error_feedback(comp))
+    m2, e2, b2 = step(tree, error, jax.random.key(0))
+    assert float(b2) == float(bits)
+
+
+def test_error_feedback_residual_stays_zero_at_density_one():
+    step = jax.jit(C.with_error_feedback(C.top_k(1.0)))
+    tree = tree_example()
+    error = jax.tree.map(jnp.zeros_like, tree)
+    for i in range(3):
+        grad = jax.tree.map(lambda a, i=i: a * (i + 1), tree)
+        message, error, _ = step(grad, error, jax.random.key(i))
+        for e in jax.tree.leaves(error):
+            assert not np.any(np.asarray(e))
+        for m, g in zip(jax.tree.leaves(message), jax.tree.leaves(grad), strict=True):
+            np.testing.assert_array_equal(np.asarray(m), np.asarray(g))
+
+
+def test_error_feedback_top_k_residual_is_the_unsent_part():
+    g = {"x": jnp.array([3.0, -1.0, 0.5, -4.0])}
+    e = {"x": jnp.zeros(4)}
+    m, e, _ = C.ef_step(C.top_k(0.5), g, e, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(m["x"]), [3.0, 0.0, 0.0, -4.0])
+    np.testing.assert_array_equal(np.asarray(e["x"]), [0.0, -1.0, 0.5, 0.0])
+    m, e, _ = C.ef_step(C.top_k(0.5), g, e, jax.random.key(0))   # v = [3, -2, 1, -4]
+    np.testing.assert_array_equal(np.asarray(m["x"]), [3.0, 0.0, 0.0, -4.0])
+    np.testing.assert_array_equal(np.asarray(e["x"]), [0.0, -2.0, 1.0, 0.0])
+
+
+# ============================================================================= vmap
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("identity", {}), ("top_k", {"density": 0.1}),
+    ("top_k", {"density": 0.1, "method": "approx"}),
+    ("top_k", {"density": 0.05, "per_layer": False}),
+    ("random_k", {"density": 0.1}), ("qsgd", {"levels": 4}), ("sign", {}),
+])
+def test_vmap_over_workers_equals_python_loop(name, kwargs):
+    comp = C.make_compressor(name, **kwargs)
+    workers = 3
+    keys = jax.random.split(jax.random.key(7), workers)
+    base = tree_example()
+    trees = jax.tree.map(
+        lambda a: jnp.stack([a * (w + 1) + 0.01 * w for w in range(workers)]), base)
+    out_v, bits_v = jax.jit(jax.vmap(comp))(trees, keys)
+    single = jax.jit(comp)
+    for w in range(workers):
+        tree_w = jax.tree.map(lambda a, w=w: a[w], trees)
+        out_w, bits_w = single(tree_w, keys[w])
+        for a, b in zip(jax.tree.leaves(out_v), jax.tree.leaves(out_w), strict=True):
+            np.testing.assert_allclose(np.asarray(a[w]), np.asarray(b), rtol=1e-6, atol=1e-7)
+        assert float(bits_v[w]) == float(bits_w)
+
+
+# ============================================================================= validation
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: C.make_compressor("topk", density=0.1), "'topk'"),
+    (lambda: C.make_compressor("top_k", density=0.0), "0.0"),
+    (lambda: C.make_compressor("top_k", density=1.5), "1.5"),
+    (lambda: C.make_compressor("random_k", density=-0.1), "-0.1"),
+    (lambda: C.make_compressor("qsgd", levels=0), "levels"),
+    (lambda: C.make_compressor("qsgd", levels=2.5), "2.5"),
+    (lambda: C.make_compressor("top_k", density=0.1, method="fast"), "'fast'"),
+    (lambda: C.make_compressor("top_k", density=0.1, bogus=1), "bogus"),
+    (lambda: C.make_compressor("top_k", density="a lot"), "a lot"),
+    (lambda: C.top_k(0.1, index_bits=0), "index_bits"),
+])
+def test_bad_names_and_values_raise_one_line(call, needle):
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert needle in message and "\n" not in message
+
+
+def test_registry_names():
+    assert set(C.COMPRESSORS) == {"identity", "top_k", "random_k", "qsgd", "sign"}
+    tree = tree_example()
+    comps = [C.make_compressor(name, **kwargs) for name, kwargs in [
+        ("identity", {}), ("top_k", {"density": 0.5}), ("random_k", {"density": 0.5}),
+        ("qsgd", {"levels": 2}), ("sign", {})]]
+    results = jax.jit(lambda t, k: [c(t, k) for c in comps])(tree, jax.random.key(0))
+    for out, bits in results:
+        assert jax.tree.structure(out) == jax.tree.structure(tree)
+        assert float(bits) > 0
+
+
+def test_package_compress_is_still_the_transform():
+    # This module shares its name with the optax transform the package exports; importing it
+    # must not take ``ja.compress(...)`` away from users of the transform.
+    import jaxasync as ja
+
+    tx = ja.compress(C.identity())
+    assert hasattr(tx, "init") and hasattr(tx, "update")
+    assert ja.compress.top_k is C.top_k
