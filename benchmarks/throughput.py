@@ -60,18 +60,23 @@ def bare_chunk(workload, data, m: int, batch: int, steps: int):
     grad = jax.vmap(jax.grad(workload.loss))
     n = data.x_train.shape[0]
 
-    def body(carry, key):
-        acc, = carry
-        idx = jax.random.randint(key, (m, batch), 0, n)
-        g = grad(params_m, data.x_train[idx], data.y_train[idx])
-        # consume every gradient so nothing is dead-code eliminated
-        return (acc + sum(jnp.sum(x) for x in jax.tree.leaves(g)),), None
+    def run(key, params, x_train, y_train):
+        # parameters and data are arguments, not compile-time constants, as in the simulator
+        def body(carry, k):
+            acc, = carry
+            idx = jax.random.randint(k, (m, batch), 0, n)
+            g = grad(params, x_train[idx], y_train[idx])
+            # consume every gradient so nothing is dead-code eliminated
+            return (acc + sum(jnp.sum(x) for x in jax.tree.leaves(g)),), None
 
-    run = jax.jit(lambda key: jax.lax.scan(body, (jnp.float32(0),), jax.random.split(key, steps))[0])
-    jax.block_until_ready(run(jax.random.PRNGKey(0)))
+        return jax.lax.scan(body, (jnp.float32(0),), jax.random.split(key, steps))[0]
+
+    run = jax.jit(run)
+    args = (params_m, data.x_train, data.y_train)
+    jax.block_until_ready(run(jax.random.PRNGKey(0), *args))
 
     def call():
-        jax.block_until_ready(run(jax.random.PRNGKey(2)))
+        jax.block_until_ready(run(jax.random.PRNGKey(2), *args))
 
     return call, steps * m
 
