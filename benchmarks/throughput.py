@@ -38,17 +38,17 @@ def simulator_chunk(workload, data, m: int, k: int, batch: int, steps: int, ring
     hp = {"learning_rate": jnp.float32(0.01)}
     state = jax.jit(sim.init)(jax.random.PRNGKey(0), hp)
 
-    def body(s, _):
-        return sim.step(s, data, hp), None
+    def steps_fn(s, dd):
+        return jax.lax.scan(lambda c, _: (sim.step(c, dd, hp), None), s, None, length=steps)[0]
 
     # steps only (no evaluation), donating the state as the real run does
-    run = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps)[0], donate_argnums=(0,))
-    state = run(state)
+    run = jax.jit(steps_fn, donate_argnums=(0,))
+    state = run(state, data)
     jax.block_until_ready(state)
     holder = {"s": state}
 
     def call():
-        holder["s"] = run(holder["s"])
+        holder["s"] = run(holder["s"], data)
         jax.block_until_ready(holder["s"])
 
     return call, steps * k
