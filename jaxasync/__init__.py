@@ -6,6 +6,9 @@ Import the optax transforms of the algorithms directly::
     tx = ja.delay_adaptive(learning_rate=0.1, num_workers=16)
 """
 
+# Load the compressors module first: importing a submodule sets the package attribute of
+# the same name, and `jaxasync.compress` must stay the optax transform bound below.
+from jaxasync import compress as _compressors_module  # noqa: F401
 from jaxasync import rules, transforms
 from jaxasync.algorithms import (
     ALGORITHMS,

@@ -61,6 +61,16 @@ the per-row flags; forced uploads are kept in :class:`LazyState` (read them with
 :func:`lazy_counters`; the simulator reports ``forced_uploads`` through
 :meth:`LazyState.metrics`).
 
+In an own training loop (``grads_w``, ``ref_w``: ``[M, ...]`` stacked per-worker gradients
+at :math:`x_k` and at each worker's last-upload iterate, on the same minibatches;
+``norms``: the last update norms, newest first)::
+
+    tx = ja.sasg(learning_rate=0.005, num_workers=10)
+    state = ja.transforms.with_rows(tx.init(params), 10)
+    updates, state = tx.update(grads_w, state, params, ref_grads=ref_w, update_norms=norms)
+    params = optax.apply_updates(params, updates)
+    uploaded = ja.last_decisions(state).uploaded      # who sent (their x_hat becomes x_k)
+
 References:
   Deng, Li, Sun, Lu, "SASG: sparse communication with adaptive aggregated stochastic
   gradients for distributed learning", arXiv 2112.04088; code github.com/xiaogdeng/SASG.
@@ -85,7 +95,7 @@ from jax import Array
 
 from jaxasync import rules
 from jaxasync.algorithms import register
-from jaxasync.transforms import aggregate, as_rows, compress, dense_bits
+from jaxasync.transforms import aggregate, as_rows, compress, dense_bits, find_states
 
 PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
@@ -352,30 +362,13 @@ def _server_sum() -> optax.GradientTransformation:
     return optax.chain(aggregate("sum"), optax.scale(-1.0))
 
 
-def _find(state: PyTree) -> list[LazyState]:
-    found = []
-
-    def visit(node):
-        if isinstance(node, LazyState):
-            found.append(node)
-        elif isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(state)
-    return found
-
-
 def lazy_state(opt_state: PyTree) -> LazyState:
     """The :class:`LazyState` inside an algorithm's state (stored messages, memories...).
 
     Raises:
       ValueError: the chain has no :func:`lazy_upload`.
     """
-    states = _find(opt_state)
+    states = find_states(opt_state, LazyState)
     if len(states) != 1:
         raise ValueError(f"expected exactly one lazy_upload() in the chain, found {len(states)}")
     return states[0]
