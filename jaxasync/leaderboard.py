@@ -384,6 +384,7 @@ class Entry:
     overrides: tuple[str, ...] = ()
     target: dict | None = None
     device: str = "any"           # "gpu": skipped on a CPU-only machine unless --allow-cpu
+    minutes: dict = dataclasses.field(default_factory=dict)  # rough run time: {cpu:, gpu:}
     data: tuple[str, ...] = ()    # datasets read from --data-dir (names of jaxasync.data.download)
     derived: dict = dataclasses.field(default_factory=dict)  # label -> (num run, den run)
     plots: tuple[dict, ...] = ()
@@ -436,6 +437,10 @@ def parse_entries(raw: Any) -> list[Entry]:
         device = e.get("device", "any")
         if device not in ("any", "gpu"):
             raise EntryError(f"{where}: device={device!r}: choose 'any' or 'gpu'")
+        minutes = e.get("minutes") or {}
+        if not isinstance(minutes, dict) or not set(minutes) <= {"cpu", "gpu"} or not all(
+                isinstance(v, int | float) and v > 0 for v in minutes.values()):
+            raise EntryError(f"{where}: minutes must map cpu / gpu to positive numbers")
         target = e.get("target")
         if target is not None and (set(target) != {"metric", "value", "mode"}
                                    or target["mode"] not in ("max", "min")):
@@ -444,7 +449,8 @@ def parse_entries(raw: Any) -> list[Entry]:
             id=str(e["id"]), title=str(e["title"]), task=str(e["task"]), source=str(e["source"]),
             runs=runs, checks=tuple(e["checks"]), preset=e.get("preset"),
             overrides=tuple(str(o) for o in (e.get("overrides") or [])), target=target,
-            device=device, data=tuple(e.get("data") or ()), derived=derived,
+            device=device, minutes=dict(e.get("minutes") or {}),
+            data=tuple(e.get("data") or ()), derived=derived,
             plots=tuple(e.get("plots") or ()), histogram=bool(e.get("histogram", False)),
             notes=str(e.get("notes", "")).strip())
         for j, c in enumerate(entry.checks):
@@ -608,6 +614,8 @@ def short_reason(reason: str) -> str:
         parts.append("needs a GPU")
     if "preset conf/experiment/" in reason and "does not exist" in reason:
         parts.append("preset missing")
+    if "--budget" in reason:
+        parts.append("over the time budget")
     if "another config" in reason:
         parts.append("result of an older config")
     if not parts:
@@ -853,6 +861,9 @@ def render_markdown(states: list[EntryState], rows: list[Row], *, plots: dict[st
         + (f" ({', '.join(s.entry.id for s in skipped)})" if skipped else ""),
         f"- **Code:** git {', '.join(revs) or '-'}",
         "",
+        "Load: the machine's 1-minute load average when each run started (2 cores: above 2, "
+        "other jobs shared them, and wall times are longer than on an idle machine).",
+        "",
         "Verdicts: ✓ within the stated tolerance, ✗ outside it; \"ordering ✓\" / \"ratio ✓\" "
         "where only an ordering or a ratio is published; `-` measured for reference only. "
         "\"Rounds\" are uploads until the first evaluation at or above the target, as the SASG "
@@ -864,21 +875,24 @@ def render_markdown(states: list[EntryState], rows: list[Row], *, plots: dict[st
         "",
         "## Entries",
         "",
-        "| entry | status | device | runs × seeds | compute time | last run | load (1/5/15 min) |",
+        "| entry | status | device | runs × seeds | compute time | computed | load (1 min) |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in states:
         info = s.info
         seeds = sorted({len(r["members"]) for r in s.records.values()})
         status = s.status if not s.reason else f"{s.status}: {short_reason(s.reason)}"
-        load = info.get("load_start")
-        load_text = "/".join(f"{x:.1f}" for x in load) if load else "-"
+        runs_info = [r for lab, r in (info.get("runs") or {}).items() if lab in s.records]
+        when = max((r["computed"] for r in runs_info if r.get("computed")), default=None)
+        loads = [r["load"][0] for r in runs_info if r.get("load")]
+        lo_hi = sorted({f"{min(loads):.1f}", f"{max(loads):.1f}"}, key=float) if loads else []
+        load_text = "–".join(lo_hi) or "-"
         lines.append(
             f"| [{s.entry.id}](#{s.entry.id}) | {status.replace('|', '/')} | "
             f"{_device_of(s.records.values())} | "
             f"{len(s.records)} × {'/'.join(map(str, seeds)) or '-'} | "
             f"{_minutes(entry_seconds(s))} | "
-            f"{info.get('finished', '-')} | {load_text} |")
+            f"{when or '-'} | {load_text} |")
     for s in states:
         e = s.entry
         lines += ["", f"### {e.id}", "", f"**{e.title}.** {e.task}. Source: {e.source}.", ""]
@@ -1036,8 +1050,13 @@ def _is_data_error(msg: str) -> bool:
 
 def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None = None,
               download: bool = False, allow_cpu: bool = False, rerun: bool = False,
-              progress: bool = True, runner: Callable | None = None) -> dict:
+              budget_minutes: float | None = None, progress: bool = True,
+              runner: Callable | None = None) -> dict:
     """Runs the entry's runs not yet finished for their current config; writes ``entry.json``.
+
+    Skips the entry (with the reason) when its data files are missing, when it is meant for
+    a GPU and only a CPU is there (unless ``allow_cpu``), or when its estimated time on this
+    backend (``minutes``) exceeds ``budget_minutes`` and some of its runs are not finished.
 
     Returns the entry status (also written): ``{"status": done|skipped|failed, "reason",
     "runs": {label: {"config_hash", "reused", "wall_seconds"}}, ...}``.
@@ -1087,6 +1106,19 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
     if entry.device == "gpu" and jax.default_backend() == "cpu" and not allow_cpu:
         reasons.append("meant for a GPU, this machine has only a CPU (--allow-cpu runs it "
                        "anyway)")
+    earlier = (read_json(edir / ENTRY_STATUS) or {}).get("runs") or {}
+    finished = {}
+    for run in entry.runs:
+        old = read_json(edir / run.slug / "run.json")
+        if old is not None and old.get("config_hash") == config_digest(configs[run.label]) \
+                and not rerun:
+            finished[run.label] = old
+    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    estimate = entry.minutes.get(backend)
+    if (budget_minutes is not None and estimate is not None and estimate > budget_minutes
+            and len(finished) < len(entry.runs)):
+        reasons.append(f"estimated {estimate:g} min on this {backend}, more than the "
+                       f"{max(0.0, budget_minutes):.0f} min left of --budget")
     if reasons:
         return finish("skipped", "; ".join(dict.fromkeys(reasons)))
 
@@ -1095,7 +1127,7 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         out = edir / run.slug
         digest = config_digest(cfg)
         old = read_json(out / "run.json")
-        reused = old is not None and old.get("config_hash") == digest and not rerun
+        reused = run.label in finished
         if not reused and out.exists() and (rerun or old is not None):
             if progress and old is not None and not rerun:
                 print(f"[leaderboard] {entry.id}/{run.slug}: config changed "
@@ -1106,10 +1138,13 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
                   + ("finished result of this config found; reused" if reused
                      else command(entry, run, data_dir)), flush=True)
         if reused:
+            before = earlier.get(run.label) or {}
             status["runs"][run.label] = {
                 "config_hash": digest, "reused": True,
-                "wall_seconds": old.get("timing", {}).get("wall_seconds")}
+                "wall_seconds": old.get("timing", {}).get("wall_seconds"),
+                "computed": before.get("computed"), "load": before.get("load")}
             continue
+        load = _load()
         try:
             try:
                 record = runner(cfg, out, progress=progress)
@@ -1125,9 +1160,12 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         except Exception as e:  # a crash in one entry must not lose the others
             traceback.print_exc()
             return finish("failed", f"run {run.label!r}: {type(e).__name__}: {e}")
+        # per-seed copies of run.json (a sweep's convenience): the leaderboard reads run.json
+        shutil.rmtree(out / "members", ignore_errors=True)
         status["runs"][run.label] = {
             "config_hash": record.get("config_hash"), "reused": False,
-            "wall_seconds": record.get("timing", {}).get("wall_seconds")}
+            "wall_seconds": record.get("timing", {}).get("wall_seconds"),
+            "computed": _now(), "load": load}
     return finish("done")
 
 
@@ -1176,6 +1214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--download", action="store_true",
                    help="download missing datasets (checksum-verified) before running")
     p.add_argument("--allow-cpu", action="store_true", help="run GPU entries on a CPU too")
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help="skip entries whose estimated time (entries.yaml: minutes) exceeds "
+                        "what is left of this many minutes")
     p.add_argument("--entries-file", type=Path, default=ENTRIES_FILE)
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="result files directory")
     p.add_argument("--out", type=Path, default=BOARD_DIR,
@@ -1196,8 +1237,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         t0 = time.perf_counter()
         for e in chosen:
+            left = None if args.budget is None else args.budget - (time.perf_counter() - t0) / 60
             st = run_entry(e, args.results, data_dir=args.data_dir, download=args.download,
-                           allow_cpu=args.allow_cpu, rerun=args.rerun, progress=not args.quiet)
+                           allow_cpu=args.allow_cpu, rerun=args.rerun, budget_minutes=left,
+                           progress=not args.quiet)
             if st["status"] == "failed":
                 failed.append(e.id)
         if not args.quiet:

@@ -325,6 +325,13 @@ def test_skip_reasons_missing_files_and_gpu(tmp_path, capsys):
     status = lb.run_entry(gpu, tmp_path / "results", progress=False,
                           runner=lambda *a, **k: pytest.fail("must not run"))
     assert status["status"] == "skipped" and "meant for a GPU" in status["reason"]
+    slow = lb.parse_entries({"entries": [{
+        "id": "slow", "title": "S", "task": "t", "source": "s", "minutes": {"cpu": 100},
+        "overrides": TOY, "runs": {"A": ["algorithm=asgd"]}, "checks": []}]})[0]
+    status = lb.run_entry(slow, tmp_path / "results", budget_minutes=10, progress=False,
+                          runner=lambda *a, **k: pytest.fail("must not run"))
+    assert status["status"] == "skipped" and "estimated 100 min on this cpu" in status["reason"]
+    assert lb.short_reason(status["reason"]) == "over the time budget"
     missing = lb.parse_entries({"entries": [{
         "id": "later", "title": "L", "task": "t", "source": "s", "preset": "no_such_preset",
         "runs": {"A": ["algorithm=asgd"]}, "checks": []}]})[0]
@@ -357,6 +364,9 @@ def test_resume_skips_finished_runs_and_reruns_changed_ones(tmp_path):
     calls.clear()
     again = lb.run_entry(toy, results, progress=False, runner=runner)
     assert all(r["reused"] for r in again["runs"].values())
+    # when and under which load a reused result was computed is carried over
+    assert again["runs"]["Slow"]["computed"] == first["runs"]["Slow"]["computed"] is not None
+    assert again["runs"]["Slow"]["load"] == first["runs"]["Slow"]["load"]
     assert (results / "toy" / "slow" / "run.json").stat().st_mtime_ns == stamp
     assert calls == []
     # change one run's config: only that run is computed again
