@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import types
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
@@ -802,22 +800,3 @@ def make_compressor(name: str, **kwargs: Any) -> Compressor:
         return COMPRESSORS[name](**kwargs)
     except TypeError as err:
         raise ValueError(f"compressor {name!r}: bad arguments {sorted(kwargs)} ({err})") from None
-
-
-# ============================================================================= package name clash
-#
-# The package exports the optax transform ``jaxasync.compress`` (from transforms.py) under this
-# module's name. Importing this module makes Python rebind the package attribute to the
-# module, which would break ``ja.compress(compressor, ...)`` for the rest of the process. So
-# the module is callable and forwards to the transform: both spellings keep working whatever
-# the import order.
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any):
-        from jaxasync.transforms import compress as compress_transform
-
-        return compress_transform(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
