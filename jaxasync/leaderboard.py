@@ -991,12 +991,7 @@ def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{entry.id}: {entry.task}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    report.save_figure(fig, path)
     return True
 
 

@@ -288,6 +288,13 @@ def plot_records(records: list[dict], path: Path) -> None:
                 if xk == "bits_up":
                     ax.set_xscale("symlog")
     axes[0][0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Saves a matplotlib figure as PNG atomically (temporary file, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
