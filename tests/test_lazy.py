@@ -1,13 +1,12 @@
 """SASG, LASG, LAG, top-k with error feedback: equivalences, hand-checked decisions, counters."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ToyData, iid_shards, run_toy
+from helpers import ToyData, ToyWorkload, iid_shards, run_toy
 
 import jaxasync as ja
 from jaxasync import delays as dl
@@ -248,22 +247,6 @@ def test_top_k_keeps_k_entries_and_matches_lax_top_k(per_layer, method):
 # ----------------------------------------------------------------------------- in the simulator
 
 
-@dataclasses.dataclass(frozen=True)
-class _Toy:
-    """Least squares with a weight matrix and a bias, per-layer top-k has two layers."""
-
-    name: str
-    data: ToyData
-    init: object
-    loss: object
-    evaluate: object
-    f_star: float | None = None
-    smoothness: float | None = None
-    augment: object = None
-    target: object = None
-    num_classes: int | None = None
-
-
 def _toy(n=120, d=10, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(n, d)).astype(np.float32)
@@ -278,7 +261,7 @@ def _toy(n=120, d=10, seed=0):
     def evaluate(params, x, y):
         return {"loss": loss(params, x, y)}
 
-    return _Toy("toy2", ToyData(a, b, a, b), init, loss, evaluate)
+    return ToyWorkload("toy2", ToyData(a, b, a, b), init, loss, evaluate)
 
 
 def _numpy_sasg(wl, m, alpha, d_hist, density, steps, *, sparse=True, c=2.0):
