@@ -135,6 +135,12 @@ def threshold_form(form: str, learning_rate: float | Array, num_workers: int,
     return 0, -math.inf
 
 
+def lr_at(learning_rate: float | Array | Callable[[Array], Array], count: Array) -> Array:
+    """The step size at iteration ``count``: ``learning_rate(count)`` for an optax schedule,
+    else the number itself (the lazy family takes either, as ``optax.sgd`` does)."""
+    return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
 def _row_sq_dist(a_w: PyTree, b_w: PyTree) -> Array:
     """:math:`\\|a_i - b_i\\|^2` per row of two ``[W, ...]`` pytrees: float32[W]."""
     return sum(jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
@@ -181,7 +187,7 @@ class LazyState(NamedTuple):
 
 
 def lazy_upload(
-    learning_rate: float | Array,
+    learning_rate: float | Array | Callable[[Array], Array],
     num_workers: int,
     *,
     rule: str = "gradient",
@@ -215,7 +221,9 @@ def lazy_upload(
     Follow it with ``aggregate("sum")`` and ``optax.scale(-1.0)``.
 
     Args:
-      learning_rate: :math:`\alpha`, folded into the messages.
+      learning_rate: :math:`\alpha`, folded into the messages; a number or an optax schedule
+        (a function of the iteration :math:`k`): new messages and the threshold use
+        :math:`\alpha_k`, stored messages and memories keep the step they were made with.
       num_workers: :math:`M` (the number of rows).
       rule: ``"gradient"`` (needs ``ref_grads``) or ``"parameter"`` (needs ``smoothness``).
       threshold: a form of :data:`THRESHOLDS`.
@@ -240,7 +248,7 @@ def lazy_upload(
         raise ValueError(f"lazy_upload rule={rule!r}: unknown; choose one of {', '.join(RULES)}")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers={num_workers!r}: must be an integer >= 1")
-    window, scale = threshold_form(threshold, learning_rate, num_workers, history)
+    window, _ = threshold_form(threshold, 1.0, num_workers, history)   # validates the form
     never = threshold == "never"
     max_skips = history if max_skips is None else max_skips
     warmup = history if warmup is None else warmup
@@ -275,6 +283,8 @@ def lazy_upload(
                              "algorithms take all M workers in order every round")
         live = rows.applied
         warm = state.count < warmup
+        lr = lr_at(learning_rate, state.count)
+        _, scale = threshold_form(threshold, lr, m, history)
         if never:
             diff_sq = jnp.zeros((m,), jnp.float32)
             thr = jnp.asarray(-jnp.inf, jnp.float32)
@@ -300,14 +310,14 @@ def lazy_upload(
         skips = jnp.where(warm | ~live, state.skips, jnp.where(upload, 1, state.skips + 1))
 
         if compressor is None:
-            scaled = jax.tree.map(lambda g: (learning_rate * g).astype(g.dtype), rows.grads)
+            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
             bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
             messages = _select_rows(upload, scaled, state.messages)
             error = state.error
         else:
             # Every row is compressed, skipped ones too, and their results discarded: the
             # runner vmaps members, which turns any per-row branch into the same select.
-            scaled = jax.tree.map(lambda g: (learning_rate * g).astype(g.dtype), rows.grads)
+            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
             v = jax.tree.map(jnp.add, scaled, state.error) if error_feedback else scaled
             keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
             msg, bits = jax.vmap(compressor)(v, keys)
@@ -337,22 +347,26 @@ def lazy_upload(
 # ----------------------------------------------------------------------------- small pieces
 
 
-def scale_rows(factor: float | Array) -> optax.GradientTransformationExtraArgs:
+def scale_rows(factor: float | Array | Callable[[Array], Array]
+               ) -> optax.GradientTransformationExtraArgs:
     r"""Multiplies every row's gradient by ``factor`` before compression: :math:`g_i \to a g_i`.
 
     Unlike ``WorkerRows.scale`` (a weight applied at aggregation), this changes the
     message itself, so error feedback sees :math:`v = a g_i + e_i` as in the SASG code.
+    ``factor`` may be an optax schedule: :math:`a_k` at this transform's ``k``-th update.
     """
 
     def init_fn(params):
         del params
-        return optax.EmptyState()
+        return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, mask=None, **extra):
         del params, extra
         rows = as_rows(updates, mask)
-        grads = jax.tree.map(lambda g: (factor * g).astype(g.dtype), rows.grads)
-        return rows._replace(grads=grads), state
+        a = lr_at(factor, state.count)
+        grads = jax.tree.map(lambda g: (a * g).astype(g.dtype), rows.grads)
+        return rows._replace(grads=grads), optax.ScaleByScheduleState(
+            count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
