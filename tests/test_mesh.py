@@ -13,11 +13,21 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jaxasync.experiment import prepare, run_experiment
     from jaxasync.sim import put_data, run
+    from jaxasync.lazy import LazyState
+    from jaxasync.transforms import find_states
     out = {}
-    for alg, k in [("asgd", 8), ("asgd", 1), ("sync_sgd", None)]:
+    lazy = {"history": 3}
+    cases = [("asgd", 8, {}), ("asgd", 1, {}), ("sync_sgd", None, {}),
+             # the lazy family: per-worker stored messages, error memories and last-upload
+             # iterates sharded along M; threshold_scale keeps some skips in 20 steps
+             ("sasg", None, {**lazy, "density": 0.25, "threshold_scale": 30.0}),
+             ("lasg", None, {**lazy, "threshold_scale": 30.0}),
+             ("topk_ef", None, {"density": 0.25})]
+    for alg, k, extra in cases:
         rows = []
         for mesh in (1, 8):
-            cfg = {"algorithm": {"name": alg, "arrivals": k, "params": {"learning_rate": 0.05}},
+            params = {"learning_rate": 0.05 if k or alg == "sync_sgd" else 0.01, **extra}
+            cfg = {"algorithm": {"name": alg, "arrivals": k, "params": params},
                    "workload": {"name": "least_squares", "batch_size": 8, "options": {"n": 512, "d": 16}},
                    "run": {"num_workers": 8, "steps": 20, "eval_every": 10, "seeds": [0, 1],
                            "mesh_workers": mesh}}
@@ -29,7 +39,10 @@ SCRIPT = textwrap.dedent("""
                          "loss": [h[-1]["train_loss"] for h in r.history],
                          "finish_spec": str(getattr(st.finish.sharding, "spec", None)),
                          "ring_spec": str(getattr(jax.tree.leaves(st.ring.versions)[0].sharding, "spec", None)),
-                         "devices": len(st.finish.sharding.device_set)})
+                         "devices": len(st.finish.sharding.device_set),
+                         "skips": [int(h[-1].get("skips", -1)) for h in r.history],
+                         "lazy_spec": [str(getattr(x.sharding, "spec", None)) for x in
+                                       jax.tree.leaves(find_states(st.opt_state, LazyState))]})
         out[f"{alg}-{k}"] = rows
     print("RESULT" + json.dumps(out))
 """)
@@ -44,9 +57,16 @@ def test_sharded_worker_axis_equals_single_device():
     for name, (single, sharded) in out.items():
         assert sharded["devices"] == 8, name
         assert sharded["finish_spec"] == "P(None, 'workers')", name
-        if not name.startswith("sync"):  # sync runs keep a 2-deep ring: not divisible, replicated
+        if name.startswith("asgd"):  # synchronous runs keep a short ring (2 or history + 1
+            # versions), not divisible by 8: replicated
             assert sharded["ring_spec"] == "P(None, 'workers')", name
         assert single["devices"] == 1
         import numpy as np
         np.testing.assert_allclose(sharded["params"], single["params"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
+        assert sharded["skips"] == single["skips"], name
+        if name.startswith(("sasg", "lasg")):
+            # messages, error memories, skip counters (seed axis first): split along M
+            assert set(sharded["lazy_spec"][:-3]) == {"P(None, 'workers')"}, sharded["lazy_spec"]
+    # the lazy runs did skip (else the test would not cover the stored-message path)
+    assert out["sasg-None"][0]["skips"][-1] > 0 and out["lasg-None"][0]["skips"][-1] > 0
