@@ -20,6 +20,11 @@ per second and the split of one iteration into
 * the rest: iteration minus the two (skip test, error feedback, stored messages, server sum,
   simulator bookkeeping).
 
+Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
+gradients at x_k and the server sum), LASG (SGD + the skip test: a second gradient per worker
+at its last-upload iterate, the norm of the difference, stored dense messages), Sparse
+(SGD + top-k with error feedback) -- what each ingredient of SASG costs.
+
 Every timing is the median of ``--repeats`` calls of an already-compiled scan of ``--steps``
 iterations; variants are interleaved so that load from other processes hits them alike, and
 the load average is printed next to the figures (this machine is shared: expect +-30%).
@@ -70,12 +75,22 @@ def _setup(workload_name: str):
     return wl, put_data(wl, index, size)
 
 
-def sasg_run(wl, data, method: str, steps: int, warmup: int):
-    """A compiled scan of ``steps`` SASG iterations and the warmed-up state."""
+#: the protocol's algorithms and their static settings (``{method}``: the top-k variant)
+FAMILY = {
+    "sasg": {"topk_method": "{method}", "history": HISTORY, "density": DENSITY},
+    "topk_ef": {"topk_method": "{method}", "density": DENSITY},
+    "lasg": {"history": HISTORY},
+    "sgd_sum": {},
+}
+
+
+def sasg_run(wl, data, method: str, steps: int, warmup: int, algorithm: str = "sasg"):
+    """A compiled scan of ``steps`` iterations of ``algorithm`` (SASG by default) and the
+    warmed-up state."""
     cfg = SimConfig(num_workers=M, batch_size=BATCH, ring_size=HISTORY + 1, steps=steps,
                     eval_every=steps, delay=dl.DelayConfig(kind="none"))
-    sim = Simulator(ja.get_algorithm("sasg"), {"topk_method": method, "history": HISTORY,
-                                               "density": DENSITY}, wl, cfg)
+    static = {k: (method if v == "{method}" else v) for k, v in FAMILY[algorithm].items()}
+    sim = Simulator(ja.get_algorithm(algorithm), static, wl, cfg)
     hp = {"learning_rate": jnp.float32(ALPHA)}
 
     def body(s, _):
@@ -146,6 +161,10 @@ def speed(args) -> None:
     ls = lazy.lazy_state(state.opt_state)
     v_w = jax.tree.map(jnp.add, ls.error, ls.messages)
     calls = {f"sasg[{m}]": runs[m][0] for m in methods}
+    family = [a for a in args.family.split(",") if a]
+    for alg in family:
+        calls[f"{alg}[exact]" if alg == "topk_ef" else alg] = sasg_run(
+            wl, data, "exact", args.steps, args.warmup, alg)[0]
     calls["gradients"] = gradients_run(wl, data, args.steps)
     for m in methods:
         calls[f"top-k[{m}]"] = topk_run(v_w, m, args.steps)
@@ -184,6 +203,16 @@ def speed(args) -> None:
         print(f"{name:<14} {1e3 / total:>6.1f} {total:>8.2f} {lo:>6.1f}-{hi:<6.1f} {g:>6.2f} "
               f"{k:>6.2f} {total - g - k:>6.2f} | {c_total:>7.2f} {c_g:>6.2f} {c_k:>6.2f} "
               f"{c_total - c_g - c_k:>6.2f} {1e3 / c_total:>8.1f}")
+    if family:
+        # The ingredients, side by side in the same run: SGD = the gradients at x_k and the
+        # server sum; LASG adds the skip test (a second gradient per worker at its
+        # last-upload iterate, the stored dense messages); Sparse (top-k EF) adds top-k and
+        # the error memories to SGD; SASG has both.
+        print("# the protocol's algorithms, same harness (top-k: exact)")
+        print(f"{'algorithm':<14} {'it/s':>6} {'wall ms':>8} {'cpu ms':>7}")
+        for name in [f"sasg[{m}]" for m in methods if m == "exact"] + [
+                f"{a}[exact]" if a == "topk_ef" else a for a in family]:
+            print(f"{name:<14} {1e3 / med[name]:>6.1f} {med[name]:>8.2f} {cpu_med[name]:>7.2f}")
 
 
 # ----------------------------------------------------------------------------- table
@@ -241,6 +270,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="mnist_subset_fc")
     ap.add_argument("--methods", default="exact,lax,approx", help="top-k variants, comma-separated")
+    ap.add_argument("--family", default="sgd_sum,lasg,topk_ef",
+                    help="other algorithms of the protocol to time side by side ('' for none)")
     ap.add_argument("--steps", type=int, default=50, help="iterations per timed call")
     ap.add_argument("--warmup", type=int, default=100, help="iterations before timing")
     ap.add_argument("--repeats", type=int, default=7)
