@@ -415,3 +415,22 @@ def test_experiment_keeps_density_static_and_the_ring_covers_the_history():
     cfg["algorithm"]["params"]["density"] = [0.01, 0.05]
     with pytest.raises(ConfigError, match="density"):
         prepare(cfg)
+
+
+def test_a_step_size_schedule_changes_new_messages_only():
+    """With an optax schedule, messages made at k use alpha_k; a stored one keeps its step."""
+    sched = optax.piecewise_constant_schedule(0.1, {1: 0.5})    # 0.1, then 0.05 from k = 1
+    tx = ja.lasg(learning_rate=sched, num_workers=2, history=1)  # warm-up 1, window 0: thr 0
+    p = {"w": jnp.zeros((3,))}
+    s = with_rows(tx.init(p), 2)
+    g0 = {"w": jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}
+    g1 = {"w": jnp.array([[7.0, 8.0, 9.0], [10.0, 11.0, 12.0]])}
+    norms = jnp.zeros((1,))
+    u, s = tx.update(g0, s, p, ref_grads=g0, update_norms=norms)          # warm-up: both send
+    np.testing.assert_allclose(u["w"], -0.1 * (g0["w"][0] + g0["w"][1]), rtol=1e-6)
+    # k = 1: worker 0's gradient did not change (skip, its 0.1-step message stays), worker 1's
+    # did (it sends 0.05 g)
+    ref = {"w": g1["w"].at[1].add(1.0)}
+    u, s = tx.update(g1, s, p, ref_grads=ref, update_norms=norms)
+    np.testing.assert_array_equal(ja.last_decisions(s).uploaded, [False, True])
+    np.testing.assert_allclose(u["w"], -(0.1 * g0["w"][0] + 0.05 * g1["w"][1]), rtol=1e-6)
