@@ -247,6 +247,9 @@ class Simulator:
         else:
             ids = jax.random.permutation(k_pick, m)[:k].astype(jnp.int32)
             tau = dl.sample_delays(cfg.delay, k_tau, k, state.counts.iterations)
+            # No gradient predates x_0: before version tau, a "tau-stale" gradient was
+            # computed at x_0 (what the ring returns), which is `version` versions old.
+            tau = jnp.minimum(tau, state.version)
             now = state.clock + 1.0
         return ids, tau, now
 
@@ -351,7 +354,7 @@ class Simulator:
             iterations=c.iterations + 1,
             grads=c.grads + w + n_ref,
             wasted=c.wasted + wasted,
-            staleness_sum=c.staleness_sum + jnp.sum(tau).astype(jnp.float32),
+            staleness_sum=c.staleness_sum + jnp.sum(tau.astype(jnp.float32)),
             staleness_max=jnp.maximum(c.staleness_max, jnp.max(tau)),
             staleness_hist=c.staleness_hist.at[jnp.minimum(tau, d)].add(1),
             batch_loss_sum=c.batch_loss_sum + jnp.mean(loss_w),

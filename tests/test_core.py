@@ -220,11 +220,24 @@ def test_link_time_slows_large_messages():
 
 
 def test_over_stale_arrivals_are_dropped_and_counted():
-    # constant delay 6 with a ring of 4 versions: every arrival after warm-up is dropped
+    # constant delay 6 with a ring of 4 versions. No gradient predates x_0, so at version v < 6
+    # an arrival is min(6, v) stale: versions 0..3 are applied (staleness 0, 1, 2, 3); from
+    # version 4 on every arrival is 4 >= 4 stale and dropped, and no version follows.
     cfg = sim.SimConfig(num_workers=2, arrivals=1, batch_size=4, ring_size=4, steps=20, eval_every=20,
                         delay=dl.DelayConfig(kind="constant", tau=6))
     h = run_toy("asgd", cfg, {"learning_rate": 0.1}).history[0][-1]
-    assert h["dropped"] == 20 and h["applied"] == 0 and h["wasted"] == 20 and h["version"] == 0
+    assert h["dropped"] == 16 and h["applied"] == 4 and h["wasted"] == 16 and h["version"] == 4
+    assert h["staleness_max"] == 4 and h["staleness_mean"] == pytest.approx((0 + 1 + 2 + 3 + 16 * 4) / 20)
+
+
+def test_sampled_staleness_is_capped_at_the_version():
+    # staleness-aware ASGD under a constant delay of 8: the first 8 steps read x_0, so their
+    # true staleness is 0, 1, ..., 7 and the steps are eta / max(1, t), not eta / 8
+    cfg = sim.SimConfig(num_workers=2, arrivals=1, batch_size=4, ring_size=16, steps=8, eval_every=8,
+                        delay=dl.DelayConfig(kind="constant", tau=8))
+    h = run_toy("staleness_aware", cfg, {"learning_rate": 0.1}).history[0][-1]
+    assert h["staleness_mean"] == pytest.approx(sum(range(8)) / 8)
+    assert h["staleness_max"] == 7
 
 
 def test_read_trace(tmp_path):
