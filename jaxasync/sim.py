@@ -25,7 +25,6 @@ function; members are vmapped into the same program.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -231,13 +230,10 @@ class Simulator:
             ids = jnp.arange(m, dtype=jnp.int32)
             tau = jnp.zeros((m,), jnp.int32)
             if cfg.delay.kind == "event":
-                # a round lasts as long as its slowest worker (compute + download + upload)
-                exchange = 2 * cfg.network.seconds(jnp.full((m,), self._dense_bits))
-                now = state.clock + jnp.max(dl.compute_times(cfg.delay, k_time, state.speed)
-                                            + exchange)
-            else:
-                now = state.clock + 1.0
-            return ids, tau, now
+                # compute times only: the round's length also depends on what each worker
+                # sends, known after the update (see `_round_end`)
+                return ids, tau, dl.compute_times(cfg.delay, k_time, state.speed)
+            return ids, tau, state.clock + 1.0
         k = self.rows
         if cfg.delay.kind == "event":
             _, ids = jax.lax.top_k(-state.finish, k)
@@ -274,7 +270,7 @@ class Simulator:
         d = cfg.ring_size
         tx = self.make_tx(hparams)
         key, k_arr, k_batch, k_tx, k_next = jax.random.split(state.key, 5)
-        ids, tau, now = self._arrivals(state, k_arr)
+        ids, tau, now = self._arrivals(state, k_arr)   # synchronous + event: compute times
         w = ids.shape[0]
         live = tau < d                      # staler than the ring holds: dropped
         lag = jnp.minimum(tau, d - 1)
@@ -325,6 +321,9 @@ class Simulator:
         norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
         version = state.version + advance.astype(jnp.int32)
 
+        if self.spec.synchronous and cfg.delay.kind == "event":
+            now = self._round_end(state.clock, now, rows)
+
         # clocks: each arrival's exchange (its upload, the model download) delays its next
         # gradient; rejected and dropped workers start again from the new version too.
         finish, worker_version = state.finish, state.worker_version
@@ -363,12 +362,18 @@ class Simulator:
         return SimState(new_params, opt_state, ring, version, norms, now, finish, worker_version,
                         state.speed, ref_params, counts, key)
 
+    def _round_end(self, clock: Array, compute: Array, rows) -> Array:
+        """End of a synchronous round: its slowest worker's compute + upload + download.
+
+        The upload costs what the row sent (a top-k message, a dense gradient), nothing
+        for a worker that skipped its upload; every worker downloads the model.
+        """
+        net = self.cfg.network
+        up = jnp.where(rows.bits_up > 0, net.seconds(rows.bits_up), 0.0)
+        return clock + jnp.max(compute + up + net.seconds(rows.bits_down))
+
     def _xy(self, data: Data, ids: Array, key: Array):
         return self._batches(data, ids, key)
-
-    @functools.cached_property
-    def _dense_bits(self) -> float:
-        return 32.0 * num_params(jax.eval_shape(self.workload.init, jax.random.PRNGKey(0)))
 
     # -- chunks, evaluation ----------------------------------------------------------------
 

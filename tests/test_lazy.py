@@ -434,3 +434,28 @@ def test_a_step_size_schedule_changes_new_messages_only():
     u, s = tx.update(g1, s, p, ref_grads=ref, update_norms=norms)
     np.testing.assert_array_equal(ja.last_decisions(s).uploaded, [False, True])
     np.testing.assert_allclose(u["w"], -(0.1 * g0["w"][0] + 0.05 * g1["w"][1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm, static, up_bits", [
+    ("sgd_sum", {}, 32 * 8),                                  # dense alpha g: 8 params
+    ("topk_ef", {"density": 0.25}, 64 * 2),                   # top-2 of 8: value + index
+    ("sasg", {"density": 0.25, "history": 2, "threshold_scale": 1e9}, 0),   # skips
+])
+def test_a_synchronous_round_lasts_its_slowest_compute_upload_and_download(
+        algorithm, static, up_bits):
+    # constant compute 1 s, 1000 bit/s, 10 ms latency; every worker downloads the dense model
+    # (256 bits); the upload costs what was sent, nothing when the worker skipped
+    net = dl.Network(bandwidth=1000.0, latency=0.01)
+    cfg = sim.SimConfig(num_workers=2, batch_size=4, ring_size=3, steps=8, eval_every=8,
+                        delay=dl.DelayConfig(kind="event", compute="constant", mean=1.0),
+                        network=net)
+    h = run_toy(algorithm, cfg, {"learning_rate": 0.01}, static=static).history[0][-1]
+    down = 0.01 + 256 / 1000
+    if algorithm == "sasg":
+        # both workers alike: 2 warm-up rounds of top-k uploads, then skips, except the
+        # forced upload once a worker has skipped more than D = 2 times in a row (round 5)
+        assert h["skips"] == 2 * 5 and h["uploads"] == 2 * 3
+        expected = 3 * (1 + 0.01 + 128 / 1000 + down) + 5 * (1 + down)
+    else:
+        expected = 8 * (1 + 0.01 + up_bits / 1000 + down)
+    assert h["time"] == pytest.approx(expected, rel=1e-5)
