@@ -71,6 +71,19 @@ class AlgorithmSpec:
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
 
 
+def required_workers(algorithm: str, num_workers: int | None) -> int:
+    """``num_workers`` of a factory whose rule depends on M: an integer >= 1, or a clear error
+    (a silent default of 1 would change the rule, not fail)."""
+    if num_workers is None:
+        raise ValueError(f"{algorithm}: num_workers (M) is required; the simulator passes "
+                         "the run's, a direct call must give it")
+    # (an array passes: optax.inject_hyperparams hands numbers over as arrays)
+    if isinstance(num_workers, (bool, float, str)) or (isinstance(num_workers, int)
+                                                       and num_workers < 1):
+        raise ValueError(f"{algorithm}: num_workers={num_workers!r}: must be an integer >= 1")
+    return num_workers
+
+
 def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False):
     """Decorator adding a factory to :data:`ALGORITHMS` under ``name``."""
     unknown = set(needs) - KNOWN_NEEDS
@@ -134,9 +147,13 @@ def staleness_aware(learning_rate: float = 0.1) -> optax.GradientTransformationE
 
 
 @register("delay_adaptive")
-def delay_adaptive(learning_rate: float = 0.1, num_workers: int = 1
+def delay_adaptive(learning_rate: float = 0.1, num_workers: int | None = None
                    ) -> optax.GradientTransformationExtraArgs:
     r"""Delay-adaptive ASGD: :math:`\eta_i = \eta\, M / \max(M, \tau_i)`.
+
+    Args:
+      learning_rate: :math:`\eta`.
+      num_workers: :math:`M` (required; the simulator fills it in).
 
     Extra args: ``staleness`` (int32[W]).
 
@@ -144,5 +161,6 @@ def delay_adaptive(learning_rate: float = 0.1, num_workers: int = 1
     under arbitrary delays", NeurIPS 2022 (arXiv 2206.07638); code
     github.com/konstmish/asynchronous_sgd.
     """
+    num_workers = required_workers("delay_adaptive", num_workers)
     scaler = lambda tau: rules.delay_adaptive(tau, num_workers)
     return optax.chain(scale_by_staleness(scaler), aggregate("mean"), optax.sgd(learning_rate))

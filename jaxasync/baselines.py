@@ -23,7 +23,7 @@ import optax
 from jax import Array
 
 from jaxasync import rules
-from jaxasync.algorithms import register
+from jaxasync.algorithms import register, required_workers
 from jaxasync.transforms import accept_if, aggregate, as_rows, scale_by_staleness
 
 PyTree = Any
@@ -153,7 +153,8 @@ KOLOSKOVA_MODES = ("drop", "shrink")
 
 
 @register("koloskova")
-def koloskova(learning_rate: float = 0.05, num_workers: int = 1, concurrency: int | None = None,
+def koloskova(learning_rate: float = 0.05, num_workers: int | None = None,
+              concurrency: int | None = None,
               mode: str = "drop", smoothness: float | None = None
               ) -> optax.GradientTransformationExtraArgs:
     r"""Koloskova et al.'s rule: a full step within the concurrency, none or a small one beyond.
@@ -171,7 +172,7 @@ def koloskova(learning_rate: float = 0.05, num_workers: int = 1, concurrency: in
 
     Args:
       learning_rate: :math:`\eta`.
-      num_workers: :math:`M` (the simulator fills it in).
+      num_workers: :math:`M` (the simulator fills it in; required without ``concurrency``).
       concurrency: :math:`\tau_C`; default :math:`M`.
       mode: ``"drop"`` or ``"shrink"``.
       smoothness: :math:`L`, needed by ``"shrink"`` (the experiment runner passes the
@@ -186,13 +187,13 @@ def koloskova(learning_rate: float = 0.05, num_workers: int = 1, concurrency: in
     if mode not in KOLOSKOVA_MODES:
         raise ValueError(f"koloskova mode={mode!r}: unknown; choose one of "
                          f"{', '.join(KOLOSKOVA_MODES)}")
-    tau_c = num_workers if concurrency is None else concurrency
+    if mode == "shrink" and smoothness is None:
+        raise ValueError("koloskova mode='shrink': needs the smoothness L (this workload has "
+                         "none); use mode='drop'")
+    tau_c = required_workers("koloskova", num_workers) if concurrency is None else concurrency
     if mode == "drop":
         first = accept_if(lambda tau: rules.within_concurrency(tau, tau_c), ("staleness",))
     else:
-        if smoothness is None:
-            raise ValueError("koloskova mode='shrink': needs the smoothness L (this workload has "
-                             "none); use mode='drop'")
         first = scale_by_staleness(
             lambda tau: rules.koloskova_scale(tau, tau_c, smoothness, learning_rate))
     return optax.chain(first, aggregate("mean"), optax.sgd(learning_rate))

@@ -94,7 +94,7 @@ import optax
 from jax import Array
 
 from jaxasync import rules
-from jaxasync.algorithms import register
+from jaxasync.algorithms import register, required_workers
 from jaxasync.transforms import aggregate, as_rows, compress, dense_bits, find_states
 
 PyTree = Any
@@ -246,8 +246,7 @@ def lazy_upload(
     """
     if rule not in RULES:
         raise ValueError(f"lazy_upload rule={rule!r}: unknown; choose one of {', '.join(RULES)}")
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers={num_workers!r}: must be an integer >= 1")
+    num_workers = required_workers("lazy_upload", num_workers)
     window, _ = threshold_form(threshold, 1.0, num_workers, history)   # validates the form
     never = threshold == "never"
     max_skips = history if max_skips is None else max_skips
@@ -453,7 +452,7 @@ def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "e
 
 
 @register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
-def sasg(learning_rate: float = 0.005, num_workers: int = 1, density: float = 0.01,
+def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
          history: int = 10, threshold: str = "2alpha", threshold_scale: float = 1.0,
          per_layer: bool = True, topk_method: str = "exact", max_skips: int | None = None
          ) -> optax.GradientTransformationExtraArgs:
@@ -501,7 +500,7 @@ def sasg(learning_rate: float = 0.005, num_workers: int = 1, density: float = 0.
 
 
 @register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
-def lasg(learning_rate: float = 0.005, num_workers: int = 1, history: int = 10,
+def lasg(learning_rate: float = 0.005, num_workers: int | None = None, history: int = 10,
          threshold: str = "2alpha", threshold_scale: float = 1.0, max_skips: int | None = None
          ) -> optax.GradientTransformationExtraArgs:
     r"""LASG-WK2 as the SASG authors run it: SASG's skip rule with dense messages, no memory.
@@ -534,7 +533,7 @@ def lasg(learning_rate: float = 0.005, num_workers: int = 1, history: int = 10,
     )
 
 
-def lag(learning_rate: float = 0.01, num_workers: int = 1, variant: str = "wk",
+def lag(learning_rate: float = 0.01, num_workers: int | None = None, variant: str = "wk",
         history: int = 10, smoothness: float | None = None, threshold: str = "lag",
         threshold_scale: float = 1.0, max_skips: int | None = None
         ) -> optax.GradientTransformationExtraArgs:
@@ -578,7 +577,7 @@ def lag(learning_rate: float = 0.01, num_workers: int = 1, variant: str = "wk",
 
 
 @register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
-def lag_wk(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
+def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            threshold: str = "lag", threshold_scale: float = 1.0, max_skips: int | None = None
            ) -> optax.GradientTransformationExtraArgs:
     """LAG-WK: :func:`lag` with ``variant="wk"`` (the worker tests its gradient change).
@@ -592,7 +591,7 @@ def lag_wk(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
 
 
 @register("lag_ps", needs=("update_norms",), arrivals="all", synchronous=True)
-def lag_ps(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
+def lag_ps(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            smoothness: float | None = None, threshold: str = "lag", threshold_scale: float = 1.0,
            max_skips: int | None = None) -> optax.GradientTransformationExtraArgs:
     r"""LAG-PS: :func:`lag` with ``variant="ps"``: the server tests :math:`L^2\|\hat x_m - x_k\|^2`.
@@ -608,7 +607,7 @@ def lag_ps(learning_rate: float = 0.01, num_workers: int = 1, history: int = 10,
 
 
 @register("topk_ef", arrivals="all", synchronous=True)
-def topk_ef(learning_rate: float = 0.005, num_workers: int = 1, density: float = 0.01,
+def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
             per_layer: bool = True, topk_method: str = "exact"
             ) -> optax.GradientTransformationExtraArgs:
     r"""Top-k sparsification with error feedback, every worker every round ("Sparse").
@@ -631,6 +630,7 @@ def topk_ef(learning_rate: float = 0.005, num_workers: int = 1, density: float =
     arXiv 1809.07599; Aji, Heafield, arXiv 1704.05021; run as in Deng et al., arXiv
     2112.04088.
     """
+    num_workers = required_workers("topk_ef", num_workers)
     comp = top_k_compressor(density, per_layer=per_layer, method=topk_method)
     return optax.chain(scale_rows(learning_rate),
                        compress(comp, error_feedback=True, num_workers=num_workers),

@@ -381,6 +381,11 @@ def compress(
         w = rows.scale.shape[0]
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, w)
         ids = jnp.arange(w) if worker_ids is None else worker_ids
+        if error_feedback and worker_ids is None and w > num_workers:
+            # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped on
+            # read and lost on write, silently
+            raise ValueError(f"compress: {w} rows without worker_ids, but error memories for "
+                             f"num_workers={num_workers}; give num_workers >= {w}")
         if error_feedback:
             err_w = jax.tree.map(lambda e: e[ids], state.error)
             v = jax.tree.map(jnp.add, err_w, rows.grads)

@@ -459,3 +459,16 @@ def test_a_synchronous_round_lasts_its_slowest_compute_upload_and_download(
     else:
         expected = 8 * (1 + 0.01 + up_bits / 1000 + down)
     assert h["time"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_factories_whose_rule_depends_on_m_require_num_workers():
+    # a silent default of M = 1 would change the rule (delay-adaptive at tau = 4 would take a
+    # quarter step) or clamp error memories; a direct call must say M
+    for make in (ja.sasg, ja.lasg, ja.lag_wk, ja.topk_ef, ja.delay_adaptive, ja.koloskova):
+        with pytest.raises(ValueError, match="num_workers"):
+            make(learning_rate=0.1)
+    comp = lazy.top_k_compressor(0.5)
+    tx = ja.compress(comp, error_feedback=True, num_workers=2)
+    p = {"w": jnp.zeros((4,))}
+    with pytest.raises(ValueError, match="3 rows without worker_ids"):
+        tx.update({"w": jnp.ones((3, 4))}, tx.init(p), p)
