@@ -11,7 +11,8 @@ simulator puts them on the device once. Sources:
     python pickles (Krizhevsky, 2009, https://www.cs.toronto.edu/~kriz/cifar.html), fetched by
     :func:`download` with MD5 verification when the machine is online.
 
-Per-worker shards come from :func:`partition` (IID, Dirichlet label skew, label shards).
+Per-worker shards come from :func:`partition` (IID, Dirichlet label skew, label shards, or the
+whole set shared by every worker).
 """
 
 from __future__ import annotations
@@ -589,7 +590,7 @@ def download(name: str, data_dir: str) -> str:
 # Per-worker partitioning.
 # ---------------------------------------------------------------------------------------------
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "shared")
 _DIRICHLET_TRIES = 100
 
 
@@ -665,8 +666,10 @@ def partition(
             integer class labels).
         num_workers: M >= 1.
         scheme: ``"iid"`` (random equal split, remainder dropped), ``"dirichlet"`` (label skew,
-            per-class proportions ~ Dir(alpha)), or ``"shards"`` (sort by label, deal
-            ``shards_per_worker`` contiguous shards to each worker).
+            per-class proportions ~ Dir(alpha)), ``"shards"`` (sort by label, deal
+            ``shards_per_worker`` contiguous shards to each worker), or ``"shared"`` (no split:
+            every worker samples from all n examples, as the workers of Mishchenko et al.,
+            NeurIPS 2022, do in github.com/konstmish/asynchronous_sgd).
         alpha: Dirichlet concentration, > 0; small is skewed, large is near IID.
         shards_per_worker: shards per worker for ``"shards"``, >= 1.
         seed: NumPy seed; the split is a deterministic function of the arguments.
@@ -696,6 +699,11 @@ def partition(
             f"scheme {scheme!r}: unknown; choose one of: {', '.join(PARTITION_SCHEMES)}"
         )
     rng = np.random.default_rng(seed)
+
+    if scheme == "shared":
+        if n < 1:
+            raise ValueError("labels: the training set is empty")
+        return _pad([np.arange(n)] * num_workers)
 
     if scheme == "iid":
         if n < num_workers:

@@ -394,6 +394,16 @@ def test_partition_iid():
     assert sizes.tolist() == [10] * 5
 
 
+def test_partition_shared_gives_every_worker_every_example():
+    labels = np.arange(37) % 3
+    index, sizes = data.partition(labels, 5, "shared", seed=3)
+    assert sizes.tolist() == [37] * 5
+    np.testing.assert_array_equal(index, np.tile(np.arange(37), (5, 1)))
+    # regression targets, and more workers than examples (each samples from all of them)
+    index, sizes = data.partition(np.linspace(0, 1, 10, dtype=np.float32), 40, "shared")
+    assert index.shape == (40, 10) and sizes.tolist() == [10] * 40
+
+
 def _label_skew(labels, index, sizes, num_classes=10):
     """Mean total-variation distance between worker label histograms and the global one."""
     overall = np.bincount(labels, minlength=num_classes) / len(labels)
@@ -461,7 +471,7 @@ def test_partition_errors():
     n=st.integers(20, 300),
     num_workers=st.integers(1, 10),
     num_classes=st.integers(1, 10),
-    scheme=st.sampled_from(data.PARTITION_SCHEMES),
+    scheme=st.sampled_from([s for s in data.PARTITION_SCHEMES if s != "shared"]),  # disjoint
     alpha=st.floats(0.5, 100.0),
     spw=st.integers(1, 2),
     seed=st.integers(0, 2**16),
