@@ -137,6 +137,8 @@ QUANTITIES: dict[str, Quantity] = {
     "final_top5": Quantity("final test top-5 (%)", False, "percent",
                            lambda m, t: _final(m, "test_top5", 100.0)),
     "final_gap": Quantity("final F - F*", True, "sci", lambda m, t: _final(m, "train_gap")),
+    "final_grad_norm": Quantity("final ||grad F||", True, "sci",
+                                lambda m, t: _final(m, "train_grad_norm")),
     "final_loss": Quantity("final train loss", True, "sci", lambda m, t: _final(m, "train_loss")),
     "skip_fraction": Quantity("uploads skipped (%)", False, "percent",
                               lambda m, t: _fraction(m, "skips", ("skips", "uploads"))),
@@ -919,7 +921,8 @@ def render_markdown(states: list[EntryState], rows: list[Row], *, plots: dict[st
 _AXIS = {"uploads": "communication rounds (uploads)", "bits_up": "uplink bits",
          "grads": "gradients computed", "step": "iterations (server steps)",
          "time": "simulated time", "test_accuracy": "test accuracy", "test_top5": "test top-5",
-         "train_gap": "F(x) - F*", "train_loss": "train loss"}
+         "train_gap": "F(x) - F*", "train_loss": "train loss",
+         "train_grad_norm": "||grad F(x)|| (whole training set)"}
 
 
 def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
