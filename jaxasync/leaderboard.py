@@ -692,7 +692,9 @@ def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
             continue
         if kind == "value":
             s = summarize(records[c["run"]], c["quantity"], target)
-            missing_word = "not reached" if c["quantity"].endswith("_to_target") else "no value"
+            diverged = any(m.get("status") == "diverged" for m in records[c["run"]]["members"])
+            missing_word = ("not reached" if c["quantity"].endswith("_to_target")
+                            else "diverged" if diverged else "no value")
             row.measured = fmt_summary(s, q.kind, missing_word)
             v = judge_value(s, q.kind, published=c.get("published"), rel=c.get("rel"),
                             abs_=c.get("abs"), lo=c.get("min"), hi=c.get("max"))
@@ -968,6 +970,8 @@ def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
             ax.set_xscale("log")
         if spec.get("yscale") == "log":
             ax.set_yscale("log")
+        if spec.get("ylim"):   # [lo, hi]: keeps a diverging run from flattening the others
+            ax.set_ylim(*spec["ylim"])
         if entry.target and entry.target["metric"] == yk:
             ax.axhline(entry.target["value"], color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
