@@ -18,10 +18,10 @@ import pytest
 from jaxasync import data as data_lib
 from jaxasync import delays as dl
 from jaxasync import sim
-from jaxasync.algorithms import get_algorithm
+from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.checkpoint import config_hash
 from jaxasync.config import to_config
-from jaxasync.experiment import prepare, run_experiment
+from jaxasync.experiment import _takes_schedule, prepare, run_experiment
 from jaxasync.workloads import get_workload
 
 from helpers import least_squares, toy_data
@@ -59,6 +59,24 @@ def test_decay_equals_a_run_switched_by_hand_at_the_boundary(name):
                     jax.tree.leaves(by_hand.final_state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert decayed.history == by_hand.history   # (a schedule ignored would end elsewhere)
+
+
+#: parameters some factories need before they build at all
+_NEEDED = {"ce_asgd": {"threshold": 1.0}, "ce_asgd_lite": {"threshold": 1.0},
+           "picky": {"threshold": 1.0}}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_registered_algorithm_takes_a_schedule(name):
+    """All of them build on optax.sgd or on the lazy family's lr_at, except Koloskova's
+    shrink rule, min(lr, 1/(4 L tau)), which uses the number itself."""
+    spec = get_algorithm(name)
+    cfg = sim.SimConfig(num_workers=4, arrivals=1, ring_size=16,
+                        delay=dl.DelayConfig(kind="uniform", low=0, high=3))
+    static = dict(_NEEDED.get(name, {}))
+    assert _takes_schedule(spec, static, {"learning_rate": [0.1]}, cfg)
+    if name == "koloskova":
+        assert not _takes_schedule(spec, {"mode": "shrink"}, {"learning_rate": [0.1]}, cfg)
 
 
 def test_step_decay_values():
