@@ -37,13 +37,22 @@ CASES = {  # algorithm: (delay, workers, static params)
 }
 
 
-def _run(name: str, cfg: sim.SimConfig, lr: float, state=None, history=None):
-    delay, m, static = CASES[name]
+def _chunks(name: str, cfg: sim.SimConfig, lrs: list[float]):
+    """Chunks of BOUNDARY server steps, chunk i at learning rate lrs[i] (one compiled chunk,
+    the rate a traced member value), from the same initial state; final state and metrics."""
+    _, m, static = CASES[name]
     wl = least_squares()
     s = sim.Simulator(get_algorithm(name), static, wl, cfg)
+    data = toy_data(wl, m)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([0, 1]))
-    hp = {"learning_rate": jnp.full((2,), lr, jnp.float32)}
-    return sim.run(s, toy_data(wl, m), keys, hp, state=state, history=history)
+    rate = lambda lr: {"learning_rate": jnp.full((2,), lr, jnp.float32)}
+    state = jax.vmap(s.init)(keys, rate(lrs[0]))
+    chunk = jax.jit(jax.vmap(lambda st, d, hp: s.chunk(st, d, hp, BOUNDARY), in_axes=(0, None, 0)))
+    metrics = []
+    for lr in lrs:
+        state, out = chunk(state, data, rate(lr))
+        metrics.append(jax.device_get(out))
+    return state, metrics
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -51,14 +60,17 @@ def test_decay_equals_a_run_switched_by_hand_at_the_boundary(name):
     delay, m, _ = CASES[name]
     base = sim.SimConfig(num_workers=m, arrivals=1, batch_size=8, ring_size=32,
                          steps=2 * BOUNDARY, eval_every=BOUNDARY, delay=delay)
-    decayed = _run(name, dataclasses.replace(base, lr_boundaries=(BOUNDARY,), lr_factor=FACTOR),
-                   LR)
-    first = _run(name, dataclasses.replace(base, steps=BOUNDARY), LR)   # to the boundary
-    by_hand = _run(name, base, LR_AFTER, state=first.final_state, history=first.history)
-    for a, b in zip(jax.tree.leaves(decayed.final_state.params),
-                    jax.tree.leaves(by_hand.final_state.params), strict=True):
+    decayed = dataclasses.replace(base, lr_boundaries=(BOUNDARY,), lr_factor=FACTOR)
+    got_state, got = _chunks(name, decayed, [LR, LR])
+    want_state, want = _chunks(name, base, [LR, LR_AFTER])     # switched by hand
+    for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert decayed.history == by_hand.history   # (a schedule ignored would end elsewhere)
+    for g, w in zip(got, want, strict=True):   # every metric of both evaluations, bit for bit
+        assert g.keys() == w.keys()
+        for k in g:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+    # (a schedule ignored would run chunk 2 at LR, not LR_AFTER, and end elsewhere)
 
 
 #: parameters some factories need before they build at all
@@ -120,8 +132,9 @@ def test_epochs_are_passes_over_the_training_set(changes, per_epoch):
     assert prep.sim_config.lr_factor == 0.1
 
 
-def test_schedule_recorded_in_run_json_and_config_hash(tmp_path):
-    by_epochs = _cfg(algorithm__lr_decay={"epochs": [2.0], "factor": 0.5})   # 2 x 6.25 = 12.5
+def test_schedule_and_grad_norm_recorded_in_run_json_and_config_hash(tmp_path):
+    by_epochs = _cfg(algorithm__lr_decay={"epochs": [2.0], "factor": 0.5},   # 2 x 6.25 = 12.5
+                     run__eval_grad_norm=True)
     by_steps = _cfg(algorithm__lr_decay={"steps": [12], "factor": 0.5})
     plain = _cfg()
     assert prepare(by_steps).lr_boundaries == prepare(by_epochs).lr_boundaries == (12,)
@@ -131,9 +144,18 @@ def test_schedule_recorded_in_run_json_and_config_hash(tmp_path):
     assert saved["resolved"]["lr_decay"] == {"boundaries": [12], "factor": 0.5}
     assert saved["config"]["algorithm"]["lr_decay"]["epochs"] == [2.0]
     assert rec_p["resolved"]["lr_decay"] is None
-    loss_e = [h["train_loss"] for h in rec_e["members"][0]["history"]]
-    loss_p = [h["train_loss"] for h in rec_p["members"][0]["history"]]
-    assert loss_e[:2] == loss_p[:2] and loss_e[2] != loss_p[2]   # evaluations at 0, 10, 20
+    hist_e, hist_p = rec_e["members"][0]["history"], rec_p["members"][0]["history"]
+    # evaluations at steps 0, 10, 20: equal before the boundary at 12 (the gradient norm only
+    # observes), different after it
+    loss_e, loss_p = [h["train_loss"] for h in hist_e], [h["train_loss"] for h in hist_p]
+    assert loss_e[:2] == loss_p[:2] and loss_e[2] != loss_p[2]
+    # train_grad_norm only when asked; at x = 0 the gradient of 0.5 mean((Ax - b)^2) is -A^T b / n
+    assert "train_grad_norm" not in hist_p[-1]
+    problem = data_lib.make_least_squares(n=200, d=5)
+    a = problem.data.x_train.astype(np.float64)
+    b = problem.data.y_train.astype(np.float64)
+    assert hist_e[0]["train_grad_norm"] == pytest.approx(np.linalg.norm(a.T @ b) / 200, rel=1e-5)
+    assert hist_e[-1]["train_grad_norm"] < hist_e[0]["train_grad_norm"]
     hashes = {config_hash(to_config(c)) for c in (by_epochs, by_steps, plain)}
     assert len(hashes) == 3
     # keys at a value that changes nothing leave the hash of older results as it was
@@ -153,22 +175,7 @@ def test_full_gradient_norm_matches_numpy_for_any_chunking():
     sig = 1.0 / (1.0 + np.exp(s * (a @ w)))
     want = np.linalg.norm(-(a.T @ (s * sig)) / len(y) + 1e-2 * w)  # grad of mean softplus + l2
     params = {"params": {"w": jnp.asarray(w, jnp.float32)}}
-    for chunk in (300, 64, 7, 1000):   # one chunk, chunks + a tail, many, more than n
+    for chunk in (100, 64, 1000):   # chunks only, chunks + a tail, one short chunk
         got = sim.full_gradient_norm(wl.loss, params, jnp.asarray(wl.data.x_train),
                                      jnp.asarray(y), chunk=chunk)
         assert float(got) == pytest.approx(want, rel=1e-5)
-
-
-def test_train_grad_norm_is_reported_only_when_asked(tmp_path):
-    off = run_experiment(_cfg(), None, progress=False)
-    assert "train_grad_norm" not in off["members"][0]["history"][-1]
-    on = run_experiment(_cfg(run__eval_grad_norm=True), None, progress=False)
-    hist = on["members"][0]["history"]
-    problem = data_lib.make_least_squares(n=200, d=5)
-    a = problem.data.x_train.astype(np.float64)
-    b = problem.data.y_train.astype(np.float64)
-    # at the start (x = 0) the gradient of 0.5 mean((Ax - b)^2) is -A^T b / n
-    assert hist[0]["train_grad_norm"] == pytest.approx(np.linalg.norm(a.T @ b) / 200, rel=1e-5)
-    assert hist[-1]["train_grad_norm"] < hist[0]["train_grad_norm"]
-    # the same trajectory either way: the metric only observes
-    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in off["members"][0]["history"]]
