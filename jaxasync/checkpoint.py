@@ -26,7 +26,9 @@ a fixed ``hydra.sweep.dir`` for a multirun, whose job directories are then the s
 
 The hash covers the whole resolved config (and the content of a delay trace file) except
 what cannot change a result: ``out_dir``, ``plot``, ``traceback``,
-``run.checkpoint_every`` and ``run.resume``. It does not cover the code: after changing
+``run.checkpoint_every`` and ``run.resume``, and keys added later while they are at a value
+that changes nothing (:data:`NEUTRAL`: no ``algorithm.lr_decay`` boundaries,
+``run.eval_grad_norm=false``), so older results keep their hash. It does not cover the code: after changing
 the simulator or an algorithm, rerun into a fresh directory (or with ``run.resume=false``).
 
 Determinism
@@ -62,6 +64,12 @@ from jaxasync.config import Config, ConfigError
 
 #: config keys that cannot change a run's result (left out of the hash)
 UNHASHED = ("out_dir", "plot", "traceback", "run.checkpoint_every", "run.resume")
+#: keys added after result files existed, left out of the hash while they change nothing, so
+#: those results (and their hashes) stay valid: key -> "this value changes nothing"
+NEUTRAL = {
+    "algorithm.lr_decay": lambda v: not v["epochs"] and not v["steps"],
+    "run.eval_grad_norm": lambda v: not v,
+}
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = 1  # bumped when what a checkpoint holds changes
@@ -72,12 +80,13 @@ def config_hash(cfg: Config) -> str:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    for key in UNHASHED:
+    for key in (*UNHASHED, *NEUTRAL):
         *parents, last = key.split(".")
         node = d
         for p in parents:
             node = node[p]
-        node.pop(last, None)
+        if key in UNHASHED or NEUTRAL[key](node.get(last)):
+            node.pop(last, None)
     trace = cfg.delay.trace_file
     if cfg.delay.kind == "trace" and trace and Path(trace).is_file():
         d["delay"]["trace_sha256"] = hashlib.sha256(Path(trace).read_bytes()).hexdigest()

@@ -24,12 +24,27 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
+class LrDecayConf:
+    """``algorithm.lr_decay``: step decay, the learning rate times ``factor`` at each boundary.
+
+    Boundaries in ``epochs`` (passes over the training set: an epoch is
+    n_train / (rows x batch) server steps, rows = M for synchronous algorithms, K arrivals
+    otherwise) or in server ``steps``; empty lists: a constant learning rate.
+    """
+
+    epochs: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    factor: float = 0.1
+
+
+@dataclasses.dataclass
 class AlgorithmConf:
     """``algorithm/``: a registered algorithm and its numeric parameters."""
 
     name: str = MISSING
     arrivals: Any = None          # K per server step; None: the algorithm's default
     params: dict[str, Any] = field(default_factory=dict)
+    lr_decay: LrDecayConf = field(default_factory=LrDecayConf)
 
 
 @dataclasses.dataclass
@@ -39,7 +54,7 @@ class WorkloadConf:
     name: str = MISSING
     batch_size: int = 32
     full_batch: bool = False      # each worker's batch = its whole shard (full local gradients)
-    partition: str = "iid"        # iid | dirichlet | shards
+    partition: str = "iid"        # iid | dirichlet | shards | shared (every worker: all examples)
     dirichlet_alpha: float = 0.5
     shards_per_worker: int = 2
     options: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +102,7 @@ class RunConf:
     seeds: list[int] = field(default_factory=lambda: [0])
     ring_size: int | None = None  # D; None: enough for the delay model (event: 8 M)
     eval_train_size: int = 4096
+    eval_grad_norm: bool = False  # report train_grad_norm = ||grad F(x)|| over the whole train set
     mesh_workers: int = 1         # devices along the worker axis; must divide num_workers
     distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
     checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off

@@ -11,7 +11,8 @@ simulator puts them on the device once. Sources:
     python pickles (Krizhevsky, 2009, https://www.cs.toronto.edu/~kriz/cifar.html), fetched by
     :func:`download` with MD5 verification when the machine is online.
 
-Per-worker shards come from :func:`partition` (IID, Dirichlet label skew, label shards).
+Per-worker shards come from :func:`partition` (IID, Dirichlet label skew, label shards, or the
+whole set shared by every worker).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -41,6 +43,8 @@ __all__ = [
     "load_mnist_idx",
     "load_cifar",
     "verify_checksum",
+    "check_original",
+    "ORIGINALS",
     "download",
     "DOWNLOADS",
     "partition",
@@ -212,7 +216,8 @@ def _read_bytes(path: str) -> bytes:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
-        except (OSError, EOFError) as e:  # BadGzipFile is an OSError; a cut archive is an EOFError
+        except (OSError, EOFError, zlib.error) as e:
+            # BadGzipFile is an OSError, a cut archive an EOFError, a damaged stream a zlib.error
             raise ValueError(f"{path}: not a valid gzip file ({e})") from None
     with open(path, "rb") as f:
         return f.read()
@@ -255,6 +260,16 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
+def _idx_count(path: str) -> int | None:
+    """The item count in an IDX header (bytes 4-8), or None if the file has no readable header."""
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(8)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return int.from_bytes(head[4:8], "big") if len(head) == 8 else None
+
+
 def _require_dir(data_dir: str) -> str:
     data_dir = os.path.expanduser(os.fspath(data_dir))
     if not os.path.isdir(data_dir):
@@ -280,7 +295,7 @@ def _find_file(directory: str, name: str) -> str:
     raise FileNotFoundError(f"file {name}[.gz] not found in directory {directory!r}")
 
 
-def load_mnist_idx(data_dir: str, kind: str = "mnist") -> Dataset:
+def load_mnist_idx(data_dir: str, kind: str = "mnist", *, verify: bool = True) -> Dataset:
     """Full MNIST or Fashion-MNIST from the four standard IDX files, flattened and normalised.
 
     Looks in ``data_dir/<kind>/`` (what :func:`download` writes), then torchvision's
@@ -288,9 +303,13 @@ def load_mnist_idx(data_dir: str, kind: str = "mnist") -> Dataset:
     ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``. Pixels are divided by 255 and normalised
     with the training-set mean/std (``MNIST_MEAN``/``MNIST_STD`` or the Fashion-MNIST ones).
 
+    A file that claims to be an original (its name, and the original's number of examples in
+    its header) must have the original's published checksum (:func:`check_original`);
+    ``verify=False`` skips that check, not the format checks.
+
     Raises:
         ValueError: unknown ``kind``; a malformed file; image and label counts that differ; labels
-            outside 0..9.
+            outside 0..9; an original whose checksum does not match.
         FileNotFoundError: a missing directory or file (the message names both).
     """
     if kind not in _MNIST_KINDS:
@@ -301,6 +320,9 @@ def load_mnist_idx(data_dir: str, kind: str = "mnist") -> Dataset:
     for images_name, labels_name in _IDX_FILES.values():
         images_path = _find_file(directory, images_name)
         labels_path = _find_file(directory, labels_name)
+        if verify:  # before parsing: a corrupted original gets the checksum message
+            for path in (images_path, labels_path):
+                check_original(path, kind, _idx_count(path))
         images = read_idx(images_path, IDX_IMAGES_MAGIC)
         labels = read_idx(labels_path, IDX_LABELS_MAGIC)
         if images.shape[0] != labels.shape[0]:
@@ -380,7 +402,7 @@ def _read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     return data, labels
 
 
-def load_cifar(data_dir: str, num_classes: int = 10) -> Dataset:
+def load_cifar(data_dir: str, num_classes: int = 10, *, verify: bool = True) -> Dataset:
     """CIFAR-10 or CIFAR-100 (fine labels) from the official python pickles, NHWC float32.
 
     Reads ``data_dir/cifar-10-batches-py/{data_batch_1..5,test_batch}`` or
@@ -388,9 +410,13 @@ def load_cifar(data_dir: str, num_classes: int = 10) -> Dataset:
     divided by 255 and normalised per channel (``CIFAR10_MEAN``/``CIFAR10_STD`` or the CIFAR-100
     ones), as ``ToTensor`` + ``Normalize`` in the SASG authors' code.
 
+    A batch that claims to be an original (its name and the original's number of images) must
+    have the original's published checksum (:func:`check_original`); ``verify=False`` skips
+    that check, not the format checks.
+
     Raises:
         ValueError: ``num_classes`` not 10 or 100; a corrupted or malformed batch; labels out of
-            range.
+            range; an original whose checksum does not match.
         FileNotFoundError: a missing directory or batch file (the message names both).
     """
     if num_classes not in _CIFAR:
@@ -407,6 +433,8 @@ def load_cifar(data_dir: str, num_classes: int = 10) -> Dataset:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"file {name} not found in directory {directory!r}")
             data, labels = _read_cifar_batch(path, label_key)
+            if verify:
+                check_original(path, f"cifar{num_classes}", data.shape[0])
             if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(f"{path}: labels outside 0..{num_classes - 1}")
             xs.append(data)
@@ -486,6 +514,49 @@ DOWNLOADS: dict[str, tuple[str, tuple[_Resource, ...], bool]] = {
         True,
     ),
 }
+
+#: The original files as the loaders read them: (dataset, file name) -> (published MD5, number of
+#: examples). The MNIST / Fashion-MNIST ``.gz`` sums are those of :data:`DOWNLOADS`; the CIFAR
+#: batch sums are torchvision's (torchvision/datasets/cifar.py, ``train_list``/``test_list``).
+#: No checksum is published for the uncompressed IDX files: they get the format checks only
+#: (keep the ``.gz`` files, as :func:`download` does, and the loader reads and verifies those).
+ORIGINALS: dict[tuple[str, str], tuple[str, int]] = {
+    **{(name, r.filename): (r.md5, 60_000 if r.filename.startswith("train") else 10_000)
+       for name in ("mnist", "fashion_mnist") for r in DOWNLOADS[name][1]},
+    ("cifar10", "data_batch_1"): ("c99cafc152244af753f735de768cd75f", 10_000),
+    ("cifar10", "data_batch_2"): ("d4bba439e000b95fd0a9bffe97cbabec", 10_000),
+    ("cifar10", "data_batch_3"): ("54ebc095f3ab1f0389bbae665268c751", 10_000),
+    ("cifar10", "data_batch_4"): ("634d18415352ddfa80567beed471001a", 10_000),
+    ("cifar10", "data_batch_5"): ("482c414d41f54cd18b22e5b47cb7c3cb", 10_000),
+    ("cifar10", "test_batch"): ("40351d587109b95175f43aff81a1287e", 10_000),
+    ("cifar100", "train"): ("16019d7e3df5f24257cddd939b257f8d", 50_000),
+    ("cifar100", "test"): ("f0ef6b0ae62326f3e7ffdfab6717acfc", 10_000),
+}
+
+
+def check_original(path: str, dataset: str, count: int | None) -> None:
+    """Rejects a file on disk that claims to be an original but is not.
+
+    A file claims to be the original when it has the original's name and holds the original's
+    number of examples (:data:`ORIGINALS`); it must then have the original's MD5. Anything else
+    (a subset, the small files the tests write, a file whose header is unreadable, which the
+    parser reports) is not checked here.
+
+    Raises:
+        ValueError: one line naming the file, the expected and the actual checksum.
+    """
+    known = ORIGINALS.get((dataset, os.path.basename(path)))
+    if known is None or count != known[1]:
+        return
+    actual = _file_digest(path, "md5")
+    if actual != known[0]:
+        raise ValueError(
+            f"{path}: checksum mismatch for the original {dataset} file {os.path.basename(path)} "
+            f"({count} examples): MD5 {actual}, expected {known[0]}; the file is corrupted: "
+            f"delete it and download it again (jaxasync-leaderboard --download), or load it "
+            f"unchecked with verify=False (workload option verify_checksums=false)"
+        )
+
 
 # Indirection so tests can stand in for the network.
 _urlopen = urllib.request.urlopen
@@ -589,7 +660,7 @@ def download(name: str, data_dir: str) -> str:
 # Per-worker partitioning.
 # ---------------------------------------------------------------------------------------------
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "shared")
 _DIRICHLET_TRIES = 100
 
 
@@ -665,8 +736,10 @@ def partition(
             integer class labels).
         num_workers: M >= 1.
         scheme: ``"iid"`` (random equal split, remainder dropped), ``"dirichlet"`` (label skew,
-            per-class proportions ~ Dir(alpha)), or ``"shards"`` (sort by label, deal
-            ``shards_per_worker`` contiguous shards to each worker).
+            per-class proportions ~ Dir(alpha)), ``"shards"`` (sort by label, deal
+            ``shards_per_worker`` contiguous shards to each worker), or ``"shared"`` (no split:
+            every worker samples from all n examples, as the workers of Mishchenko et al.,
+            NeurIPS 2022, do in github.com/konstmish/asynchronous_sgd).
         alpha: Dirichlet concentration, > 0; small is skewed, large is near IID.
         shards_per_worker: shards per worker for ``"shards"``, >= 1.
         seed: NumPy seed; the split is a deterministic function of the arguments.
@@ -696,6 +769,11 @@ def partition(
             f"scheme {scheme!r}: unknown; choose one of: {', '.join(PARTITION_SCHEMES)}"
         )
     rng = np.random.default_rng(seed)
+
+    if scheme == "shared":
+        if n < 1:
+            raise ValueError("labels: the training set is empty")
+        return _pad([np.arange(n)] * num_workers)
 
     if scheme == "iid":
         if n < num_workers:

@@ -12,6 +12,7 @@ of an experiment run as one vmapped, jitted program.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import math
@@ -32,7 +33,8 @@ from jaxasync import delays as dl
 from jaxasync import report
 from jaxasync.algorithms import get_algorithm
 from jaxasync.config import Config, ConfigError, to_config
-from jaxasync.sim import SimConfig, Simulator, put_data, run
+from jaxasync.data import PARTITION_SCHEMES
+from jaxasync.sim import Data, SimConfig, Simulator, put_data, run
 
 # ----------------------------------------------------------------------------- validation
 
@@ -174,6 +176,73 @@ def _check_workload(name: str, options: dict) -> None:
                               f"(workload {name!r} reads its files from there)")
 
 
+def _check_lr_decay(dec) -> None:
+    """``algorithm.lr_decay`` values that need no data: the factor and the boundary lists."""
+    if dec.epochs and dec.steps:
+        raise ConfigError(f"algorithm.lr_decay: give epochs or steps, not both "
+                          f"(epochs={list(dec.epochs)}, steps={list(dec.steps)})")
+    if not (math.isfinite(dec.factor) and dec.factor > 0):
+        raise ConfigError(f"algorithm.lr_decay.factor={dec.factor!r}: must be a finite number > 0")
+    for key, values, least in (("epochs", list(dec.epochs), "> 0"),
+                               ("steps", list(dec.steps), ">= 1")):
+        for v in values:
+            if not math.isfinite(v) or (v <= 0 if key == "epochs" else v < 1):
+                raise ConfigError(f"algorithm.lr_decay.{key}={values}: entry {v!r} must be "
+                                  f"finite and {least}")
+        if any(b <= a for a, b in itertools.pairwise(values)):
+            raise ConfigError(f"algorithm.lr_decay.{key}={values}: must be strictly increasing")
+
+
+def lr_boundaries(dec, steps_per_epoch: float) -> tuple[int, ...]:
+    """The decay boundaries of ``algorithm.lr_decay`` in server steps.
+
+    Epochs become ``round(epoch * steps_per_epoch)`` server steps; ``steps_per_epoch`` is
+    n_train / (rows x examples per row): rows = M for synchronous algorithms, K arrivals
+    (gradients applied or not) for asynchronous ones.
+    """
+    if dec.steps:
+        return tuple(int(b) for b in dec.steps)
+    bounds = tuple(round(e * steps_per_epoch) for e in dec.epochs)
+    if bounds and bounds[0] < 1:
+        raise ConfigError(f"algorithm.lr_decay.epochs={list(dec.epochs)}: epoch {dec.epochs[0]:g} "
+                          f"is step {bounds[0]} ({steps_per_epoch:g} steps per epoch); must be >= 1")
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ConfigError(f"algorithm.lr_decay.epochs={list(dec.epochs)}: two boundaries fall on "
+                          f"the same server step ({steps_per_epoch:g} steps per epoch): {list(bounds)}")
+    return bounds
+
+
+def _takes_schedule(spec, static: dict, numeric: dict, sim_config: SimConfig) -> bool:
+    """Whether the algorithm, built with these parameters, runs with an optax schedule as its
+    learning rate: one server step traced (``jax.eval_shape``, nothing compiled) on a
+    two-parameter least-squares problem, with the schedule and, if that fails, without it.
+    (False only when the constant rate traces and the schedule does not; a failure of both
+    is left to the real run to report.)"""
+    import types
+
+    probe = types.SimpleNamespace(
+        init=lambda key: {"w": jnp.zeros((2,), jnp.float32)},
+        loss=lambda p, x, y: 0.5 * jnp.mean(jnp.square(x @ p["w"] - y)), augment=None)
+    m = sim_config.num_workers
+    data = Data(jnp.zeros((1, 2)), jnp.zeros((1,)), jnp.zeros((1, 2)), jnp.zeros((1,)),
+                jnp.zeros((m, 1), jnp.int32), jnp.ones((m,), jnp.int32))
+    hp = {k: jnp.float32(v[0]) for k, v in numeric.items()}
+    if "smoothness" in spec.parameters() and static.get("smoothness") is None:
+        static = {**static, "smoothness": 1.0}   # a placeholder: only shapes are traced
+
+    def traces(boundaries: tuple[int, ...]) -> bool:
+        cfg = dataclasses.replace(sim_config, batch_size=1, full_batch=False,
+                                  lr_boundaries=boundaries, lr_factor=0.5)
+        sim = Simulator(spec, static, probe, cfg)
+        try:
+            jax.eval_shape(lambda: sim.step(sim.init(jax.random.PRNGKey(0), hp), data, hp))
+        except Exception:  # noqa: BLE001 -- any failure to trace means "not with this rate"
+            return False
+        return True
+
+    return traces((1,)) or not traces(())
+
+
 class Prepared:
     """A validated experiment, ready to run (built by :func:`prepare`)."""
 
@@ -219,8 +288,9 @@ class Prepared:
             raise ConfigError(f"run.gradients={r.gradients!r}: must be >= 1")
         if w.batch_size < 1:
             raise ConfigError(f"workload.batch_size={w.batch_size!r}: must be >= 1")
-        if w.partition not in ("iid", "dirichlet", "shards"):
-            raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: iid, dirichlet, shards")
+        if w.partition not in PARTITION_SCHEMES:
+            raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
+                              f"{', '.join(PARTITION_SCHEMES)}")
         if w.dirichlet_alpha <= 0:
             raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be > 0")
         if cfg.network.bandwidth <= 0:
@@ -252,6 +322,18 @@ class Prepared:
         every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
         steps = math.ceil(steps / every) * every
 
+        decay = a.lr_decay
+        _check_lr_decay(decay)
+        if decay.epochs or decay.steps:
+            if "learning_rate" not in accepted:
+                raise ConfigError(f"algorithm.lr_decay: algorithm {a.name!r} has no learning_rate")
+            probe = SimConfig(num_workers=m, arrivals=arrivals, ring_size=ring, delay=self.delay,
+                              network=dl.Network(cfg.network.bandwidth, cfg.network.latency))
+            if not _takes_schedule(self.spec, static, numeric, probe):
+                raise ConfigError(f"algorithm.lr_decay: algorithm {a.name!r} with these parameters "
+                                  f"takes only a constant learning_rate (it uses the number itself); "
+                                  f"drop algorithm.lr_decay")
+
         wopts = dict(w.options)
         if workload_factory is None:
             _check_workload(w.name, wopts)
@@ -266,10 +348,11 @@ class Prepared:
             raise ConfigError(f"workload.options.data_dir: {e}") from None
         labels = np.asarray(self.workload.data.y_train)
         if self.workload.num_classes is None:
-            labels = np.zeros(labels.shape[0], np.int32) if w.partition == "iid" else labels
-            if w.partition != "iid":
+            labels = (np.zeros(labels.shape[0], np.int32) if w.partition in ("iid", "shared")
+                      else labels)
+            if w.partition not in ("iid", "shared"):
                 raise ConfigError(f"workload.partition={w.partition!r}: needs a classification "
-                                  f"workload; {w.name!r} is regression (use iid)")
+                                  f"workload; {w.name!r} is regression (use iid or shared)")
         try:
             index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
                                     shards_per_worker=w.shards_per_worker,
@@ -283,11 +366,17 @@ class Prepared:
             raise ConfigError(f"workload.batch_size={w.batch_size}: larger than the smallest worker "
                               f"shard ({int(np.min(size))} examples with {m} workers)")
         self.index, self.size = index, size
+        per_row = int(size[0]) if w.full_batch else w.batch_size
+        self.steps_per_epoch = labels.shape[0] / (rows * per_row)
+        self.lr_boundaries = lr_boundaries(decay, self.steps_per_epoch)
         self.sim_config = SimConfig(
             num_workers=m, arrivals=arrivals, batch_size=w.batch_size, ring_size=ring,
             steps=steps, eval_every=every, delay=self.delay,
             network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
             eval_train_size=r.eval_train_size, full_batch=w.full_batch,
+            lr_boundaries=self.lr_boundaries,
+            lr_factor=float(decay.factor) if self.lr_boundaries else 1.0,
+            eval_grad_norm=bool(r.eval_grad_norm),
         )
         # A factory taking `smoothness` gets the workload's L (None where unknown): CE-ASGD's
         # threshold kappa * L, Koloskova's 1/(4 L tau). One trial build turns a factory's

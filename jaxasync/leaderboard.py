@@ -137,6 +137,8 @@ QUANTITIES: dict[str, Quantity] = {
     "final_top5": Quantity("final test top-5 (%)", False, "percent",
                            lambda m, t: _final(m, "test_top5", 100.0)),
     "final_gap": Quantity("final F - F*", True, "sci", lambda m, t: _final(m, "train_gap")),
+    "final_grad_norm": Quantity("final ||grad F||", True, "sci",
+                                lambda m, t: _final(m, "train_grad_norm")),
     "final_loss": Quantity("final train loss", True, "sci", lambda m, t: _final(m, "train_loss")),
     "skip_fraction": Quantity("uploads skipped (%)", False, "percent",
                               lambda m, t: _fraction(m, "skips", ("skips", "uploads"))),
@@ -690,7 +692,9 @@ def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
             continue
         if kind == "value":
             s = summarize(records[c["run"]], c["quantity"], target)
-            missing_word = "not reached" if c["quantity"].endswith("_to_target") else "no value"
+            diverged = any(m.get("status") == "diverged" for m in records[c["run"]]["members"])
+            missing_word = ("not reached" if c["quantity"].endswith("_to_target")
+                            else "diverged" if diverged else "no value")
             row.measured = fmt_summary(s, q.kind, missing_word)
             v = judge_value(s, q.kind, published=c.get("published"), rel=c.get("rel"),
                             abs_=c.get("abs"), lo=c.get("min"), hi=c.get("max"))
@@ -919,7 +923,8 @@ def render_markdown(states: list[EntryState], rows: list[Row], *, plots: dict[st
 _AXIS = {"uploads": "communication rounds (uploads)", "bits_up": "uplink bits",
          "grads": "gradients computed", "step": "iterations (server steps)",
          "time": "simulated time", "test_accuracy": "test accuracy", "test_top5": "test top-5",
-         "train_gap": "F(x) - F*", "train_loss": "train loss"}
+         "train_gap": "F(x) - F*", "train_loss": "train loss",
+         "train_grad_norm": "||grad F(x)|| (whole training set)"}
 
 
 def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
@@ -965,6 +970,8 @@ def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
             ax.set_xscale("log")
         if spec.get("yscale") == "log":
             ax.set_yscale("log")
+        if spec.get("ylim"):   # [lo, hi]: keeps a diverging run from flattening the others
+            ax.set_ylim(*spec["ylim"])
         if entry.target and entry.target["metric"] == yk:
             ax.axhline(entry.target["value"], color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)

@@ -25,6 +25,7 @@ function; members are vmapped into the same program.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -98,6 +99,13 @@ class SimConfig:
       eval_train_size: training examples used to evaluate the training loss.
       full_batch: each worker's batch is its whole shard, in order (deterministic
         full local gradients, as LAG uses); needs equal shard sizes.
+      lr_boundaries: server steps at which the learning rate is multiplied by
+        ``lr_factor`` (a step decay; the algorithm gets an optax schedule, see
+        :func:`step_decay`); empty: the constant learning rate.
+      lr_factor: the decay factor.
+      eval_grad_norm: evaluations also report ``train_grad_norm``, the norm of the gradient
+        of the mean training loss over the whole training set (a full pass: meant for the
+        small convex workloads).
     """
 
     num_workers: int = 16
@@ -110,6 +118,9 @@ class SimConfig:
     network: dl.Network = dl.Network()
     eval_train_size: int = 4096
     full_batch: bool = False
+    lr_boundaries: tuple[int, ...] = ()
+    lr_factor: float = 1.0
+    eval_grad_norm: bool = False
 
 
 class SimCounts(NamedTuple):
@@ -158,6 +169,37 @@ def _tree_norm(tree: PyTree) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
+def step_decay(learning_rate: float | Array, boundaries: tuple[int, ...],
+               factor: float) -> optax.Schedule:
+    r"""The step size :math:`\eta_k = \eta\, f^{\#\{b \in B:\, b \le k\}}` at server step
+    :math:`k`: ``learning_rate`` (a number or a traced, vmapped member value) multiplied by
+    ``factor`` at each boundary. An optax schedule, counted by the algorithm's own update
+    counter (one update per server step)."""
+    return optax.piecewise_constant_schedule(learning_rate, {int(b): factor for b in boundaries})
+
+
+def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
+                       chunk: int = 4096) -> Array:
+    r""":math:`\|\nabla F(x)\|` for :math:`F` = ``loss`` (a mean) over all rows of ``x, y``.
+
+    Rows are taken ``chunk`` at a time (``lax.map``), each chunk's gradient weighted by its
+    share of the rows, which is exact for a mean loss plus any regulariser.
+    """
+    n = x.shape[0]
+    full, tail = divmod(n, chunk) if n > chunk else (0, n)
+    grad = jax.grad(loss)
+    total = jax.tree.map(jnp.zeros_like, params)
+    if full:
+        xs = x[: full * chunk].reshape(full, chunk, *x.shape[1:])
+        ys = y[: full * chunk].reshape(full, chunk, *y.shape[1:])
+        parts = jax.lax.map(lambda xy: grad(params, *xy), (xs, ys))
+        total = jax.tree.map(lambda g: jnp.sum(g, axis=0) * (chunk / n), parts)
+    if tail:
+        g = grad(params, x[full * chunk:], y[full * chunk:])
+        total = jax.tree.map(lambda t, gi: t + gi * (tail / n), total, g)
+    return _tree_norm(total)
+
+
 class Simulator:
     """Runs one algorithm on one workload under one delay model.
 
@@ -185,7 +227,12 @@ class Simulator:
     # -- building blocks -----------------------------------------------------------------
 
     def make_tx(self, hparams: dict) -> optax.GradientTransformationExtraArgs:
-        return self.spec.build(**self.static_hparams, **hparams)
+        kwargs = {**self.static_hparams, **hparams}
+        if self.cfg.lr_boundaries:
+            base = kwargs.get("learning_rate",
+                              inspect.signature(self.spec.factory).parameters["learning_rate"].default)
+            kwargs["learning_rate"] = step_decay(base, self.cfg.lr_boundaries, self.cfg.lr_factor)
+        return self.spec.build(**kwargs)
 
     def _vmap(self, fn, in_axes=0):
         return jax.vmap(fn, in_axes=in_axes, axis_name="workers", **self.worker_axis)
@@ -389,6 +436,9 @@ class Simulator:
         out.update({f"test_{k}": v for k, v in te.items()})
         if wl.f_star is not None:
             out["train_gap"] = tr["loss"] - wl.f_star
+        if self.cfg.eval_grad_norm:
+            out["train_grad_norm"] = full_gradient_norm(wl.loss, state.params, data.x_train,
+                                                        data.y_train)
         c = state.counts
         out["batch_loss"] = c.batch_loss_sum / jnp.maximum(1, c.batch_loss_n)
         comm = communication(state.opt_state)

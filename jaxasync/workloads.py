@@ -399,7 +399,9 @@ def mnist_subset_fc(*, seed: int = 0, data_dir=None) -> Workload:
     )
 
 
-def mnist_fc(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
+def mnist_fc(
+    *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
+) -> Workload:
     """Full MNIST (IDX files in ``data_dir``) with FC 784-512-10, as in SASG (Deng et al., 2021).
 
     Target: test accuracy >= 0.98, the SASG threshold (TARGETS.md; authors' logs). The split is
@@ -408,7 +410,7 @@ def mnist_fc(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
     _check_seed(seed)
     return _classification_workload(
         "mnist_fc",
-        data_lib.load_mnist_idx(data_dir, "mnist"),
+        data_lib.load_mnist_idx(data_dir, "mnist", verify=verify_checksums),
         models.MLP((512,), 10),
         10,
         Target("test_accuracy", 0.98, "max"),
@@ -416,7 +418,9 @@ def mnist_fc(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
     )
 
 
-def fashion_mnist_fc(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
+def fashion_mnist_fc(
+    *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
+) -> Workload:
     """Fashion-MNIST (IDX files in ``data_dir``) with FC 784-512-10.
 
     Target: test accuracy >= 0.88. Not measured here (the files cannot be fetched offline):
@@ -427,7 +431,7 @@ def fashion_mnist_fc(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Wor
     _check_seed(seed)
     return _classification_workload(
         "fashion_mnist_fc",
-        data_lib.load_mnist_idx(data_dir, "fashion_mnist"),
+        data_lib.load_mnist_idx(data_dir, "fashion_mnist", verify=verify_checksums),
         models.MLP((512,), 10),
         10,
         Target("test_accuracy", 0.88, "max"),
@@ -457,7 +461,9 @@ def _cifar_augment(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
     return augment
 
 
-def cifar10_resnet18(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
+def cifar10_resnet18(
+    *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
+) -> Workload:
     """CIFAR-10 (python pickles in ``data_dir``) with ResNet-18 (GroupNorm variant), crop + flip.
 
     Target: test accuracy >= 0.92, the SASG threshold (TARGETS.md; authors' logs, BatchNorm
@@ -466,7 +472,7 @@ def cifar10_resnet18(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Wor
     _check_seed(seed)
     return _classification_workload(
         "cifar10_resnet18",
-        data_lib.load_cifar(data_dir, 10),
+        data_lib.load_cifar(data_dir, 10, verify=verify_checksums),
         models.ResNet18(10),
         10,
         Target("test_accuracy", 0.92, "max"),
@@ -476,7 +482,9 @@ def cifar10_resnet18(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Wor
     )
 
 
-def cifar100_resnet18(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Workload:
+def cifar100_resnet18(
+    *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
+) -> Workload:
     """CIFAR-100 (fine labels) with ResNet-18 (GroupNorm variant), crop + flip.
 
     Target: test top-5 accuracy >= 0.92, the SASG threshold (TARGETS.md); ``evaluate`` also
@@ -485,7 +493,7 @@ def cifar100_resnet18(*, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR) -> Wo
     _check_seed(seed)
     return _classification_workload(
         "cifar100_resnet18",
-        data_lib.load_cifar(data_dir, 100),
+        data_lib.load_cifar(data_dir, 100, verify=verify_checksums),
         models.ResNet18(100),
         100,
         Target("test_top5", 0.92, "max"),
@@ -535,7 +543,9 @@ def get_workload(name: str, **options) -> Workload:
     """Builds the workload ``name`` with keyword ``options`` (its factory's parameters).
 
     Every workload accepts ``seed`` (the data seed) and ``data_dir`` (used by the file-based
-    ones, default ``"data"``); the rest are listed in each factory's signature.
+    ones, default ``"data"``); the file-based ones also ``verify_checksums`` (default True: a
+    file that claims to be an original must have its published checksum, see
+    ``data.check_original``); the rest are listed in each factory's signature.
 
     Raises:
       ValueError: unknown workload or option, or a bad option value.

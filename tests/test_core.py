@@ -193,6 +193,12 @@ def test_event_driven_identical_exponential_workers_mean_staleness_is_m_minus_1(
     assert h["dropped"] == 0
     # with rate-1 workers, arrivals form a Poisson process of rate M
     assert h["time"] == pytest.approx(4000 / m, rel=0.05)
+    # memoryless workers: each arrival is any of the M workers with probability 1/M, so a
+    # worker's staleness is geometric, P(tau = k) = (1/M)(1 - 1/M)^k: mode 0, median about
+    # M ln 2, mean M - 1 (the mishchenko_quadratic leaderboard entry relies on this shape)
+    pmf = r.staleness_hist[0] / r.staleness_hist[0].sum()
+    k = np.arange(31)
+    np.testing.assert_allclose(pmf[:31], (1 / m) * (1 - 1 / m) ** k, atol=0.015)
 
 
 def test_event_driven_constant_compute_is_round_robin():

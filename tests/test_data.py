@@ -291,6 +291,98 @@ def test_verify_checksum(tmp_path):
         data.verify_checksum(str(tmp_path / "missing.bin"), md5)
 
 
+# Files on disk that claim to be originals (name + the original's example count) must have the
+# original's checksum. The tests stand in for "the real file" by entering the checksum of a file
+# they write into ORIGINALS; corrupting it afterwards must then be caught.
+
+
+def test_originals_table_covers_every_file_the_loaders_read():
+    names = {(k, n + ".gz") for k in ("mnist", "fashion_mnist") for n in
+             ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    names |= {("cifar10", f"data_batch_{i}") for i in range(1, 6)} | {("cifar10", "test_batch")}
+    names |= {("cifar100", "train"), ("cifar100", "test")}
+    assert set(data.ORIGINALS) == names
+    for (dataset, name), (md5, count) in data.ORIGINALS.items():
+        assert len(md5) == 32 and count == (50_000 if name == "train" else
+                                             60_000 if name.startswith("train") else 10_000)
+    assert len({md5 for md5, _ in data.ORIGINALS.values()}) == len(data.ORIGINALS)
+
+
+def test_a_file_with_an_originals_name_and_size_but_other_content_is_rejected(tmp_path):
+    """The real table: 10,000 test labels that are not MNIST's are refused before parsing."""
+    d = tmp_path / "mnist"
+    _write_mnist(d, gz=True)                     # tiny files: loaded, nothing to verify
+    assert data.load_mnist_idx(str(tmp_path)).x_test.shape == (4, 784)
+    fake = _write(d / "t10k-labels-idx1-ubyte", _idx_bytes(np.zeros(10_000, np.uint8), 2049), True)
+    actual = hashlib.md5(open(fake, "rb").read()).hexdigest()
+    expected = data.ORIGINALS[("mnist", "t10k-labels-idx1-ubyte.gz")][0]
+    with pytest.raises(ValueError) as err:
+        data.load_mnist_idx(str(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(fake) and "checksum mismatch" in msg
+    assert f"MD5 {actual}, expected {expected}" in msg
+    # the opt-out skips only the checksum: the format checks still run (4 images, 10,000 labels)
+    with pytest.raises(ValueError, match="holds 4 images but .* holds 10000 labels"):
+        data.load_mnist_idx(str(tmp_path), verify=False)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_corrupted_original_idx_is_rejected_and_verify_false_skips_the_check(
+        tmp_path, monkeypatch, gz):
+    d = tmp_path / "mnist"
+    _write_mnist(d, gz=True)
+    images = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    path = _write(d / "train-images-idx3-ubyte", _idx_bytes(images, 2051), gz)
+    if not gz:  # the loader prefers the .gz; take it away so it reads this one
+        os.remove(d / "train-images-idx3-ubyte.gz")
+    name = os.path.basename(path)
+    good = open(path, "rb").read()
+    # pretend this file is the 5-image original
+    monkeypatch.setitem(data.ORIGINALS, ("mnist", name), (hashlib.md5(good).hexdigest(), 5))
+    with pytest.raises(ValueError, match="holds 5 images but .* holds 6 labels"):
+        data.load_mnist_idx(str(tmp_path))       # verified, then parsed (counts differ)
+    bad = bytearray(good)
+    bad[-1] ^= 0xFF          # the last pixel, or the gzip trailer: the header still reads
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(ValueError, match=f"{name}: checksum mismatch .*MD5 "
+                       f"{hashlib.md5(bytes(bad)).hexdigest()}, expected "
+                       f"{hashlib.md5(good).hexdigest()}"):
+        data.load_mnist_idx(str(tmp_path))
+    with pytest.raises(ValueError, match="not a valid gzip" if gz else "5 images but"):
+        data.load_mnist_idx(str(tmp_path), verify=False)
+
+
+def test_corrupted_original_cifar_batch_is_rejected(tmp_path, monkeypatch):
+    d, _, _ = _write_cifar(tmp_path, 10, n=3)
+    path = d / "test_batch"
+    images = np.random.default_rng(2).integers(0, 256, (3, 3072), dtype=np.uint8)
+    with open(path, "wb") as f:  # protocol 4: the pixel bytes stand in the file as they are
+        pickle.dump({b"data": images, b"labels": [0, 1, 2]}, f, protocol=4)
+    good = path.read_bytes()
+    monkeypatch.setitem(data.ORIGINALS, ("cifar10", "test_batch"),
+                        (hashlib.md5(good).hexdigest(), 3))
+    assert data.load_cifar(str(tmp_path), 10).x_test.shape == (3, 32, 32, 3)
+    bad = bytearray(good)
+    bad[good.index(images.tobytes()) + 100] ^= 0xFF  # one pixel: the pickle still parses
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match=r"test_batch: checksum mismatch for the original "
+                                         r"cifar10 file test_batch \(3 examples\)"):
+        data.load_cifar(str(tmp_path), 10)
+    assert data.load_cifar(str(tmp_path), 10, verify=False).x_test.shape == (3, 32, 32, 3)
+
+
+def test_workload_option_verify_checksums(tmp_path, monkeypatch):
+    from jaxasync.workloads import get_workload
+
+    d, _, _ = _write_cifar(tmp_path, 100, n=2)
+    monkeypatch.setitem(data.ORIGINALS, ("cifar100", "test"), ("0" * 32, 2))
+    with pytest.raises(ValueError, match="test: checksum mismatch"):
+        get_workload("cifar100_resnet18", data_dir=str(tmp_path))
+    w = get_workload("cifar100_resnet18", data_dir=str(tmp_path), verify_checksums=False)
+    assert w.data.x_test.shape == (2, 32, 32, 3)
+
+
 def test_download_table_is_complete():
     assert set(data.DOWNLOADS) == {"mnist", "fashion_mnist", "cifar10", "cifar100"}
     for _, resources, _ in data.DOWNLOADS.values():
@@ -394,6 +486,16 @@ def test_partition_iid():
     assert sizes.tolist() == [10] * 5
 
 
+def test_partition_shared_gives_every_worker_every_example():
+    labels = np.arange(37) % 3
+    index, sizes = data.partition(labels, 5, "shared", seed=3)
+    assert sizes.tolist() == [37] * 5
+    np.testing.assert_array_equal(index, np.tile(np.arange(37), (5, 1)))
+    # regression targets, and more workers than examples (each samples from all of them)
+    index, sizes = data.partition(np.linspace(0, 1, 10, dtype=np.float32), 40, "shared")
+    assert index.shape == (40, 10) and sizes.tolist() == [10] * 40
+
+
 def _label_skew(labels, index, sizes, num_classes=10):
     """Mean total-variation distance between worker label histograms and the global one."""
     overall = np.bincount(labels, minlength=num_classes) / len(labels)
@@ -461,7 +563,7 @@ def test_partition_errors():
     n=st.integers(20, 300),
     num_workers=st.integers(1, 10),
     num_classes=st.integers(1, 10),
-    scheme=st.sampled_from(data.PARTITION_SCHEMES),
+    scheme=st.sampled_from([s for s in data.PARTITION_SCHEMES if s != "shared"]),  # disjoint
     alpha=st.floats(0.5, 100.0),
     spw=st.integers(1, 2),
     seed=st.integers(0, 2**16),

@@ -218,8 +218,40 @@ def test_shipped_entries_parse_and_compose():
     cfgs = lb.compose_configs(e)
     assert cfgs["ASGD"]["run"]["num_workers"] == 40
     assert cfgs["ASGD"]["algorithm"] == {"name": "asgd", "arrivals": None,
-                                         "params": {"learning_rate": 0.43}}
+                                         "params": {"learning_rate": 0.43},
+                                         "lr_decay": {"epochs": [], "steps": [], "factor": 0.1}}
     assert cfgs["Minibatch SGD"]["run"]["gradients"] == 32000
+    # the authors' batch of 256 drawn from all 10,000 examples by every worker
+    assert (cfgs["ASGD"]["workload"]["batch_size"], cfgs["ASGD"]["workload"]["partition"]) == \
+        (256, "shared")
+    # the CIFAR protocols decay alpha x0.1 at epoch 20 (CIFAR-10) and 30 (CIFAR-100)
+    for eid, epoch in (("sasg_cifar10", 20.0), ("sasg_cifar100", 30.0)):
+        e = next(e for e in entries if e.id == eid)
+        for cfg in lb.compose_configs(e, "data").values():
+            assert cfg["algorithm"]["lr_decay"] == {"epochs": [epoch], "steps": [], "factor": 0.1}
+    e = next(e for e in entries if e.id == "lag_logistic")
+    assert e.target["metric"] == "train_grad_norm"
+    assert all(c["run"]["eval_grad_norm"] for c in lb.compose_configs(e).values())
+
+
+def test_gradient_norm_target_and_diverged_runs_in_rows():
+    raw = {"entries": [{
+        "id": "g", "title": "G", "task": "t", "source": "S",
+        "target": {"metric": "train_grad_norm", "value": 1e-3, "mode": "min"},
+        "runs": {"A": [], "B": []},
+        "checks": [{"kind": "value", "run": "A", "quantity": "rounds_to_target"},
+                   {"kind": "value", "run": "A", "quantity": "final_grad_norm"},
+                   {"kind": "value", "run": "B", "quantity": "final_gap"}]}]}
+    entry = lb.parse_entries(raw)[0]
+    norms = [1.0, 1e-2, 9e-4, 1e-4]                       # first <= 1e-3 at evaluation 2
+    a = record([history([0.0] * 4, uploads_per_eval=7)])
+    for h, g in zip(a["members"][0]["history"], norms, strict=True):
+        h["train_grad_norm"] = g
+    b = record([history([0.0, 0.0], train_gap=1.0)] * 2)
+    for m in b["members"]:
+        m["status"] = "diverged"
+    rows = lb.entry_rows(entry, {"A": a, "B": b})
+    assert [r.measured for r in rows] == ["14", "0.0001", "diverged (0/2)"]
 
 
 # ----------------------------------------------------------------------------- rendering

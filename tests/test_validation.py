@@ -149,6 +149,25 @@ CASES = [
     ("speeds-wrong-length", {"delay": {"kind": "event", "speeds": [1.0, 2.0]}},
      ["delay.kind=event", "delay.speeds=[1.0,2.0]"], "delay.speeds", False),
     ("resume-not-bool", {"run": {"resume": "maybe"}}, ["run.resume=maybe"], "run.resume", False),
+    ("lr-decay-epochs-and-steps", {"algorithm": {"lr_decay": {"epochs": [1.0], "steps": [5]}}},
+     ["algorithm.lr_decay.epochs=[1]", "algorithm.lr_decay.steps=[5]"], "algorithm.lr_decay",
+     False),
+    ("lr-decay-factor-zero", {"algorithm": {"lr_decay": {"steps": [5], "factor": 0.0}}},
+     ["algorithm.lr_decay.steps=[5]", "algorithm.lr_decay.factor=0"],
+     "algorithm.lr_decay.factor", False),
+    ("lr-decay-steps-not-increasing", {"algorithm": {"lr_decay": {"steps": [10, 5]}}},
+     ["algorithm.lr_decay.steps=[10,5]"], "algorithm.lr_decay.steps", False),
+    ("lr-decay-step-fraction", {"algorithm": {"lr_decay": {"steps": [1.5]}}},
+     ["algorithm.lr_decay.steps=[1.5]"], "algorithm.lr_decay.steps", False),
+    ("lr-decay-negative-epoch", {"algorithm": {"lr_decay": {"epochs": [-1.0]}}},
+     ["algorithm.lr_decay.epochs=[-1]"], "algorithm.lr_decay.epochs", False),
+    ("lr-decay-epoch-before-step-one", {"algorithm": {"lr_decay": {"epochs": [0.001]}}}, None,
+     "algorithm.lr_decay.epochs", True),
+    ("lr-decay-algorithm-without-schedules",
+     {"algorithm": {"name": "koloskova", "params": {"mode": "shrink"},
+                    "lr_decay": {"steps": [5]}}},
+     ["algorithm=koloskova", "algorithm.params.mode=shrink", "algorithm.lr_decay.steps=[5]"],
+     "algorithm.lr_decay", False),
 ]
 IDS = [c[0] for c in CASES]
 assert len(CASES) >= 25 and len(set(IDS)) == len(IDS)
@@ -158,7 +177,9 @@ CLI_ROWS = {"unknown-algorithm", "unknown-workload", "unknown-delay-config",
             "param-of-another-algorithm", "zero-learning-rate", "workers-not-integer",
             "arrivals-over-workers", "ring-below-delay-bound", "density-above-one",
             "dirichlet-alpha-zero", "eval-every-zero", "missing-data-directory", "trace-negative",
-            "trace-file-unset", "mesh-not-dividing-workers", "resume-not-bool"}
+            "trace-file-unset", "mesh-not-dividing-workers", "resume-not-bool",
+            "lr-decay-epochs-and-steps", "lr-decay-step-fraction",
+            "lr-decay-algorithm-without-schedules"}
 assert CLI_ROWS <= set(IDS)
 
 

@@ -9,6 +9,7 @@ import pickle
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -42,6 +43,32 @@ def test_resnet18_param_count():
         jnp.zeros((2, 32, 32, 3)),
     )
     assert out.shape == (2, 10)
+
+
+def test_resnet18_forward_and_gradients_on_a_tiny_batch():
+    """Gradient shapes = parameter shapes, all finite and non-zero, and the classifier bias's
+    gradient equals mean(softmax(logits) - onehot(y)), computed by hand."""
+    model = models.ResNet18(10)
+    x = jax.random.normal(KEY, (2, 32, 32, 3))
+    y = jnp.asarray([3, 7])
+    shapes = jax.eval_shape(model.init, KEY, x)          # no init compile (seconds on a CPU)
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
+                          shapes)
+
+    def loss_and_logits(p):
+        logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    (loss, logits), grads = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))(params)
+    assert logits.shape == (2, 10) and bool(jnp.isfinite(loss))
+    assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) and bool(jnp.any(g != 0))
+               for g in jax.tree.leaves(grads))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    want = (probs - np.eye(10)[np.asarray(y)]).mean(0)
+    np.testing.assert_allclose(grads["params"]["head"]["bias"], want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -372,3 +399,41 @@ def test_cifar_augment_is_a_crop_and_flip():
     # Vmappable over a worker axis, as the simulator calls it.
     keys = jax.random.split(KEY, 2)
     assert jax.vmap(augment)(keys, jnp.stack([x, x])).shape == (2, *x.shape)
+
+
+def _crop_and_flip(out, padded):
+    """The (row offset, column offset, flipped) whose window of ``padded`` is ``out``: every
+    candidate that matches exactly (one, for a random image)."""
+    h, w = out.shape[:2]
+    return [(i, j, flip) for i in range(9) for j in range(9) for flip in (False, True)
+            if np.array_equal(out, padded[i:i + h, j:j + w][:, ::-1] if flip
+                              else padded[i:i + h, j:j + w])]
+
+
+def test_cifar_augment_is_deterministic_per_key_with_uniform_crops_and_flips():
+    mean, std = data.CIFAR100_MEAN, data.CIFAR100_STD
+    augment = jax.jit(workloads._cifar_augment(mean, std))
+    x = np.random.default_rng(1).normal(size=(64, 32, 32, 3)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    padded[:, :4], padded[:, -4:], padded[:, :, :4], padded[:, :, -4:] = (
+        -np.asarray(mean, np.float32) / np.asarray(std, np.float32),) * 4  # black, normalised
+    k1, k2 = jax.random.key(7), jax.random.key(8)
+    out = np.asarray(augment(k1, jnp.asarray(x)))
+    assert out.shape == x.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.asarray(augment(k1, jnp.asarray(x))))  # same key
+    assert not np.array_equal(out, np.asarray(augment(k2, jnp.asarray(x))))      # another key
+    found = [_crop_and_flip(out[b], padded[b]) for b in range(64)]
+    assert all(len(f) == 1 for f in found)          # exactly one window (+ mirror) each
+    (rows, cols, flips) = map(np.asarray, zip(*[f[0] for f in found], strict=True))
+    # offsets 0..8 each way (padding 4), flips about half: 64 draws, loose bounds
+    assert rows.min() >= 0 and rows.max() <= 8 and len(set(rows)) >= 6 and len(set(cols)) >= 6
+    assert 16 <= flips.sum() <= 48
+    # a flip is the exact mirror of the same window: un-mirror the flipped ones and compare
+    for b in np.flatnonzero(flips)[:5]:
+        i, j = rows[b], cols[b]
+        np.testing.assert_array_equal(out[b][:, ::-1], padded[b, i:i + 32, j:j + 32])
+        assert not np.array_equal(out[b], padded[b, i:i + 32, j:j + 32])
+    # the identity crop (offset 4, 4) without a flip returns the image itself
+    keep = np.flatnonzero((rows == 4) & (cols == 4) & ~flips)
+    for b in keep:
+        np.testing.assert_array_equal(out[b], x[b])
