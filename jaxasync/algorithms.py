@@ -115,6 +115,10 @@ def sync_sgd(learning_rate: float = 0.1) -> optax.GradientTransformationExtraArg
 
     Args:
       learning_rate: :math:`\eta`.
+
+    References: Dekel, Gilad-Bachrach, Shamir, Xiao, "Optimal distributed online prediction
+    using mini-batches", JMLR 2012 (arXiv 1012.1367); the baseline of Mishchenko et al.,
+    NeurIPS 2022 (arXiv 2206.07638).
     """
     return optax.chain(aggregate("mean"), optax.sgd(learning_rate))
 

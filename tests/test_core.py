@@ -1,5 +1,7 @@
 """Transforms, ring buffer, delay models and the simulator on toy problems."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ from jaxasync import delays as dl
 from jaxasync import rules, sim
 from jaxasync.transforms import as_rows, with_rows
 
-from helpers import full_batch_least_squares, least_squares, run_toy, toy_data
+from helpers import full_batch_least_squares, iid_shards, least_squares, run_toy, toy_data
 
 
 def _grads(key, w, d=5):
@@ -67,8 +69,10 @@ def test_staleness_scalers_identity_at_zero_and_values():
 def test_scale_by_staleness_at_zero_delay_is_identity_chain():
     p = {"a": jnp.zeros(5), "b": jnp.zeros((2, 3))}
     g = _grads(jax.random.PRNGKey(3), 3)
-    for tx in (ja.staleness_aware(0.1), ja.delay_adaptive(0.1, num_workers=8)):
-        u, _ = tx.update(g, tx.init(p), p, staleness=jnp.zeros(3, jnp.int32))
+    for tx in (ja.staleness_aware(0.1), ja.delay_adaptive(0.1, num_workers=8), ja.fedbuff(0.1),
+               ja.koloskova(0.1, num_workers=8),
+               ja.koloskova(0.1, num_workers=8, mode="shrink", smoothness=1.0)):
+        u, _ = tx.update(g, with_rows(tx.init(p), 3), p, staleness=jnp.zeros(3, jnp.int32))
         uu, _ = ja.asgd(0.1).update(g, ja.asgd(0.1).init(p), p)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u, uu)
 
@@ -292,6 +296,30 @@ def test_simulated_sync_sgd_equals_optax_full_gradient_descent():
     np.testing.assert_allclose(r.final_state.params["w"][0], p["w"], rtol=1e-5, atol=1e-6)
     h = r.history[0][-1]
     assert h["uploads"] == 160 and h["grads"] == 160 and h["staleness_max"] == 0
+
+
+def test_simulated_sync_sgd_on_shards_is_gradient_descent_on_the_mean_shard_gradient():
+    # a loss that depends on the data: each worker's full-shard gradient differs, and the
+    # server step must be eta times their mean (not a sum, not one worker's, no duplicates)
+    wl = least_squares(n=64, d=5)
+    m, steps = 4, 30
+    cfg = sim.SimConfig(num_workers=m, batch_size=16, ring_size=2, steps=steps, eval_every=steps,
+                        delay=dl.DelayConfig(kind="none"), full_batch=True)
+    r = run_toy("sync_sgd", cfg, {"learning_rate": 0.3}, workload=wl)
+    x, y = np.asarray(wl.data.x_train, np.float64), np.asarray(wl.data.y_train, np.float64)
+    index, _ = iid_shards(x.shape[0], m)
+    w = np.zeros(5)
+    for _ in range(steps):
+        shard_grads = [x[i].T @ (x[i] @ w - y[i]) / len(i) for i in index]
+        w = w - 0.3 * np.mean(shard_grads, axis=0)
+    np.testing.assert_allclose(r.final_state.params["w"][0], w, rtol=1e-4, atol=1e-6)
+    # a synchronous run is not a permutation of one: ASGD with every worker arriving each
+    # step and no delay (the asynchronous path, reading the ring at lag 0) is the same method
+    asgd_cfg = dataclasses.replace(cfg, arrivals=m, ring_size=4)
+    a = run_toy("asgd", asgd_cfg, {"learning_rate": 0.3}, workload=wl)
+    np.testing.assert_allclose(a.final_state.params["w"][0], r.final_state.params["w"][0],
+                               rtol=1e-5, atol=1e-7)
+    assert a.history[0][-1]["staleness_max"] == 0
 
 
 def test_same_seed_identical_and_vmapped_seeds_equal_one_by_one():
