@@ -44,6 +44,9 @@ class AlgorithmSpec:
       arrivals: default arrivals per server step: an int, or ``"all"`` (= M).
       synchronous: every step all M workers compute at the current version
         (synchronous SGD, LAG/LASG/SASG); no delay model applies.
+      own_messages: the algorithm decides what a worker sends (an acceptance test before
+        the upload, a lazy skip, its own compression), so a generic compressor
+        (``algorithm.compressor``) cannot be put in front of it.
     """
 
     name: str
@@ -51,6 +54,7 @@ class AlgorithmSpec:
     needs: frozenset = frozenset()
     arrivals: int | str = 1
     synchronous: bool = False
+    own_messages: bool = False
 
     def parameters(self) -> list[str]:
         """Keyword arguments the factory accepts."""
@@ -84,14 +88,16 @@ def required_workers(algorithm: str, num_workers: int | None) -> int:
     return num_workers
 
 
-def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False):
+def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False,
+             own_messages: bool = False):
     """Decorator adding a factory to :data:`ALGORITHMS` under ``name``."""
     unknown = set(needs) - KNOWN_NEEDS
     if unknown:
         raise ValueError(f"register({name!r}): unknown needs {sorted(unknown)}")
 
     def deco(factory):
-        ALGORITHMS[name] = AlgorithmSpec(name, factory, frozenset(needs), arrivals, synchronous)
+        ALGORITHMS[name] = AlgorithmSpec(name, factory, frozenset(needs), arrivals, synchronous,
+                                         own_messages)
         return factory
 
     return deco

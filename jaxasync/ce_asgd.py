@@ -213,7 +213,7 @@ def server_work(opt_state: PyTree) -> dict[str, Array]:
 # ----------------------------------------------------------------------------- the algorithms
 
 
-@register("ce_asgd", needs={"drift_norm"})
+@register("ce_asgd", needs={"drift_norm"}, own_messages=True)
 def ce_asgd(learning_rate: float = 0.05, threshold: float | None = None,
             kappa: float | None = None, smoothness: float | None = None
             ) -> optax.GradientTransformationExtraArgs:
@@ -268,7 +268,7 @@ def ce_asgd(learning_rate: float = 0.05, threshold: float | None = None,
     )
 
 
-@register("ce_asgd_lite", needs={"update_norms"})
+@register("ce_asgd_lite", needs={"update_norms"}, own_messages=True)
 def ce_asgd_lite(learning_rate: float = 0.05, threshold: float | None = None,
                  kappa: float | None = None, smoothness: float | None = None
                  ) -> optax.GradientTransformationExtraArgs:

@@ -69,6 +69,7 @@ UNHASHED = ("out_dir", "plot", "traceback", "run.checkpoint_every", "run.resume"
 NEUTRAL = {
     "algorithm.lr_decay": lambda v: not v["epochs"] and not v["steps"],
     "run.eval_grad_norm": lambda v: not v,
+    "algorithm.compressor": lambda v: v["name"] == "none",
 }
 
 CHECKPOINT_DIR = "checkpoint"

@@ -38,6 +38,19 @@ class LrDecayConf:
 
 
 @dataclasses.dataclass
+class CompressorConf:
+    """``algorithm.compressor``: a compressor in front of an algorithm that sends gradients as
+    they are (``none``: no compression). ``name`` is one of :data:`jaxasync.compress.COMPRESSORS`
+    (``top_k``, ``random_k``, ``qsgd``, ``sign``, ``identity``), ``params`` its arguments
+    (``density``, ``levels``...), ``error_feedback`` a residual per worker (v = e + g, send
+    C(v), e = v - C(v))."""
+
+    name: str = "none"
+    error_feedback: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class AlgorithmConf:
     """``algorithm/``: a registered algorithm and its numeric parameters."""
 
@@ -45,6 +58,7 @@ class AlgorithmConf:
     arrivals: Any = None          # K per server step; None: the algorithm's default
     params: dict[str, Any] = field(default_factory=dict)
     lr_decay: LrDecayConf = field(default_factory=LrDecayConf)
+    compressor: CompressorConf = field(default_factory=CompressorConf)
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ of an experiment run as one vmapped, jitted program.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import itertools
 import math
@@ -212,6 +213,32 @@ def lr_boundaries(dec, steps_per_epoch: float) -> tuple[int, ...]:
     return bounds
 
 
+def _compressor(spec, conf) -> tuple | None:
+    """``algorithm.compressor`` as the simulator takes it, ``(name, params, error_feedback)``,
+    or None; a one-line error for what cannot run."""
+    params = dict(conf.params)
+    if conf.name == "none":
+        if params or conf.error_feedback:
+            raise ConfigError("algorithm.compressor.name=none: params or error_feedback given "
+                              "without a compressor; name one")
+        return None
+    lib = importlib.import_module("jaxasync.compress")
+    if conf.name not in lib.COMPRESSORS:
+        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: unknown; choose one of: "
+                          f"none, {', '.join(sorted(lib.COMPRESSORS))}")
+    if spec.own_messages:
+        from jaxasync.algorithms import ALGORITHMS
+        ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages)
+        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: algorithm {spec.name!r} "
+                          f"decides what its workers send; a compressor goes in front of "
+                          f"{', '.join(ok)}")
+    try:
+        lib.make_compressor(conf.name, **params)
+    except ValueError as e:
+        raise ConfigError(f"algorithm.compressor.params={params}: {e}") from None
+    return conf.name, tuple(sorted(params.items())), bool(conf.error_feedback)
+
+
 def _takes_schedule(spec, static: dict, numeric: dict, sim_config: SimConfig) -> bool:
     """Whether the algorithm, built with these parameters, runs with an optax schedule as its
     learning rate: one server step traced (``jax.eval_shape``, nothing compiled) on a
@@ -322,6 +349,7 @@ class Prepared:
         every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
         steps = math.ceil(steps / every) * every
 
+        compressor = _compressor(self.spec, a.compressor)
         decay = a.lr_decay
         _check_lr_decay(decay)
         if decay.epochs or decay.steps:
@@ -377,6 +405,7 @@ class Prepared:
             lr_boundaries=self.lr_boundaries,
             lr_factor=float(decay.factor) if self.lr_boundaries else 1.0,
             eval_grad_norm=bool(r.eval_grad_norm),
+            compressor=compressor,
         )
         # A factory taking `smoothness` gets the workload's L (None where unknown): CE-ASGD's
         # threshold kappa * L, Koloskova's 1/(4 L tau). One trial build turns a factory's

@@ -451,7 +451,8 @@ def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "e
 # ----------------------------------------------------------------------------- the algorithms
 
 
-@register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+@register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
+          own_messages=True)
 def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
          history: int = 10, threshold: str = "2alpha", threshold_scale: float = 1.0,
          per_layer: bool = True, topk_method: str = "exact", max_skips: int | None = None
@@ -499,7 +500,8 @@ def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: 
     )
 
 
-@register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+@register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
+          own_messages=True)
 def lasg(learning_rate: float = 0.005, num_workers: int | None = None, history: int = 10,
          threshold: str = "2alpha", threshold_scale: float = 1.0, max_skips: int | None = None
          ) -> optax.GradientTransformationExtraArgs:
@@ -576,7 +578,8 @@ def lag(learning_rate: float = 0.01, num_workers: int | None = None, variant: st
     )
 
 
-@register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True)
+@register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
+          own_messages=True)
 def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            threshold: str = "lag", threshold_scale: float = 1.0, max_skips: int | None = None
            ) -> optax.GradientTransformationExtraArgs:
@@ -590,7 +593,8 @@ def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history:
                max_skips)
 
 
-@register("lag_ps", needs=("update_norms",), arrivals="all", synchronous=True)
+@register("lag_ps", needs=("update_norms",), arrivals="all", synchronous=True,
+          own_messages=True)
 def lag_ps(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            smoothness: float | None = None, threshold: str = "lag", threshold_scale: float = 1.0,
            max_skips: int | None = None) -> optax.GradientTransformationExtraArgs:
@@ -606,7 +610,7 @@ def lag_ps(learning_rate: float = 0.01, num_workers: int | None = None, history:
                threshold_scale, max_skips)
 
 
-@register("topk_ef", arrivals="all", synchronous=True)
+@register("topk_ef", arrivals="all", synchronous=True, own_messages=True)
 def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
             per_layer: bool = True, topk_method: str = "exact"
             ) -> optax.GradientTransformationExtraArgs:

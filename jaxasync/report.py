@@ -81,8 +81,12 @@ def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
             "staleness_hist": result.staleness_hist[i].tolist(),
             "history": hist,
         })
+    comp = prep.sim_config.compressor
     return {
         "algorithm": prep.cfg.algorithm.name,
+        # the table's and plots' name: the algorithm, and the compressor in front of it
+        "label": prep.cfg.algorithm.name + ("" if comp is None else
+                                            f"+{comp[0]}" + ("+ef" if comp[2] else "")),
         "workload": prep.workload.name,
         "config": OmegaConf.to_container(OmegaConf.structured(prep.cfg), resolve=True),
         "resolved": {
@@ -142,7 +146,7 @@ def summary_row(record: dict) -> dict[str, str]:
     target = record.get("target")
     final = [m["final"] for m in ms if m["status"] == "ok"]
     row = {
-        "algorithm": record["algorithm"],
+        "algorithm": record.get("label") or record["algorithm"],
         "workload": record["workload"],
         "members": str(len(ms)),
     }

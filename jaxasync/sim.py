@@ -25,6 +25,7 @@ function; members are vmapped into the same program.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
 import time
@@ -42,6 +43,7 @@ from jaxasync.algorithms import AlgorithmSpec
 from jaxasync.transforms import (
     algorithm_metrics,
     communication,
+    compress,
     last_decisions,
     num_params,
     with_rows,
@@ -103,6 +105,9 @@ class SimConfig:
         ``lr_factor`` (a step decay; the algorithm gets an optax schedule, see
         :func:`step_decay`); empty: the constant learning rate.
       lr_factor: the decay factor.
+      compressor: ``(name, ((key, value), ...), error_feedback)``: a compressor of
+        :data:`jaxasync.compress.COMPRESSORS` put in front of the algorithm (every row's
+        gradient compressed, with a residual per worker when ``error_feedback``), or None.
       eval_grad_norm: evaluations also report ``train_grad_norm``, the norm of the gradient
         of the mean training loss over the whole training set (a full pass: meant for the
         small convex workloads).
@@ -120,6 +125,7 @@ class SimConfig:
     full_batch: bool = False
     lr_boundaries: tuple[int, ...] = ()
     lr_factor: float = 1.0
+    compressor: tuple | None = None
     eval_grad_norm: bool = False
 
 
@@ -232,7 +238,14 @@ class Simulator:
             base = kwargs.get("learning_rate",
                               inspect.signature(self.spec.factory).parameters["learning_rate"].default)
             kwargs["learning_rate"] = step_decay(base, self.cfg.lr_boundaries, self.cfg.lr_factor)
-        return self.spec.build(**kwargs)
+        tx = self.spec.build(**kwargs)
+        if self.cfg.compressor is not None:
+            name, params, error_feedback = self.cfg.compressor
+            # the module (the package exports the ``compress`` transform under its name)
+            comp = importlib.import_module("jaxasync.compress").make_compressor(name, **dict(params))
+            tx = optax.chain(compress(comp, error_feedback=error_feedback,
+                                      num_workers=self.cfg.num_workers), tx)
+        return tx
 
     def _vmap(self, fn, in_axes=0):
         return jax.vmap(fn, in_axes=in_axes, axis_name="workers", **self.worker_axis)

@@ -429,3 +429,50 @@ def test_package_compress_is_still_the_transform():
     tx = ja.compress(C.identity())
     assert hasattr(tx, "init") and hasattr(tx, "update")
     assert ja.compress.__module__ == "jaxasync.transforms"
+
+
+# ----------------------------------------------------------------------------- any algorithm
+
+
+def _sim_with(compressor, algorithm="asgd", m=4, arrivals=1, steps=30, delay=None):
+    from helpers import run_toy
+
+    from jaxasync import delays as dl
+    from jaxasync import sim
+    cfg = sim.SimConfig(num_workers=m, arrivals=arrivals, batch_size=8, ring_size=8, steps=steps,
+                        eval_every=steps, delay=delay or dl.DelayConfig(kind="uniform", high=3),
+                        compressor=compressor)
+    return run_toy(algorithm, cfg, {"learning_rate": 0.05})
+
+
+def test_a_compressor_in_front_of_asgd_density_one_is_asgd_with_its_message_size():
+    plain = _sim_with(None)
+    full = _sim_with(("top_k", (("density", 1.0),), True))
+    np.testing.assert_array_equal(full.final_state.params["w"], plain.final_state.params["w"])
+    hp, hf = plain.history[0][-1], full.history[0][-1]
+    # 8 parameters: 32 * 8 bits dense, 64 * 8 as a top-k message (value + index)
+    assert hp["bits_up"] == 30 * 256 and hf["bits_up"] == 30 * 512
+
+
+def test_error_feedback_memories_belong_to_the_workers_that_arrived():
+    from jaxasync.transforms import CompressState, find_states
+
+    # 8 workers, one arrival per step, 3 steps: at most 3 workers ever compressed anything
+    r = _sim_with(("random_k", (("density", 0.25),), True), m=8, steps=3)
+    (state,) = find_states(r.final_state.opt_state, CompressState)
+    err = np.asarray(state.error["w"][0])                    # [M, 8] for the one seed
+    nonzero = np.flatnonzero(np.abs(err).sum(axis=1))
+    assert err.shape == (8, 8) and 1 <= nonzero.size <= 3
+    # random-k keeps 2 of 8 (scaled by 4): each residual is v minus that message, so it is
+    # nonzero outside the kept coordinates
+    assert all(np.count_nonzero(err[i]) >= 6 for i in nonzero)
+
+
+def test_the_counters_charge_the_compressors_message_size():
+    from jaxasync import delays as dl
+    r = _sim_with(("qsgd", (("levels", 4),), False), algorithm="sync_sgd", arrivals=4, steps=5,
+                  delay=dl.DelayConfig(kind="none"))
+    _, bits = C.make_compressor("qsgd", levels=4)({"w": jnp.ones((8,))}, jax.random.PRNGKey(0))
+    h = r.history[0][-1]
+    assert h["uploads"] == 20 and h["bits_up"] == pytest.approx(20 * float(bits))
+    assert float(bits) < 32 * 8

@@ -168,6 +168,18 @@ CASES = [
                     "lr_decay": {"steps": [5]}}},
      ["algorithm=koloskova", "algorithm.params.mode=shrink", "algorithm.lr_decay.steps=[5]"],
      "algorithm.lr_decay", False),
+    ("compressor-unknown", {"algorithm": {"compressor": {"name": "zip"}}},
+     ["algorithm.compressor.name=zip"], "algorithm.compressor.name", False),
+    ("compressor-density-above-one",
+     {"algorithm": {"compressor": {"name": "top_k", "params": {"density": 2.0}}}}, None,
+     "algorithm.compressor.params", False),
+    ("compressor-on-an-algorithm-with-its-own-messages",
+     {"algorithm": {"name": "sasg", "params": {"learning_rate": 0.01},
+                    "compressor": {"name": "qsgd"}}},
+     ["algorithm=sasg", "algorithm.compressor.name=qsgd"], "algorithm.compressor.name", False),
+    ("compressor-error-feedback-without-a-compressor",
+     {"algorithm": {"compressor": {"error_feedback": True}}},
+     ["algorithm.compressor.error_feedback=true"], "algorithm.compressor.name", False),
 ]
 IDS = [c[0] for c in CASES]
 assert len(CASES) >= 25 and len(set(IDS)) == len(IDS)
@@ -179,7 +191,9 @@ CLI_ROWS = {"unknown-algorithm", "unknown-workload", "unknown-delay-config",
             "dirichlet-alpha-zero", "eval-every-zero", "missing-data-directory", "trace-negative",
             "trace-file-unset", "mesh-not-dividing-workers", "resume-not-bool",
             "lr-decay-epochs-and-steps", "lr-decay-step-fraction",
-            "lr-decay-algorithm-without-schedules"}
+            "lr-decay-algorithm-without-schedules", "compressor-unknown",
+            "compressor-on-an-algorithm-with-its-own-messages",
+            "compressor-error-feedback-without-a-compressor"}
 assert CLI_ROWS <= set(IDS)
 
 
