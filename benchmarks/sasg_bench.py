@@ -1,6 +1,6 @@
 """SASG iterations per second on the MNIST FC protocol, with the time split; and the SASG table.
 
-    python benchmarks/sasg_bench.py                          # speed, about 6 min on 2 CPU cores
+    python benchmarks/sasg_bench.py                          # speed, about 3 min on 2 CPU cores
     python benchmarks/sasg_bench.py --methods exact,lax      # choose the top-k variants
     python benchmarks/sasg_bench.py --table runs/<date>/<time>   # experiment=sasg_mnist_fc sweep
 
