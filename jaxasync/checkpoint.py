@@ -70,10 +70,11 @@ NEUTRAL = {
     "algorithm.lr_decay": lambda v: not v["epochs"] and not v["steps"],
     "run.eval_grad_norm": lambda v: not v,
     "algorithm.compressor": lambda v: v["name"] == "none",
+    "workload.sampling": lambda v: v == "replacement",
 }
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT = 1  # bumped when what a checkpoint holds changes
+FORMAT = 2  # bumped when what a checkpoint holds changes (2: SimState.data_key)
 
 
 def config_hash(cfg: Config) -> str:

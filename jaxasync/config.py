@@ -68,6 +68,7 @@ class WorkloadConf:
     name: str = MISSING
     batch_size: int = 32
     full_batch: bool = False      # each worker's batch = its whole shard (full local gradients)
+    sampling: str = "replacement"  # replacement | epochs (a fresh shuffle of the shard per epoch)
     partition: str = "iid"        # iid | dirichlet | shards | shared (every worker: all examples)
     dirichlet_alpha: float = 0.5
     shards_per_worker: int = 2

@@ -318,6 +318,15 @@ class Prepared:
         if w.partition not in PARTITION_SCHEMES:
             raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
                               f"{', '.join(PARTITION_SCHEMES)}")
+        if w.sampling not in ("replacement", "epochs"):
+            raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
+                              f"or epochs")
+        if w.sampling == "epochs" and not self.spec.synchronous:
+            raise ConfigError(f"workload.sampling=epochs: needs a synchronous algorithm (all "
+                              f"workers draw a batch every step); {a.name!r} is asynchronous")
+        if w.sampling == "epochs" and w.full_batch:
+            raise ConfigError("workload.sampling=epochs: has no effect with "
+                              "workload.full_batch=true (each batch is the whole shard)")
         if w.dirichlet_alpha <= 0:
             raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be > 0")
         if cfg.network.bandwidth <= 0:
@@ -401,7 +410,7 @@ class Prepared:
             num_workers=m, arrivals=arrivals, batch_size=w.batch_size, ring_size=ring,
             steps=steps, eval_every=every, delay=self.delay,
             network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
-            eval_train_size=r.eval_train_size, full_batch=w.full_batch,
+            eval_train_size=r.eval_train_size, full_batch=w.full_batch, sampling=w.sampling,
             lr_boundaries=self.lr_boundaries,
             lr_factor=float(decay.factor) if self.lr_boundaries else 1.0,
             eval_grad_norm=bool(r.eval_grad_norm),

@@ -75,7 +75,7 @@ def state_shardings(state: Any, mesh: Mesh, num_workers: int) -> Any:
         version=ns(P()), norms=ns(P()), clock=ns(P()),
         finish=worker(state.finish), worker_version=worker(state.worker_version),
         speed=worker(state.speed), ref_params=worker(state.ref_params),
-        counts=replicated(state.counts), key=ns(P()),
+        counts=replicated(state.counts), key=ns(P()), data_key=ns(P()),
     )
 
 

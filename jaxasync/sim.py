@@ -105,6 +105,10 @@ class SimConfig:
         ``lr_factor`` (a step decay; the algorithm gets an optax schedule, see
         :func:`step_decay`); empty: the constant learning rate.
       lr_factor: the decay factor.
+      sampling: ``"replacement"`` (each minibatch drawn uniformly from the worker's shard)
+        or ``"epochs"`` (synchronous algorithms: each worker walks through a fresh random
+        order of its shard every epoch, as a shuffling data loader does; see
+        :func:`epoch_position`).
       compressor: ``(name, ((key, value), ...), error_feedback)``: a compressor of
         :data:`jaxasync.compress.COMPRESSORS` put in front of the algorithm (every row's
         gradient compressed, with a residual per worker when ``error_feedback``), or None.
@@ -126,6 +130,7 @@ class SimConfig:
     lr_boundaries: tuple[int, ...] = ()
     lr_factor: float = 1.0
     compressor: tuple | None = None
+    sampling: str = "replacement"
     eval_grad_norm: bool = False
 
 
@@ -155,6 +160,7 @@ class SimState(NamedTuple):
     ref_params: PyTree      # [M, ...] each worker's last-upload iterate (only if needed)
     counts: SimCounts
     key: Array
+    data_key: Array         # constant per member: the epoch orders of sampling="epochs"
 
 
 class Data(NamedTuple):
@@ -204,6 +210,47 @@ def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
         g = grad(params, x[full * chunk:], y[full * chunk:])
         total = jax.tree.map(lambda t, gi: t + gi * (tail / n), total, g)
     return _tree_norm(total)
+
+
+def _mix32(x: Array) -> Array:
+    """A 32-bit integer hash (the MurmurHash3 finaliser), uint32 -> uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def epoch_position(key: Array, size: Array, q: Array) -> Array:
+    r"""Where the ``q``-th draw of a shuffled pass over ``size`` examples lands: int32 in
+    ``[0, size)``.
+
+    Draw :math:`q` belongs to epoch :math:`e = \lfloor q / n \rfloor` and is the
+    :math:`(q \bmod n)`-th entry of that epoch's random order :math:`\pi_e`, so every
+    epoch visits each example exactly once. :math:`\pi_e` is a 4-round Feistel network on
+    :math:`2b` bits (:math:`4^b \ge n`) keyed by ``fold_in(key, e)``, restricted to
+    :math:`[0, n)` by cycle walking (re-encrypt until inside; a bijection, fewer than 4
+    rounds of walking expected). No sort, no state: any draw of any epoch is computed
+    directly, which a scan over server steps needs.
+    """
+    size = jnp.asarray(size, jnp.int32)
+    q = jnp.asarray(q, jnp.int32)
+    epoch, r = q // size, q % size
+    # b = ceil(ceil(log2 n) / 2) half-width bits
+    log2 = jnp.where(size > 1, 32 - jax.lax.clz(jnp.maximum(size - 1, 1)), 0)
+    half = ((log2 + 1) // 2).astype(jnp.uint32)
+    mask = (jnp.uint32(1) << half) - jnp.uint32(1)
+    rounds = jax.random.bits(jax.random.fold_in(key, epoch), (4,), jnp.uint32)
+
+    def encrypt(x):
+        left, right = x >> half, x & mask
+        for i in range(4):
+            left, right = right, left ^ (_mix32(right ^ rounds[i]) & mask)
+        return (left << half) | right
+
+    x = jax.lax.while_loop(lambda x: x >= size.astype(jnp.uint32), encrypt,
+                           encrypt(r.astype(jnp.uint32)))
+    return x.astype(jnp.int32)
 
 
 class Simulator:
@@ -280,6 +327,8 @@ class Simulator:
             clock=jnp.zeros((), jnp.float32), finish=finish,
             worker_version=jnp.zeros((m,), jnp.int32), speed=speed, ref_params=ref,
             counts=counts, key=k_run,
+            # (folded in, not split off: the other streams, and so old results, are unchanged)
+            data_key=jax.random.fold_in(key, 0x5EED),
         )
 
     def _arrivals(self, state: SimState, key: Array):
@@ -309,11 +358,19 @@ class Simulator:
             now = state.clock + 1.0
         return ids, tau, now
 
-    def _batches(self, data: Data, ids: Array, key: Array):
+    def _batches(self, data: Data, ids: Array, key: Array, state: SimState | None = None):
         b = self.cfg.batch_size
         k_idx, k_aug = jax.random.split(key)
         if self.cfg.full_batch:
             idx = data.shard_index[ids]                                   # [W, n]
+        elif self.cfg.sampling == "epochs":
+            # synchronous: every worker has drawn `iterations` batches so far
+            size = data.shard_size[ids]
+            q = state.counts.iterations * b + jnp.arange(b, dtype=jnp.int32)        # [B]
+            pos = jax.vmap(lambda w, s: jax.vmap(
+                lambda qq: epoch_position(jax.random.fold_in(state.data_key, w), s, qq))(q)
+            )(ids, size)                                                            # [W, B]
+            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)
         else:
             size = data.shard_size[ids]                                   # [W]
             pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
@@ -338,10 +395,11 @@ class Simulator:
 
         if self.spec.synchronous:
             params_w = None
-            loss_w, grads_w = self._vmap(loss_grad, (None, 0, 0))(state.params, *self._xy(data, ids, k_batch))
+            loss_w, grads_w = self._vmap(loss_grad, (None, 0, 0))(
+                state.params, *self._batches(data, ids, k_batch, state))
         else:
             params_w = ring_read(state.ring, lag)
-            x, y = self._batches(data, ids, k_batch)
+            x, y = self._batches(data, ids, k_batch, state)
             loss_w, grads_w = self._vmap(loss_grad)(params_w, x, y)
 
         extra = dict(staleness=tau, mask=live, worker_ids=ids, key=k_tx)
@@ -362,7 +420,7 @@ class Simulator:
             # synchronous rows are the workers 0..M-1 in order: no gather of [M, ...] needed
             ref_w = (state.ref_params if self.spec.synchronous
                      else jax.tree.map(lambda r: r[ids], state.ref_params))
-            x_ref, y_ref = self._xy(data, ids, k_batch)   # the same minibatch
+            x_ref, y_ref = self._batches(data, ids, k_batch, state)   # the same minibatch
             extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x_ref, y_ref)
             n_ref = w
 
@@ -420,7 +478,7 @@ class Simulator:
             batch_loss_n=c.batch_loss_n + 1,
         )
         return SimState(new_params, opt_state, ring, version, norms, now, finish, worker_version,
-                        state.speed, ref_params, counts, key)
+                        state.speed, ref_params, counts, key, state.data_key)
 
     def _round_end(self, clock: Array, compute: Array, rows) -> Array:
         """End of a synchronous round: its slowest worker's compute + upload + download.
@@ -431,9 +489,6 @@ class Simulator:
         net = self.cfg.network
         up = jnp.where(rows.bits_up > 0, net.seconds(rows.bits_up), 0.0)
         return clock + jnp.max(compute + up + net.seconds(rows.bits_down))
-
-    def _xy(self, data: Data, ids: Array, key: Array):
-        return self._batches(data, ids, key)
 
     # -- chunks, evaluation ----------------------------------------------------------------
 
