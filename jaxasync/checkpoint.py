@@ -74,7 +74,7 @@ NEUTRAL = {
 }
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT = 2  # bumped when what a checkpoint holds changes (2: SimState.data_key)
+FORMAT = 2  # bumped when what a checkpoint holds changes (2: SimState.data_key, draws)
 
 
 def config_hash(cfg: Config) -> str:

@@ -321,9 +321,6 @@ class Prepared:
         if w.sampling not in ("replacement", "epochs"):
             raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
                               f"or epochs")
-        if w.sampling == "epochs" and not self.spec.synchronous:
-            raise ConfigError(f"workload.sampling=epochs: needs a synchronous algorithm (all "
-                              f"workers draw a batch every step); {a.name!r} is asynchronous")
         if w.sampling == "epochs" and w.full_batch:
             raise ConfigError("workload.sampling=epochs: has no effect with "
                               "workload.full_batch=true (each batch is the whole shard)")

@@ -106,8 +106,8 @@ class SimConfig:
         :func:`step_decay`); empty: the constant learning rate.
       lr_factor: the decay factor.
       sampling: ``"replacement"`` (each minibatch drawn uniformly from the worker's shard)
-        or ``"epochs"`` (synchronous algorithms: each worker walks through a fresh random
-        order of its shard every epoch, as a shuffling data loader does; see
+        or ``"epochs"`` (each worker walks through a fresh random order of its shard every
+        epoch, as a shuffling data loader does, one batch per gradient it computes; see
         :func:`epoch_position`).
       compressor: ``(name, ((key, value), ...), error_feedback)``: a compressor of
         :data:`jaxasync.compress.COMPRESSORS` put in front of the algorithm (every row's
@@ -161,6 +161,7 @@ class SimState(NamedTuple):
     counts: SimCounts
     key: Array
     data_key: Array         # constant per member: the epoch orders of sampling="epochs"
+    draws: Array            # int32[M] minibatches each worker has drawn (sampling="epochs")
 
 
 class Data(NamedTuple):
@@ -328,7 +329,7 @@ class Simulator:
             worker_version=jnp.zeros((m,), jnp.int32), speed=speed, ref_params=ref,
             counts=counts, key=k_run,
             # (folded in, not split off: the other streams, and so old results, are unchanged)
-            data_key=jax.random.fold_in(key, 0x5EED),
+            data_key=jax.random.fold_in(key, 0x5EED), draws=jnp.zeros((m,), jnp.int32),
         )
 
     def _arrivals(self, state: SimState, key: Array):
@@ -364,12 +365,12 @@ class Simulator:
         if self.cfg.full_batch:
             idx = data.shard_index[ids]                                   # [W, n]
         elif self.cfg.sampling == "epochs":
-            # synchronous: every worker has drawn `iterations` batches so far
+            # row i's draws continue its worker's stream where its last batch ended
             size = data.shard_size[ids]
-            q = state.counts.iterations * b + jnp.arange(b, dtype=jnp.int32)        # [B]
-            pos = jax.vmap(lambda w, s: jax.vmap(
-                lambda qq: epoch_position(jax.random.fold_in(state.data_key, w), s, qq))(q)
-            )(ids, size)                                                            # [W, B]
+            q = state.draws[ids][:, None] * b + jnp.arange(b, dtype=jnp.int32)     # [W, B]
+            pos = jax.vmap(lambda w, s, qw: jax.vmap(
+                lambda qq: epoch_position(jax.random.fold_in(state.data_key, w), s, qq))(qw)
+            )(ids, size, q)                                                         # [W, B]
             idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)
         else:
             size = data.shard_size[ids]                                   # [W]
@@ -478,7 +479,8 @@ class Simulator:
             batch_loss_n=c.batch_loss_n + 1,
         )
         return SimState(new_params, opt_state, ring, version, norms, now, finish, worker_version,
-                        state.speed, ref_params, counts, key, state.data_key)
+                        state.speed, ref_params, counts, key, state.data_key,
+                        state.draws.at[ids].add(1))
 
     def _round_end(self, clock: Array, compute: Array, rows) -> Array:
         """End of a synchronous round: its slowest worker's compute + upload + download.

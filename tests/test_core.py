@@ -386,7 +386,7 @@ def test_epoch_sampling_gives_each_worker_its_whole_shard_every_epoch():
     ids = jnp.arange(m, dtype=jnp.int32)
     drawn = []
     for t in range(6):
-        st = state._replace(counts=state.counts._replace(iterations=jnp.int32(t)))
+        st = state._replace(draws=jnp.full((m,), t, jnp.int32))
         x, _ = s._batches(data, ids, jax.random.PRNGKey(t), st)
         drawn.append(np.asarray(x[..., 0], int))                     # [M, B]
     drawn = np.stack(drawn, axis=1).reshape(m, 2, 3 * b)              # [M, epoch, draws]
@@ -394,3 +394,17 @@ def test_epoch_sampling_gives_each_worker_its_whole_shard_every_epoch():
         shard = list(range(12 * w, 12 * (w + 1)))
         assert sorted(drawn[w, 0]) == shard and sorted(drawn[w, 1]) == shard
         assert not np.array_equal(drawn[w, 0], drawn[w, 1])
+
+
+def test_each_worker_counts_the_batches_it_drew():
+    # asynchronous: one batch per computed gradient (dropped ones included); synchronous: one
+    # per worker per step. The counts place each draw in its worker's shuffled epochs.
+    cfg = sim.SimConfig(num_workers=4, arrivals=2, batch_size=4, ring_size=3, steps=10,
+                        eval_every=10, delay=dl.DelayConfig(kind="uniform", high=4),
+                        sampling="epochs")
+    r = run_toy("asgd", cfg, {"learning_rate": 0.05})
+    draws = np.asarray(r.final_state.draws[0])
+    assert draws.sum() == 20 and r.history[0][-1]["grads"] == 20
+    sync = run_toy("sync_sgd", dataclasses.replace(cfg, delay=dl.DelayConfig(kind="none")),
+                   {"learning_rate": 0.05})
+    np.testing.assert_array_equal(sync.final_state.draws[0], [10, 10, 10, 10])
