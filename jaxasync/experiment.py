@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxasync import delays as dl
 from jaxasync import report
-from jaxasync.algorithms import get_algorithm
+from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.config import Config, ConfigError, to_config
 from jaxasync.data import PARTITION_SCHEMES
 from jaxasync.sim import Data, SimConfig, Simulator, put_data, run
@@ -227,7 +227,6 @@ def _compressor(spec, conf) -> tuple | None:
         raise ConfigError(f"algorithm.compressor.name={conf.name!r}: unknown; choose one of: "
                           f"none, {', '.join(sorted(lib.COMPRESSORS))}")
     if spec.own_messages:
-        from jaxasync.algorithms import ALGORITHMS
         ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages)
         raise ConfigError(f"algorithm.compressor.name={conf.name!r}: algorithm {spec.name!r} "
                           f"decides what its workers send; a compressor goes in front of "
