@@ -6,21 +6,26 @@
 
 **Speed.** One simulated SASG run (M = 10 workers, batch 10, FC 784-512-10 = 407,050
 parameters, D = 10, per-layer top-k at h = 0.01, one seed) through the real simulator step
-(:class:`jaxasync.sim.Simulator`: two gradients per worker on the same minibatch, the skip
-test, top-k with error feedback, the server sum, the ring of versions), measured after a
+(:class:`jaxasync.sim.Simulator`: per worker the gradient at x_k and the skip test's
+distance to its gradient at the last-upload iterate on the same minibatch, top-k with error
+feedback, the server sum, the ring of versions), measured after a
 warm-up of 100 iterations (so workers skip as they do in a run). For each top-k variant
 (``exact``: :func:`jaxasync.compress.top_k`'s fast exact selection; ``lax``: ``jax.lax.top_k``,
 what a straightforward port uses; ``approx``: DGC's sampled threshold) it prints iterations
 per second and the split of one iteration into
 
-* gradients: the 20 minibatch gradients alone (10 at x_k, 10 at the workers' last-upload
-  iterates), a jitted scan of the same shapes;
+* gradients: the gradient work alone, a jitted scan of the same shapes: 10 minibatch
+  gradients at x_k and the skip test's distances to the gradients at the workers' last-upload
+  iterates (:func:`jaxasync.workloads.gradient_pair`: for this MLP the first-layer part of the
+  distance comes from two 10 x 10 Gram matrices, so the second gradient is never formed);
 * top-k: the 10 per-worker per-layer selections alone, on error-corrected steps
   ``alpha g + e`` taken from the warmed-up run (the distribution matters: ties and clusters);
 * the rest: iteration minus the two (skip test, error feedback, stored messages, server sum,
   simulator bookkeeping).
 
-Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
+With ``--formed`` (default), SASG is also timed with the skip test's distance computed from
+two formed gradients (the generic path, what any model without a fast form runs), for the
+ratio. Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
 gradients at x_k and the server sum), LASG (SGD + the skip test: a second gradient per worker
 at its last-upload iterate, the norm of the difference, stored dense messages), Sparse
 (SGD + top-k with error feedback) -- what each ingredient of SASG costs.
@@ -38,6 +43,7 @@ and total uplink bits, next to the paper's MNIST row (TARGETS.md, the authors' l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -52,7 +58,7 @@ from jaxasync import delays as dl
 from jaxasync import lazy, report
 from jaxasync.data import partition
 from jaxasync.sim import SimConfig, Simulator, put_data
-from jaxasync.workloads import get_workload
+from jaxasync.workloads import get_workload, gradient_pair
 
 M, BATCH, HISTORY, DENSITY, ALPHA = 10, 10, 10, 0.01, 0.005
 
@@ -112,20 +118,22 @@ def sasg_run(wl, data, method: str, steps: int, warmup: int, algorithm: str = "s
 
 
 def gradients_run(wl, data, steps: int):
-    """The 20 gradients of an iteration alone (10 at x, 10 at per-worker iterates)."""
+    """The gradient work of an iteration alone, as the simulator does it: per worker the
+    gradient at x_k and its distance to the gradient at its last-upload iterate on the same
+    minibatch (:func:`jaxasync.workloads.gradient_pair`; for this MLP the second gradient is
+    never formed, only its first-layer backprop signal)."""
     params = wl.init(jax.random.PRNGKey(0))
     params_m = jax.tree.map(lambda p: jnp.broadcast_to(p, (M,) + p.shape) * 1.01, params)
-    grad = jax.grad(wl.loss)
+    reference, pair = gradient_pair(wl)
     shard = data.shard_index
 
     def body(acc, key):
         pos = jax.random.randint(key, (M, BATCH), 0, data.shard_size[:, None])
         idx = jnp.take_along_axis(shard, pos, axis=1)
         x, y = data.x_train[idx], data.y_train[idx]
-        g = jax.vmap(grad, (None, 0, 0))(params, x, y)
-        r = jax.vmap(grad)(params_m, x, y)
-        return acc + sum(jnp.sum(a[:, :1]) + jnp.sum(b[:, :1])
-                         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(r), strict=True)), None
+        _, g, dist = jax.vmap(pair, (None, 0, 0, 0))(params, jax.vmap(reference)(params_m, x, y),
+                                                      x, y)
+        return acc + jnp.sum(dist) + sum(jnp.sum(a[:, :1]) for a in jax.tree.leaves(g)), None
 
     run = jax.jit(lambda key: jax.lax.scan(body, jnp.float32(0), jax.random.split(key, steps))[0])
     jax.block_until_ready(run(jax.random.PRNGKey(0)))
@@ -165,6 +173,10 @@ def speed(args) -> None:
     for alg in family:
         calls[f"{alg}[exact]" if alg == "topk_ef" else alg] = sasg_run(
             wl, data, "exact", args.steps, args.warmup, alg)[0]
+    if args.formed:
+        # the skip test's distance from two formed gradients (any model's generic path)
+        calls["sasg[exact] formed"] = sasg_run(
+            dataclasses.replace(wl, grad_pair=None), data, "exact", args.steps, args.warmup)[0]
     calls["gradients"] = gradients_run(wl, data, args.steps)
     for m in methods:
         calls[f"top-k[{m}]"] = topk_run(v_w, m, args.steps)
@@ -213,6 +225,11 @@ def speed(args) -> None:
         for name in [f"sasg[{m}]" for m in methods if m == "exact"] + [
                 f"{a}[exact]" if a == "topk_ef" else a for a in family]:
             print(f"{name:<14} {1e3 / med[name]:>6.1f} {med[name]:>8.2f} {cpu_med[name]:>7.2f}")
+    if args.formed and "exact" in methods:
+        f, e = med["sasg[exact] formed"], med["sasg[exact]"]
+        print(f"# the skip test's distance from two formed gradients (--formed; the generic path "
+              f"of models without a fast form): {1e3 / f:.1f} it/s, {f:.2f} ms, "
+              f"{f / e:.2f}x the MLP's Gram form")
 
 
 # ----------------------------------------------------------------------------- table
@@ -272,6 +289,8 @@ def main() -> None:
     ap.add_argument("--methods", default="exact,lax,approx", help="top-k variants, comma-separated")
     ap.add_argument("--family", default="sgd_sum,lasg,topk_ef",
                     help="other algorithms of the protocol to time side by side ('' for none)")
+    ap.add_argument("--formed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time SASG with the distance from two formed gradients")
     ap.add_argument("--steps", type=int, default=50, help="iterations per timed call")
     ap.add_argument("--warmup", type=int, default=100, help="iterations before timing")
     ap.add_argument("--repeats", type=int, default=7)

@@ -13,7 +13,7 @@ anyone's training loop::
 
 The registry (:data:`ALGORITHMS`) tells the simulator what each algorithm needs beyond
 the cheap side information (``needs``: ``drift_norm``, ``drift``, ``ref_grads``,
-``update_norms``), how many arrivals a server step waits for by default, and whether it
+``ref_grad_dist``, ``update_norms``), how many arrivals a server step waits for by default, and whether it
 runs synchronous rounds. Adding an algorithm never needs a change in the simulator:
 decorate its factory with :func:`register`.
 """
@@ -30,7 +30,7 @@ from jaxasync import rules
 from jaxasync.transforms import aggregate, scale_by_staleness
 
 #: side information the simulator can compute on request (see :mod:`jaxasync.transforms`)
-KNOWN_NEEDS = frozenset({"drift_norm", "drift", "ref_grads", "update_norms"})
+KNOWN_NEEDS = frozenset({"drift_norm", "drift", "ref_grads", "ref_grad_dist", "update_norms"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,11 @@ at :math:`x_k` and at each worker's last-upload iterate, on the same minibatches
     params = optax.apply_updates(params, updates)
     uploaded = ja.last_decisions(state).uploaded      # who sent (their x_hat becomes x_k)
 
+The test reads only :math:`\|g_m - g_m^{ref}\|^2`: pass it as ``ref_grad_dist`` (float32[M])
+instead of ``ref_grads`` when you have it. The simulator does (the algorithms declare the need
+``ref_grad_dist``), with :func:`jaxasync.workloads.gradient_pair`, which for the MLPs
+never forms the second gradient.
+
 References:
   Deng, Li, Sun, Lu, "SASG: sparse communication with adaptive aggregated stochastic
   gradients for distributed learning", arXiv 2112.04088; code github.com/xiaogdeng/SASG.
@@ -106,7 +111,7 @@ THRESHOLDS = ("2alpha", "alpha", "wk2", "lag", "never")
 #: SASG) or parameters (server side, LAG-PS)
 RULES = ("gradient", "parameter")
 
-_LAZY_NEEDS = ("ref_grads", "update_norms")
+_LAZY_NEEDS = ("ref_grad_dist", "update_norms")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -166,7 +171,7 @@ class LazyState(NamedTuple):
         message (step size folded in), summed by the server every round.
       error: pytree ``[M, ...]``, the error-feedback memories :math:`e_m` (``()`` without).
       reference: pytree ``[M, ...]``, :math:`\\hat x_m` for the parameter rule (LAG-PS;
-        ``()`` otherwise: the gradient rule gets ``ref_grads`` from the simulator).
+        ``()`` otherwise: the gradient rule gets ``ref_grad_dist`` from the simulator).
       skips: int32[M], :math:`\\tau_m`, consecutive skips (1 right after an upload).
       count: int32, the iteration :math:`k` (warm-up while :math:`k <` ``warmup``).
       forced: int32, cumulative forced uploads (the test alone would have skipped).
@@ -211,8 +216,9 @@ def lazy_upload(
        \qquad \hat g_m \leftarrow
        \begin{cases} C(\alpha g_m + e_m) & \text{upload} \\ \hat g_m & \text{skip}\end{cases}
 
-    with :math:`\Delta_m = \|g_m - g_m^{ref}\|^2` (``rule="gradient"``, :math:`g^{ref}` =
-    the ``ref_grads`` extra arg) or :math:`L^2\|\hat x_m - x_k\|^2` (``rule="parameter"``),
+    with :math:`\Delta_m = \|g_m - g_m^{ref}\|^2` (``rule="gradient"``: the ``ref_grad_dist``
+    extra arg, or computed from :math:`g^{ref}` = the ``ref_grads`` extra arg) or
+    :math:`L^2\|\hat x_m - x_k\|^2` (``rule="parameter"``),
     :math:`\text{thr}_k` from :func:`threshold_form` and the ``update_norms`` extra arg, and
     :math:`C` the compressor (identity: dense :math:`\alpha g_m`). Error feedback
     :math:`e_m \leftarrow v - C(v)` happens only on upload. The output rows carry every
@@ -225,7 +231,8 @@ def lazy_upload(
         (a function of the iteration :math:`k`): new messages and the threshold use
         :math:`\alpha_k`, stored messages and memories keep the step they were made with.
       num_workers: :math:`M` (the number of rows).
-      rule: ``"gradient"`` (needs ``ref_grads``) or ``"parameter"`` (needs ``smoothness``).
+      rule: ``"gradient"`` (needs ``ref_grad_dist`` or ``ref_grads``) or ``"parameter"``
+        (needs ``smoothness``).
       threshold: a form of :data:`THRESHOLDS`.
       threshold_scale: multiplies the threshold.
       history: :math:`D`, the window of iterate differences (the simulator's ring must
@@ -237,7 +244,8 @@ def lazy_upload(
       error_feedback: keep :math:`e_m` (with a compressor).
       smoothness: :math:`L` for ``rule="parameter"``.
 
-    Extra args: ``ref_grads`` (pytree ``[M, ...]``, gradient rule), ``update_norms``
+    Extra args: ``ref_grad_dist`` (float32[M]) or ``ref_grads`` (pytree ``[M, ...]``; gradient
+    rule), ``update_norms``
     (float32[D'] newest first, :math:`D' \ge` window), ``key`` (compressor randomness),
     ``mask`` (bool[M], optional).
 
@@ -272,8 +280,8 @@ def lazy_upload(
             skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
         )
 
-    def update_fn(updates, state, params=None, *, mask=None, ref_grads=None, update_norms=None,
-                  key=None, **extra):
+    def update_fn(updates, state, params=None, *, mask=None, ref_grads=None, ref_grad_dist=None,
+                  update_norms=None, key=None, **extra):
         del extra
         rows = as_rows(updates, mask)
         w = rows.scale.shape[0]
@@ -295,9 +303,13 @@ def lazy_upload(
                                  f"differences, the threshold sums {window} (history={history})")
             thr = rules.lazy_threshold(update_norms, window, scale) * threshold_scale
             if rule == "gradient":
-                if ref_grads is None:
-                    raise ValueError("lazy_upload(rule='gradient') needs the ref_grads extra arg")
-                diff_sq = _row_sq_dist(rows.grads, ref_grads)
+                if ref_grad_dist is not None:
+                    diff_sq = jnp.asarray(ref_grad_dist, jnp.float32)
+                elif ref_grads is not None:
+                    diff_sq = _row_sq_dist(rows.grads, ref_grads)
+                else:
+                    raise ValueError("lazy_upload(rule='gradient') needs the ref_grad_dist "
+                                     "(or ref_grads) extra arg")
             else:
                 x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
                 diff_sq = (jnp.asarray(smoothness, jnp.float32) ** 2
@@ -482,8 +494,9 @@ def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: 
         :func:`top_k_compressor`.
       max_skips: default ``history``.
 
-    Extra args: ``ref_grads`` (each worker's gradient at its last-upload iterate on the
-    same minibatch), ``update_norms``, ``key``.
+    Extra args: ``ref_grad_dist`` (:math:`\|g_m - g_m^{ref}\|^2`, :math:`g_m^{ref}` the
+    worker's gradient at its last-upload iterate on the same minibatch) or ``ref_grads``
+    (:math:`g_m^{ref}` itself), ``update_norms``, ``key``.
 
     Uplink bits per upload: :math:`64\sum_l k_l`; a skip costs nothing.
 
@@ -522,7 +535,7 @@ def lasg(learning_rate: float = 0.005, num_workers: int | None = None, history: 
       learning_rate: :math:`\alpha`. num_workers: :math:`M`. history: :math:`D`.
       threshold, threshold_scale, max_skips: as :func:`sasg`.
 
-    Extra args: ``ref_grads``, ``update_norms``.
+    Extra args: ``ref_grad_dist`` (or ``ref_grads``), ``update_norms``.
 
     References: Chen, Sun, Yin, "LASG: lazily aggregated stochastic gradients for
     communication-efficient distributed learning", arXiv 2002.11360 (IEEE TSP 2021);
@@ -585,7 +598,7 @@ def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history:
            ) -> optax.GradientTransformationExtraArgs:
     """LAG-WK: :func:`lag` with ``variant="wk"`` (the worker tests its gradient change).
 
-    Extra args: ``ref_grads``, ``update_norms``.
+    Extra args: ``ref_grad_dist`` (or ``ref_grads``), ``update_norms``.
 
     Reference: Chen, Giannakis, Sun, Yin, NeurIPS 2018, arXiv 1805.09965.
     """

@@ -7,13 +7,14 @@ is all it takes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MLP", "CNN1D", "Conv1D", "ResNet18", "BasicBlock", "Linear", "count_params"]
+__all__ = ["MLP", "CNN1D", "Conv1D", "ResNet18", "BasicBlock", "Linear", "count_params",
+           "mlp_grad_pair"]
 
 
 def count_params(params) -> int:
@@ -55,6 +56,64 @@ class MLP(nn.Module):
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
 
+
+
+def mlp_grad_pair(module: MLP, loss_of_logits: Callable[[jax.Array, jax.Array], jax.Array]
+                  ) -> tuple[Callable, Callable]:
+    r"""``(reference, pair)`` of :func:`jaxasync.workloads.gradient_pair` for an
+    :class:`MLP`: exact, and never forming the gradient at the reference point.
+
+    ``reference(params_b, x, y)`` returns what the distance needs from the gradient at ``b``:
+    the loss's gradient :math:`\delta_b` [B, d_1] at the first pre-activation and the other
+    layers' parameter gradients. ``pair(params_a, ref, x, y)`` returns ``(loss_a, grad_a,
+    dist_sq)`` with ``dist_sq`` = :math:`\|\nabla L(a; x, y) - \nabla L(b; x, y)\|^2`, the
+    skip test of LAG/LASG/SASG. The first layer's kernel gradient is :math:`X^\top \delta`
+    (``X`` [B, d_in] the flattened batch) at both points, so its part of the distance is
+    :math:`\|X^\top \Delta\|_F^2 = \langle X X^\top, \Delta \Delta^\top\rangle` with
+    :math:`\Delta = \delta_a - \delta_b`: two B x B Gram matrices instead of two d_in x d_1
+    gradients (the "ghost norm" of per-example clipping: Goodfellow, 2015, arXiv 1510.01799;
+    Li, Tramer, Liang, Hashimoto, 2022, arXiv 2110.05679). The other layers are small and
+    differenced as they are. In float32 this is *more* accurate than differencing two formed
+    gradients: :math:`\Delta` is taken before the product, so nothing cancels when
+    :math:`a \approx b`, where the test decides.
+
+    ``loss_of_logits(logits, y)`` is the mean loss; the forward pass is the module's own
+    (``x @ kernel + bias``, ReLU between layers).
+    """
+    layers = len(module.features) + 1
+    first = "Dense_0"
+
+    def tail(rest: dict, z: jax.Array, y: jax.Array) -> jax.Array:
+        h = z
+        for i in range(1, layers):
+            layer = rest[f"Dense_{i}"]
+            h = nn.relu(h) @ layer["kernel"] + layer["bias"]
+        return loss_of_logits(h, y)
+
+    def split(params, x):
+        p = params["params"]
+        xf = x.reshape(x.shape[0], -1)
+        return xf, xf @ p[first]["kernel"] + p[first]["bias"], {
+            k: v for k, v in p.items() if k != first}
+
+    def reference(params_b, x, y):
+        _, z_b, rest_b = split(params_b, x)
+        g_rest_b, delta_b = jax.grad(tail, argnums=(0, 1))(rest_b, z_b, y)
+        return delta_b, g_rest_b
+
+    def pair(params_a, ref, x, y):
+        delta_b, g_rest_b = ref
+        xf, z_a, rest_a = split(params_a, x)
+        loss_a, (g_rest_a, delta_a) = jax.value_and_grad(tail, argnums=(0, 1))(rest_a, z_a, y)
+        grad_a = {"params": {**g_rest_a,
+                             first: {"kernel": xf.T @ delta_a, "bias": jnp.sum(delta_a, 0)}}}
+        diff = delta_a - delta_b
+        kernel_sq = jnp.maximum(jnp.sum((xf @ xf.T) * (diff @ diff.T)), 0.0)
+        rest_sq = sum(jnp.sum(jnp.square(u - v)) for u, v in
+                      zip(jax.tree.leaves(g_rest_a), jax.tree.leaves(g_rest_b), strict=True))
+        return loss_a, grad_a, kernel_sq + jnp.sum(jnp.square(jnp.sum(diff, 0))) + rest_sq
+
+    return reference, pair
 
 class Conv1D(nn.Module):
     """1-D convolution ([B, L, C] -> [B, ceil(L / strides), features]) computed as a matmul.

@@ -40,6 +40,7 @@ from jax import Array
 
 from jaxasync import delays as dl
 from jaxasync.algorithms import AlgorithmSpec
+from jaxasync.workloads import gradient_pair
 from jaxasync.transforms import (
     algorithm_metrics,
     communication,
@@ -277,6 +278,8 @@ class Simulator:
         if "num_workers" in spec.parameters():
             self.static_hparams.setdefault("num_workers", m)
         self.needs = spec.needs
+        # per-worker last-upload iterates are kept for the gradient at them (or its distance)
+        self._needs_ref = bool(self.needs & {"ref_grads", "ref_grad_dist"})
 
     # -- building blocks -----------------------------------------------------------------
 
@@ -313,7 +316,7 @@ class Simulator:
         else:
             finish = jnp.zeros((m,), jnp.float32)
         ref = (jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape).copy(), params)
-               if "ref_grads" in self.needs else ())
+               if self._needs_ref else ())
         d = cfg.ring_size
         counts = SimCounts(
             iterations=jnp.zeros((), jnp.int32), grads=jnp.zeros((), jnp.int32),
@@ -392,18 +395,29 @@ class Simulator:
         w = ids.shape[0]
         live = tau < d                      # staler than the ring holds: dropped
         lag = jnp.minimum(tau, d - 1)
-        loss_grad = jax.value_and_grad(self.workload.loss)
-
-        if self.spec.synchronous:
-            params_w = None
-            loss_w, grads_w = self._vmap(loss_grad, (None, 0, 0))(
-                state.params, *self._batches(data, ids, k_batch, state))
-        else:
-            params_w = ring_read(state.ring, lag)
-            x, y = self._batches(data, ids, k_batch, state)
-            loss_w, grads_w = self._vmap(loss_grad)(params_w, x, y)
-
+        x, y = self._batches(data, ids, k_batch, state)
+        # synchronous rows are all at the current iterate (one params, unbatched)
+        params_w = None if self.spec.synchronous else ring_read(state.ring, lag)
+        base, axis = (state.params, None) if params_w is None else (params_w, 0)
         extra = dict(staleness=tau, mask=live, worker_ids=ids, key=k_tx)
+        if self._needs_ref:
+            # each row's worker's last-upload iterate; synchronous rows are the workers
+            # 0..M-1 in order: no gather of [M, ...] needed
+            ref_w = (state.ref_params if self.spec.synchronous
+                     else jax.tree.map(lambda r: r[ids], state.ref_params))
+        if "ref_grad_dist" in self.needs:
+            # the gradient and its distance to the one at ref_w on the same minibatch (the
+            # workload's exact fast form where it has one)
+            reference, pair = gradient_pair(self.workload)
+            loss_w, grads_w, extra["ref_grad_dist"] = self._vmap(pair, (axis, 0, 0, 0))(
+                base, self._vmap(reference)(ref_w, x, y), x, y)
+        else:
+            loss_w, grads_w = self._vmap(jax.value_and_grad(self.workload.loss),
+                                         (axis, 0, 0))(base, x, y)
+        if "ref_grads" in self.needs:
+            extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x, y)
+        n_ref = w if self._needs_ref else 0
+
         if "drift_norm" in self.needs or "drift" in self.needs:
             if params_w is None:
                 drift = jax.tree.map(lambda p: jnp.zeros((w,) + p.shape, p.dtype), state.params)
@@ -416,15 +430,6 @@ class Simulator:
                     jnp.sum(jnp.square(v.reshape(w, -1)), axis=1) for v in jax.tree.leaves(drift)))
         if "update_norms" in self.needs:
             extra["update_norms"] = state.norms[(state.ring.head - jnp.arange(d)) % d]
-        n_ref = 0
-        if "ref_grads" in self.needs:
-            # synchronous rows are the workers 0..M-1 in order: no gather of [M, ...] needed
-            ref_w = (state.ref_params if self.spec.synchronous
-                     else jax.tree.map(lambda r: r[ids], state.ref_params))
-            x_ref, y_ref = self._batches(data, ids, k_batch, state)   # the same minibatch
-            extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x_ref, y_ref)
-            n_ref = w
-
         updates, opt_state = tx.update(grads_w, state.opt_state, state.params, **extra)
         rows = last_decisions(opt_state)
         # A step that applies nothing (all rejected or dropped) makes no new version, so
@@ -453,12 +458,12 @@ class Simulator:
             worker_version = worker_version.at[ids].set(version)
 
         ref_params = state.ref_params
-        if "ref_grads" in self.needs and self.spec.synchronous:
+        if self._needs_ref and self.spec.synchronous:
             # in place, one elementwise pass (a gather + scatter would cost three)
             ref_params = jax.tree.map(
                 lambda r, p: jnp.where(rows.uploaded.reshape((w,) + (1,) * p.ndim), p[None], r),
                 state.ref_params, state.params)
-        elif "ref_grads" in self.needs:
+        elif self._needs_ref:
             base_w = params_w if params_w is not None else jax.tree.map(
                 lambda p: jnp.broadcast_to(p, (w,) + p.shape), state.params)
             ref_params = jax.tree.map(

@@ -27,6 +27,7 @@ name           shape                   meaning
 ``drift``      pytree [W, ...]         x_t - x_{t-tau} (DC-ASGD)
 ``update_norms`` float32[D]            ||x_{t-j} - x_{t-j-1}||, j = 0..D-1 (newest first)
 ``ref_grads``  pytree [W, ...]         gradient at the worker's last-upload iterate, same minibatch
+``ref_grad_dist`` float32[W]           ||g - ref_grads||^2 per row, without forming ``ref_grads``
 ``key``        PRNG key                randomness for stochastic compressors
 ============== ======================= ===============================================
 

@@ -28,7 +28,7 @@ import optax
 from jaxasync import data as data_lib
 from jaxasync import models
 
-__all__ = ["Target", "Workload", "WORKLOADS", "get_workload", "list_workloads"]
+__all__ = ["Target", "Workload", "WORKLOADS", "get_workload", "gradient_pair", "list_workloads"]
 
 PyTree = Any
 _MODES = ("max", "min")
@@ -82,6 +82,8 @@ class Workload:
         num_classes: number of classes; None for regression.
         augment: (key, x_batch) -> x_batch, on-device training augmentation (CIFAR), or None.
         description: one line for reports.
+        grad_pair: an exact fast form of :func:`gradient_pair` for this model (the MLPs:
+            :func:`jaxasync.models.mlp_grad_pair`), or None for the generic one.
     """
 
     name: str
@@ -95,6 +97,30 @@ class Workload:
     num_classes: int | None = None
     augment: Callable | None = None
     description: str = ""
+    grad_pair: tuple[Callable, Callable] | None = None
+
+
+def gradient_pair(workload: Any) -> tuple[Callable, Callable]:
+    r"""``(reference, pair)``: what the lazy skip test needs from a workload, in two halves.
+
+    ``reference(params_b, x, y) -> ref`` is everything the test needs from the gradient at
+    ``params_b``; ``pair(params_a, ref, x, y) -> (loss_a, grad_a, dist_sq)`` the loss and
+    gradient at ``params_a`` and :math:`\|\nabla L(a) - \nabla L(b)\|^2` on the same
+    minibatch. The workload's exact fast form (its ``grad_pair``, e.g. the MLPs') where it has
+    one; otherwise, for any object with a ``loss``, ``ref`` is the gradient itself.
+    """
+    fast = getattr(workload, "grad_pair", None)
+    if fast is not None:
+        return fast
+    loss = workload.loss
+
+    def pair(params_a, grad_b, x, y):
+        loss_a, grad_a = jax.value_and_grad(loss)(params_a, x, y)
+        dist_sq = sum(jnp.sum(jnp.square(a - b)) for a, b in
+                      zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True))
+        return loss_a, grad_a, dist_sq
+
+    return jax.grad(loss), pair
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,12 +153,15 @@ def _chunked_sums(
     return jax.tree.map(lambda s: jnp.sum(s) / n, sums)
 
 
+def _mean_cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
 def _classifier(module: nn.Module, chunk: int, top5: bool = False) -> tuple[Callable, Callable]:
     """Softmax cross-entropy loss, and an evaluate reporting loss, accuracy (and top-5)."""
 
     def loss(params, x, y):
-        logits = module.apply(params, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return _mean_cross_entropy(module.apply(params, x), y)
 
     def per_example(params, x, y):
         logits = module.apply(params, x).astype(jnp.float32)
@@ -320,6 +349,8 @@ def _classification_workload(
         num_classes=num_classes,
         augment=augment,
         description=description,
+        grad_pair=(models.mlp_grad_pair(module, _mean_cross_entropy)
+                   if isinstance(module, models.MLP) else None),
     )
 
 

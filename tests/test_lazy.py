@@ -387,7 +387,7 @@ def test_lazy_rejects_wrong_row_count_and_missing_extra_args():
         jax.eval_shape(tx.update, g2, s, p, ref_grads=g2, update_norms=norms)
     with pytest.raises(ValueError, match="update_norms"):
         jax.eval_shape(tx.update, g3, s, p, ref_grads=g3)
-    with pytest.raises(ValueError, match="ref_grads"):
+    with pytest.raises(ValueError, match="ref_grad_dist"):
         jax.eval_shape(tx.update, g3, s, p, update_norms=norms)
     with pytest.raises(ValueError, match="smoothness"):
         ja.lag(0.1, 3, variant="ps")
@@ -396,7 +396,7 @@ def test_lazy_rejects_wrong_row_count_and_missing_extra_args():
 def test_registry_declares_what_the_simulator_supplies():
     for name in ("sasg", "lasg", "lag_wk"):
         spec = ja.get_algorithm(name)
-        assert spec.needs == {"ref_grads", "update_norms"} and spec.synchronous
+        assert spec.needs == {"ref_grad_dist", "update_norms"} and spec.synchronous
     assert ja.get_algorithm("lag_ps").needs == {"update_norms"}
     for name in ("topk_ef", "sgd_sum"):
         assert ja.get_algorithm(name).needs == frozenset() and ja.get_algorithm(name).synchronous
