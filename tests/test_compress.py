@@ -108,13 +108,22 @@ def test_small_layers_match_lax_top_k_set(size, density, seed):
     np.testing.assert_array_equal(np.asarray(out["x"]), np.asarray(lax_reference(x, k)))
 
 
+@jax.jit
+def _first_round_overflows(v):
+    """Whether the first sample bracket's selected bucket holds more entries than its slots."""
+    plan = C._plan(BIG_D, BIG_K)
+    bits = C._abs_bits(v)
+    padded = jnp.pad(bits, (0, 4 * plan.words - BIG_D), constant_values=-1).reshape(4, plan.words)
+    return C._select_in_bracket(bits, padded, BIG_K, plan, *C._sample_bracket(bits, plan))[4]
+
+
 def test_fast_path_matches_lax_top_k_on_random_data():
     cluster = jax.random.uniform(jax.random.key(15), (1, BIG_D)) < 3e-3
     xs = jnp.concatenate([
         jax.random.normal(jax.random.key(10), (1, BIG_D)),
-        # a cluster of far outliers (0.3% of entries, 100x): the first bracket's bucket
+        # a cluster of far outliers (0.3% of entries, 1e4 x): the first bracket's bucket
         # overflows and the second round on the refined bracket resolves it
-        jax.random.normal(jax.random.key(16), (1, BIG_D)) * jnp.where(cluster, 100.0, 1.0),
+        jax.random.normal(jax.random.key(16), (1, BIG_D)) * jnp.where(cluster, 1e4, 1.0),
         jax.random.laplace(jax.random.key(11), (1, BIG_D)) * 1e-3,          # heavy tails, small
         jax.random.cauchy(jax.random.key(12), (1, BIG_D)),                  # outliers
         # gradient-like: most entries exactly zero (dead inputs), a dense rest
@@ -126,6 +135,8 @@ def test_fast_path_matches_lax_top_k_on_random_data():
     assert np.all(np.count_nonzero(np.asarray(out), axis=1) == BIG_K)
     # These inputs are what the fast path is for: none of them needed the fallback.
     assert bool(ok.all())
+    # ... and the outlier cluster did take the second round (its first bucket overflowed)
+    assert bool(_first_round_overflows(xs[1])) and not bool(_first_round_overflows(xs[0]))
     # vmap over rows equals one row at a time
     single = jax.jit(lambda v: C.top_k_select(v, BIG_K))
     for w in (0, 3):
