@@ -105,16 +105,17 @@ def test_lazy_upload_takes_the_distance_or_the_gradients_alike():
         np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("algorithm", ["sasg", "lasg"])
-def test_simulated_lazy_runs_take_the_same_decisions_with_either_form(algorithm):
-    """The simulator's fast path (MLP) against the generic one: same skips, same iterates."""
+def test_simulated_sasg_takes_the_same_decisions_with_either_form():
+    """The simulator's fast path (MLP) against the generic one: same skips, same iterates
+    (SASG: the skip test and top-k with error feedback, which amplifies any difference)."""
+    algorithm = "sasg"
     wl = get_workload("digits_mlp")
     index, size = partition(np.asarray(wl.data.y_train), 4, "iid")
     data = sim.put_data(wl, index, size)
     cfg = sim.SimConfig(num_workers=4, batch_size=8, ring_size=6, steps=40, eval_every=40,
                         delay=dl.DelayConfig(kind="none"))
     hp = {"learning_rate": jnp.float32(0.05)}
-    static = {"history": 5} | ({"density": 0.1} if algorithm == "sasg" else {})
+    static = {"history": 5, "density": 0.1}
     out = []
     for w in (wl, dataclasses.replace(wl, grad_pair=None)):
         s = sim.Simulator(ja.get_algorithm(algorithm), static, w, cfg)
