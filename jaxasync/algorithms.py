@@ -14,8 +14,8 @@ anyone's training loop::
 The registry (:data:`ALGORITHMS`) tells the simulator what each algorithm needs beyond
 the cheap side information (``needs``: ``drift_norm``, ``drift``, ``ref_grads``,
 ``ref_grad_dist``, ``update_norms``), how many arrivals a server step waits for by default,
-and whether it runs synchronous rounds. Adding an algorithm never needs a change in the simulator:
-decorate its factory with :func:`register`.
+and whether it runs synchronous rounds. Adding an algorithm never needs a change in the
+simulator: decorate its factory with :func:`register`.
 """
 
 from __future__ import annotations
