@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxasync.transforms import tree_sq_dist
+
 __all__ = ["MLP", "CNN1D", "Conv1D", "ResNet18", "BasicBlock", "Linear", "count_params",
            "mlp_grad_pair"]
 
@@ -109,9 +111,8 @@ def mlp_grad_pair(module: MLP, loss_of_logits: Callable[[jax.Array, jax.Array], 
                              first: {"kernel": xf.T @ delta_a, "bias": jnp.sum(delta_a, 0)}}}
         diff = delta_a - delta_b
         kernel_sq = jnp.maximum(jnp.sum((xf @ xf.T) * (diff @ diff.T)), 0.0)
-        rest_sq = sum(jnp.sum(jnp.square(u - v)) for u, v in
-                      zip(jax.tree.leaves(g_rest_a), jax.tree.leaves(g_rest_b), strict=True))
-        return loss_a, grad_a, kernel_sq + jnp.sum(jnp.square(jnp.sum(diff, 0))) + rest_sq
+        return loss_a, grad_a, (kernel_sq + jnp.sum(jnp.square(jnp.sum(diff, 0)))
+                                + tree_sq_dist(g_rest_a, g_rest_b))
 
     return reference, pair
 

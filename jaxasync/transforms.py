@@ -126,6 +126,12 @@ def row_norms(grads_w: PyTree) -> Array:
     return jnp.sqrt(sq)
 
 
+def tree_sq_dist(a: PyTree, b: PyTree) -> Array:
+    r""":math:`\|a - b\|^2` over all leaves of two pytrees of the same structure (a scalar)."""
+    return sum(jnp.sum(jnp.square(u - v))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def _bcast(v: Array, leaf: Array) -> Array:
     """Reshapes a ``[W]`` vector to broadcast against a ``[W, ...]`` leaf."""
     return v.reshape(v.shape + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)

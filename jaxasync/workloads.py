@@ -27,6 +27,7 @@ import optax
 
 from jaxasync import data as data_lib
 from jaxasync import models
+from jaxasync.transforms import tree_sq_dist
 
 __all__ = ["Target", "Workload", "WORKLOADS", "get_workload", "gradient_pair", "list_workloads"]
 
@@ -116,9 +117,7 @@ def gradient_pair(workload: Any) -> tuple[Callable, Callable]:
 
     def pair(params_a, grad_b, x, y):
         loss_a, grad_a = jax.value_and_grad(loss)(params_a, x, y)
-        dist_sq = sum(jnp.sum(jnp.square(a - b)) for a, b in
-                      zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True))
-        return loss_a, grad_a, dist_sq
+        return loss_a, grad_a, tree_sq_dist(grad_a, grad_b)
 
     return jax.grad(loss), pair
 
