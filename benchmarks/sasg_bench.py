@@ -167,7 +167,7 @@ def speed(args) -> None:
     # memory) in the warmed-up run: error feedback piles up entries just below the cut
     state = next(iter(runs.values()))[1]["s"]
     ls = lazy.lazy_state(state.opt_state)
-    v_w = jax.tree.map(jnp.add, ls.error, ls.messages)
+    v_w = jax.tree.map(jnp.add, *ls.stored())
     calls = {f"sasg[{m}]": runs[m][0] for m in methods}
     family = [a for a in args.family.split(",") if a]
     for alg in family:

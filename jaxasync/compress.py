@@ -14,7 +14,11 @@ factories that take plain numbers::
     comp = top_k(0.01)                       # per-layer top-1%, exact
     msg, bits = jax.vmap(comp)(grads_w, jax.random.split(key, num_workers))
 
-Error feedback is a pure step, :func:`ef_step`, that wraps any compressor.
+Error feedback is a pure step, :func:`ef_step`, that wraps any compressor. Top-k is a
+:class:`MaskCompressor`: its message keeps entries of the input unchanged, chosen by a
+selection of two integers per leaf, so error feedback can store the compressed vector and
+the selection instead of a dense message and a dense residual (one array less to read and
+write per worker and step; see :func:`apply_selection`).
 
 Exact top-k is the hot path of SASG and Sparse (10 workers x 401,408 entries per step on a
 2-core CPU), where ``jax.lax.top_k`` costs several milliseconds per vector. :func:`top_k`
@@ -39,8 +43,9 @@ PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
 
 __all__ = [
-    "COMPRESSORS", "Compressor", "ef_step", "identity", "make_compressor", "qsgd", "random_k",
-    "sign_scale", "top_k", "top_k_count", "top_k_select", "with_error_feedback",
+    "COMPRESSORS", "Compressor", "MaskCompressor", "apply_selection", "ef_step", "identity",
+    "make_compressor", "qsgd", "random_k", "selection_dtype", "sign_scale", "split_selection",
+    "top_k", "top_k_count", "top_k_select", "top_k_threshold", "with_error_feedback",
 ]
 
 _I32_MAX = int(np.iinfo(np.int32).max)
@@ -81,6 +86,92 @@ def top_k_count(density: float, size: int) -> int:
 
 def _leaf_bits_f32(value: float) -> Array:
     return jnp.asarray(value, jnp.float32)
+
+
+# ============================================================================= mask form
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskCompressor:
+    r"""A compressor that sends some entries of its input unchanged and zeroes the rest.
+
+    Top-k in every variant is one: the message is :math:`x \odot \mathbb 1[\text{kept}]`,
+    and which entries are kept is a *selection*, two integers per leaf, so
+
+    .. math:: C(x) = x \odot \mathrm{mask}(x, s), \qquad
+              x - C(x) = x \odot (1 - \mathrm{mask}(x, s)),
+
+    with :math:`s` = ``select(x, key)``. Calling it is a plain compressor,
+    ``(tree, key) -> (message, bits)``. The split lets error feedback store, per worker,
+    only the vector it last compressed and the selection (:func:`apply_selection` rebuilds both the
+    message and the residual from them, elementwise), instead of a dense message *and* a
+    dense residual: :func:`jaxasync.lazy.lazy_upload` and :func:`jaxasync.transforms.compress`
+    do so when the compressor is a ``MaskCompressor``.
+
+    A leaf's selection is an integer ``[2]`` array ``(v, cut)``: keep entry :math:`i` iff
+    :math:`b_i > v`, or :math:`b_i = v` and :math:`i \le` ``cut``, where :math:`b_i` is the
+    bit pattern of :math:`|x_i|` as an integer (float32 as int32, float64 as int64: order-
+    preserving for non-negative floats) and :math:`i` the flat position in the leaf.
+
+    Attributes:
+      select: ``(tree, key) -> (selection, bits)``, pure and vmappable; ``selection`` has
+        ``tree``'s structure with an integer ``[2]`` array per leaf.
+    """
+
+    select: Callable[[PyTree, Array], tuple[PyTree, Array]]
+
+    def __call__(self, tree: PyTree, key: Array) -> tuple[PyTree, Array]:
+        selection, bits = self.select(tree, key)
+        return apply_selection(tree, selection)[0], bits
+
+
+def selection_dtype(leaf: Array):
+    """The integer type of a leaf's selection: int32 (int64 for a float64 leaf)."""
+    return jnp.int64 if jnp.result_type(leaf) == jnp.float64 else jnp.int32
+
+
+def _sel_bits(x: Array, dtype) -> Array:
+    """The order key of |x| in the integer type of a selection (int32: float32 bits)."""
+    if jnp.dtype(dtype) == jnp.int64:
+        return lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float64)), jnp.int64)
+    return _abs_bits(x)
+
+
+def _flat_position(shape: tuple[int, ...], dtype) -> Array:
+    """Row-major flat position of every entry of an array of ``shape``, in that shape."""
+    pos, stride = jnp.zeros(shape, dtype), 1
+    for axis in reversed(range(len(shape))):
+        pos = pos + lax.broadcasted_iota(dtype, shape, axis) * stride
+        stride *= shape[axis]
+    return pos
+
+
+def _kept(x: Array, sel: Array) -> Array:
+    """The keep mask of one leaf (any shape) under its selection ``(v, cut)``."""
+    # In the leaf's own shape (no flatten): the elementwise pass that updates a stored
+    # vector from itself can then write in place.
+    bits = _sel_bits(x, sel.dtype)
+    pos = _flat_position(jnp.shape(x), sel.dtype)
+    return (bits > sel[0]) | ((bits == sel[0]) & (pos <= sel[1]))
+
+
+def apply_selection(tree: PyTree, selection: PyTree) -> tuple[PyTree, PyTree]:
+    r"""``(message, residual)`` of a :class:`MaskCompressor` selection, elementwise.
+
+    .. math:: m = x \odot \mathrm{mask}(x, s), \qquad r = x \odot (1 - \mathrm{mask}(x, s))
+
+    exactly (no arithmetic: every entry goes to one side, the other gets 0), so
+    :math:`m + r = x` holds bitwise. One worker's tree; vmap over a worker axis.
+    """
+    masks = jax.tree.map(_kept, tree, selection)
+    message = jax.tree.map(lambda x, k: jnp.where(k, x, jnp.zeros_like(x)), tree, masks)
+    residual = jax.tree.map(lambda x, k: jnp.where(k, jnp.zeros_like(x), x), tree, masks)
+    return message, residual
+
+
+def split_selection(selection: Array, start: int) -> Array:
+    """The selection of a piece of a vector that starts at flat position ``start``."""
+    return jnp.stack([selection[0], selection[1] - start])
 
 
 # ============================================================================= identity
@@ -134,6 +225,12 @@ def top_k(
     least 256), keep every nonzero entry with :math:`|x| \ge` that estimate. The number kept
     varies around :math:`k`; ``bits`` counts the entries actually kept, so it is traced.
 
+    ``method="lax"`` keeps the exact set with ``jax.lax.top_k`` itself (slow on CPU; the
+    reference a straightforward port runs).
+
+    The result is a :class:`MaskCompressor`: ``comp.select(tree, key)`` gives the selection
+    (two integers per leaf) that :func:`apply_selection` turns into the message.
+
     Example::
 
         comp = top_k(0.01)                      # SASG: 1% per layer, 64 bits per entry
@@ -142,12 +239,13 @@ def top_k(
     Args:
       density: :math:`h \in (0, 1]`.
       per_layer: one :math:`k_l` per leaf (True) or one :math:`k` over the whole tree.
-      method: ``"exact"`` or ``"approx"``.
+      method: ``"exact"``, ``"approx"`` or ``"lax"``.
       index_bits: bits per index on the wire.
       value_bits: bits per value on the wire.
 
     Returns:
-      ``compressor(tree, key) -> (message, bits)``; the key is used by ``"approx"`` only.
+      a :class:`MaskCompressor`, ``compressor(tree, key) -> (message, bits)``; the key is
+      used by ``"approx"`` only.
 
     References:
       Aji & Heafield, "Sparse communication for distributed gradient descent", EMNLP 2017
@@ -156,42 +254,45 @@ def top_k(
       (arXiv 2112.04088): per-layer top-k, 64 bits per kept entry.
     """
     h = _check_density(density)
-    if method not in ("exact", "approx"):
-        raise ValueError(f"top_k method must be 'exact' or 'approx', got {method!r}")
+    if method not in ("exact", "approx", "lax"):
+        raise ValueError(f"top_k method must be 'exact', 'approx' or 'lax', got {method!r}")
     per_entry = float(_check_bits("value_bits", value_bits) + _check_bits("index_bits", index_bits))
 
-    def compress_vector(flat: Array, key: Array) -> tuple[Array, Array]:
+    def select_vector(flat: Array, key: Array) -> tuple[Array, Array]:
         k = top_k_count(h, flat.size)
         if method == "exact":
-            return top_k_select(flat, k), _leaf_bits_f32(per_entry * k)
-        out, count = _approx_select(flat, k, key)
-        return out, per_entry * count.astype(jnp.float32)
+            return jnp.stack(top_k_threshold(flat, k)), _leaf_bits_f32(per_entry * k)
+        if method == "lax":
+            return jnp.stack(top_k_threshold(flat, k, use_lax=True)), _leaf_bits_f32(
+                per_entry * k)
+        sel, count = _approx_threshold(flat, k, key)
+        return sel, per_entry * count.astype(jnp.float32)
 
-    def compressor(tree: PyTree, key: Array) -> tuple[PyTree, Array]:
+    def select(tree: PyTree, key: Array) -> tuple[PyTree, Array]:
         leaves, treedef = jax.tree.flatten(tree)
         if not leaves:
             return tree, _leaf_bits_f32(0.0)
         if per_layer:
             # Only the sampled threshold uses randomness; exact selection needs no key.
             keys = jax.random.split(key, len(leaves)) if method == "approx" else [key] * len(leaves)
-            outs, bits = [], []
+            sels, bits = [], []
             for leaf, leaf_key in zip(leaves, keys, strict=True):
-                out, b = compress_vector(jnp.ravel(leaf), leaf_key)
-                outs.append(out.reshape(jnp.shape(leaf)))
+                sel, b = select_vector(jnp.ravel(leaf), leaf_key)
+                sels.append(sel)
                 bits.append(b)
-            return treedef.unflatten(outs), sum(bits[1:], bits[0])
+            return treedef.unflatten(sels), sum(bits[1:], bits[0])
         # Global: one selection over the concatenated vector (promoted to a common dtype,
-        # which is exact for the float dtypes a gradient tree mixes), then split back.
+        # which is exact for the float dtypes a gradient tree mixes); each leaf gets the same
+        # threshold and the tie cut shifted to its own flat positions.
         flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
-        out, b = compress_vector(flat, key)
-        pieces, start = [], 0
+        sel, b = select_vector(flat, key)
+        sels, start = [], 0
         for leaf in leaves:
-            n = int(np.prod(jnp.shape(leaf)))
-            pieces.append(out[start:start + n].reshape(jnp.shape(leaf)).astype(leaf.dtype))
-            start += n
-        return treedef.unflatten(pieces), b
+            sels.append(split_selection(sel, start))
+            start += int(np.prod(jnp.shape(leaf)))
+        return treedef.unflatten(sels), b
 
-    return compressor
+    return MaskCompressor(select)
 
 
 # ----------------------------------------------------------------------------- exact selection
@@ -508,29 +609,52 @@ def _fast_threshold(x: Array, k: int, plan: _Plan) -> tuple[Array, Array, Array]
     return v, cut, ok
 
 
-def _keep_threshold(x: Array, v: Array, cut: Array) -> Array:
-    bits = _abs_bits(x)
-    pos = lax.iota(jnp.int32, x.shape[0])
-    keep = (bits > v) | ((bits == v) & (pos <= cut))
-    return jnp.where(keep, x, jnp.zeros_like(x))
-
-
-def _lax_top_k(x: Array, k: int) -> Array:
-    magnitude = jnp.abs(x) if x.dtype == jnp.float64 else jnp.abs(x.astype(jnp.float32))
-    _, idx = lax.top_k(magnitude, k)
-    return jnp.zeros_like(x).at[idx].set(x[idx])
-
-
 def _lax_threshold(x: Array, k: int) -> tuple[Array, Array]:
     """(v, cut) of jax.lax.top_k's choice: its k-th magnitude and its last kept tie position."""
-    bits = _abs_bits(x)
+    bits = _sel_bits(x, jnp.int64 if x.dtype == jnp.float64 else jnp.int32)
     # Only the indices of lax.top_k are used: when its values are used too, XLA's CPU backend
     # lowers it to a full comparator sort (0.8 s for 10 x 401,408) instead of the TopK call.
-    _, idx = lax.top_k(jnp.abs(x.astype(jnp.float32)), k)
+    magnitude = jnp.abs(x) if x.dtype == jnp.float64 else jnp.abs(x.astype(jnp.float32))
+    _, idx = lax.top_k(magnitude, k)
     kept = bits[idx]
     v = jnp.min(kept)
     # lax.top_k breaks ties by the lower index, so the kept ties end at their largest index.
-    cut = jnp.max(jnp.where(kept == v, idx, -1))
+    cut = jnp.max(jnp.where(kept == v, idx, -1)).astype(bits.dtype)
+    return v, cut
+
+
+def top_k_threshold(x: Array, k: int, *, use_lax: bool = False) -> tuple[Array, Array]:
+    r"""The exact top-k of a 1-D array as a :class:`MaskCompressor` selection ``(v, cut)``.
+
+    Keeping :math:`b_i > v` and the ties :math:`b_i = v` at positions :math:`i \le` ``cut``
+    (:math:`b` the order bits of :math:`|x|`) keeps exactly ``min(k, d)`` entries, the set of
+    ``jax.lax.top_k(jnp.abs(x), k)``; :func:`top_k_select` applies it. ``k >= d`` keeps all.
+    Pure, jittable, vmappable; ``k`` static. Integer type: int32 (int64 for float64 input).
+    ``use_lax=True`` finds the same selection with ``jax.lax.top_k`` (slow on CPU: the
+    reference a straightforward port runs).
+    """
+    if x.ndim != 1:
+        raise ValueError(f"top_k_threshold expects a 1-D array, got shape {x.shape}")
+    d = x.shape[0]
+    int_type = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
+    if k >= d:
+        return jnp.asarray(-1, int_type), jnp.asarray(-1, int_type)
+    plan = None if x.dtype == jnp.float64 or use_lax else _plan(d, k)
+    if plan is None:
+        return _lax_threshold(x, k)
+    v, cut, ok = _fast_threshold(x, k, plan)
+
+    # A while loop as a vmappable "if": zero iterations unless some worker's bracket missed,
+    # then one iteration of the slow exact path (lax.cond would run both under vmap). The
+    # body reads x through the loop state (a body of x alone would be hoisted out of the loop
+    # by XLA's invariant code motion and run every time), and the state is three scalars, not
+    # the output, which the loop would copy.
+    def fallback(state):
+        _, _, done = state
+        v_slow, cut_slow = _lax_threshold(jnp.where(done, jnp.zeros_like(x), x), k)
+        return v_slow, cut_slow, v_slow >= 0     # always true, but not a constant (see above)
+
+    v, cut, _ = lax.while_loop(lambda state: ~state[2], fallback, (v, cut, ok))
     return v, cut
 
 
@@ -556,25 +680,9 @@ def top_k_select(x: Array, k: int) -> Array:
     """
     if x.ndim != 1:
         raise ValueError(f"top_k_select expects a 1-D array, got shape {x.shape}")
-    d = x.shape[0]
-    if k >= d:
+    if k >= x.shape[0]:
         return x
-    plan = None if x.dtype == jnp.float64 else _plan(d, k)
-    if plan is None:
-        return _lax_top_k(x, k)
-    v, cut, ok = _fast_threshold(x, k, plan)
-    # A while loop as a vmappable "if": zero iterations unless some worker's bracket missed,
-    # then one iteration of the slow exact path (lax.cond would run both under vmap). The
-    # body reads x through the loop state (a body of x alone would be hoisted out of the loop
-    # by XLA's invariant code motion and run every time), and the state is three scalars, not
-    # the output, which the loop would copy.
-    def fallback(state):
-        _, _, done = state
-        v_slow, cut_slow = _lax_threshold(jnp.where(done, jnp.zeros_like(x), x), k)
-        return v_slow, cut_slow, v_slow >= 0     # always true, but not a constant (see above)
-
-    v, cut, _ = lax.while_loop(lambda state: ~state[2], fallback, (v, cut, ok))
-    return _keep_threshold(x, v, cut)
+    return apply_selection(x, jnp.stack(top_k_threshold(x, k)))[0]
 
 
 # ----------------------------------------------------------------------------- approx (DGC)
@@ -583,8 +691,8 @@ _APPROX_FRACTION = 0.01
 _APPROX_MIN_SAMPLE = 256
 
 
-def _approx_select(x: Array, k: int, key: Array) -> tuple[Array, Array]:
-    """DGC sampled threshold: (kept-entries array, number kept)."""
+def _approx_threshold(x: Array, k: int, key: Array) -> tuple[Array, Array]:
+    """DGC sampled threshold: (selection, number kept)."""
     d = x.shape[0]
     target = min(d, max(_APPROX_MIN_SAMPLE, math.ceil(_APPROX_FRACTION * d)))
     stride = d // target
@@ -596,10 +704,10 @@ def _approx_select(x: Array, k: int, key: Array) -> tuple[Array, Array]:
                                       offset, axis=1, keepdims=False)
     rank = min(sample_size, max(1, round(k * sample_size / d)))
     threshold = _kth_largest(sample, (rank,))[0]
-    # Exact zeros are never worth sending (a mostly-zero layer can estimate threshold 0).
-    keep = (bits >= threshold) & (bits > 0)
-    out = jnp.where(keep, x, jnp.zeros_like(x))
-    return out, _count_true(keep)
+    # Keep |x| >= threshold, but exact zeros never (a mostly-zero layer can estimate
+    # threshold 0): bits > max(threshold, 1) - 1, no ties.
+    v = jnp.maximum(threshold, 1) - 1
+    return jnp.stack([v, jnp.int32(-1)]), _count_true(bits > v)
 
 
 def _count_true(mask: Array) -> Array:

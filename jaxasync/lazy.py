@@ -102,6 +102,9 @@ from jaxasync import rules
 from jaxasync.algorithms import register, required_workers
 from jaxasync.transforms import aggregate, as_rows, compress, dense_bits, find_states
 
+# the module, not the ``jaxasync.compress`` transform that the package exports
+compress_lib = importlib.import_module("jaxasync.compress")
+
 PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
 
@@ -168,8 +171,15 @@ class LazyState(NamedTuple):
 
     Attributes:
       messages: pytree ``[M, ...]``, :math:`\\hat g_m`, each worker's last uploaded
-        message (step size folded in), summed by the server every round.
-      error: pytree ``[M, ...]``, the error-feedback memories :math:`e_m` (``()`` without).
+        message (step size folded in), summed by the server every round; ``()`` where
+        ``sent`` holds them.
+      error: pytree ``[M, ...]``, the error-feedback memories :math:`e_m` (``()`` without,
+        or where ``sent`` holds them).
+      sent: with error feedback and a :class:`jaxasync.compress.MaskCompressor` (top-k):
+        pytree ``[M, ...]``, the vector :math:`v` each worker compressed at its last upload;
+        the message and the memory are its kept and dropped entries, :math:`\\hat g_m + e_m
+        = v` (``()`` otherwise). Read both with :meth:`stored`.
+      selection: the compressor's selection of ``sent`` (per leaf ``[M, 2]`` integers), or ``()``.
       reference: pytree ``[M, ...]``, :math:`\\hat x_m` for the parameter rule (LAG-PS;
         ``()`` otherwise: the gradient rule gets ``ref_grad_dist`` from the simulator).
       skips: int32[M], :math:`\\tau_m`, consecutive skips (1 right after an upload).
@@ -185,6 +195,15 @@ class LazyState(NamedTuple):
     count: Array
     forced: Array
     tested: Array
+    sent: PyTree = ()
+    selection: PyTree = ()
+
+    def stored(self) -> tuple[PyTree, PyTree]:
+        """``(messages, error)``: the stored messages :math:`\\hat g_m` and the memories
+        :math:`e_m` (``()`` without error feedback), however they are kept."""
+        if isinstance(self.selection, tuple) and not self.selection:
+            return self.messages, self.error
+        return jax.vmap(compress_lib.apply_selection)(self.sent, self.selection)
 
     def metrics(self) -> dict[str, Array]:
         """``forced_uploads`` and ``skip_tests`` (the simulator reports every state's metrics)."""
@@ -266,6 +285,9 @@ def lazy_upload(
     if error_feedback and compressor is None:
         raise ValueError("lazy_upload(error_feedback=True) needs a compressor")
     m = num_workers
+    # top-k with error feedback: store the compressed vector and its selection, not a dense
+    # message and a dense memory (LazyState.sent)
+    masked = error_feedback and isinstance(compressor, compress_lib.MaskCompressor)
 
     def stack(params):
         return jax.tree.map(lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params)
@@ -273,11 +295,15 @@ def lazy_upload(
     def init_fn(params):
         z = jnp.zeros((), jnp.int32)
         return LazyState(
-            messages=stack(params),
-            error=stack(params) if error_feedback else (),
+            messages=() if masked else stack(params),
+            error=stack(params) if error_feedback and not masked else (),
             reference=(jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + jnp.shape(p)), params)
                        if rule == "parameter" else ()),
             skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
+            sent=stack(params) if masked else (),
+            selection=(jax.tree.map(
+                lambda p: jnp.zeros((m, 2), compress_lib.selection_dtype(p)), params)
+                if masked else ()),
         )
 
     def update_fn(updates, state, params=None, *, mask=None, ref_grads=None, ref_grad_dist=None,
@@ -320,11 +346,26 @@ def lazy_upload(
         forced = live & ~warm & ~(diff_sq > thr) & (state.skips > max_skips)
         skips = jnp.where(warm | ~live, state.skips, jnp.where(upload, 1, state.skips + 1))
 
+        sent, selection = state.sent, state.selection
         if compressor is None:
             scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
             bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
             messages = _select_rows(upload, scaled, state.messages)
             error = state.error
+        elif masked:
+            # v = alpha g + e with e the dropped entries of the last sent vector; an upload
+            # stores v and its selection, the message and the new memory are its kept and
+            # dropped entries. (Selected on the stored vector, which is v for the rows that
+            # upload: one pass writes it, the selection and the server read it.)
+            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
+            _, error = jax.vmap(compress_lib.apply_selection)(state.sent, state.selection)
+            sent = _select_rows(upload, jax.tree.map(jnp.add, scaled, error), state.sent)
+            keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
+            fresh, bits = jax.vmap(compressor.select)(sent, keys)
+            bits = jnp.asarray(bits, jnp.float32)
+            selection = _select_rows(upload, fresh, state.selection)
+            messages, _ = jax.vmap(compress_lib.apply_selection)(sent, selection)
+            error = ()
         else:
             # Every row is compressed, skipped ones too, and their results discarded: the
             # runner vmaps members, which turns any per-row branch into the same select.
@@ -342,9 +383,10 @@ def lazy_upload(
             reference = _select_rows(upload, x_w, state.reference)
         count_i = lambda b: jnp.sum(b.astype(jnp.int32))
         new_state = LazyState(
-            messages=messages, error=error, reference=reference, skips=skips,
+            messages=() if masked else messages, error=error, reference=reference, skips=skips,
             count=state.count + 1, forced=state.forced + count_i(forced),
-            tested=state.tested + jnp.where(warm, 0, count_i(live)),
+            tested=state.tested + jnp.where(warm, 0, count_i(live)), sent=sent,
+            selection=selection,
         )
         out = rows._replace(
             grads=messages, uploaded=upload, skipped=rows.skipped | skipped,
@@ -431,33 +473,7 @@ def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "e
     if method not in TOPK_METHODS:
         raise ValueError(f"topk_method={method!r}: unknown; choose one of "
                          f"{', '.join(TOPK_METHODS)}")
-    # the module, not the ``jaxasync.compress`` transform that the package exports
-    compress_lib = importlib.import_module("jaxasync.compress")
-    if method != "lax":
-        return compress_lib.top_k(density, per_layer=per_layer, method=method)
-
-    def select(flat: Array) -> tuple[Array, int]:
-        k = compress_lib.top_k_count(density, flat.size)
-        if k >= flat.size:
-            return flat, k
-        _, idx = jax.lax.top_k(jnp.abs(flat), k)
-        return jnp.zeros_like(flat).at[idx].set(flat[idx]), k
-
-    def compressor(tree: PyTree, key: Array) -> tuple[PyTree, Array]:
-        del key
-        leaves, treedef = jax.tree.flatten(tree)
-        if per_layer:
-            out = [select(leaf.reshape(-1)) for leaf in leaves]
-            msgs = [o.reshape(leaf.shape) for (o, _), leaf in zip(out, leaves, strict=True)]
-            return treedef.unflatten(msgs), jnp.float32(64 * sum(k for _, k in out))
-        flat, k = select(jnp.concatenate([leaf.reshape(-1) for leaf in leaves]))
-        msgs, start = [], 0
-        for leaf in leaves:
-            msgs.append(flat[start:start + leaf.size].reshape(leaf.shape))
-            start += leaf.size
-        return treedef.unflatten(msgs), jnp.float32(64 * k)
-
-    return compressor
+    return compress_lib.top_k(density, per_layer=per_layer, method=method)
 
 
 # ----------------------------------------------------------------------------- the algorithms

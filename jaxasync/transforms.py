@@ -36,6 +36,7 @@ Transforms ignore the extra args they do not use (``optax.chain`` filters them).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -343,9 +344,29 @@ def accept_if(
 
 
 class CompressState(NamedTuple):
-    """Error-feedback memory: one residual per worker, ``[M, ...]`` (or ``()`` without EF)."""
+    """Error-feedback memory, one per worker (``[M, ...]``; ``()`` without error feedback).
+
+    Attributes:
+      error: the residuals :math:`e_w`; ``()`` where ``sent`` holds them.
+      sent: with a :class:`jaxasync.compress.MaskCompressor` (top-k): the vector
+        :math:`v` each worker last compressed; its residual is the dropped entries.
+      selection: the compressor's selection of ``sent`` (per leaf ``[M, 2]`` integers).
+    """
 
     error: PyTree
+    sent: PyTree = ()
+    selection: PyTree = ()
+
+    def memory(self) -> PyTree:
+        """The residuals :math:`e_w` (``[M, ...]``), however they are kept."""
+        if isinstance(self.selection, tuple) and not self.selection:
+            return self.error
+        return jax.vmap(_compress_lib().apply_selection)(self.sent, self.selection)[1]
+
+
+def _compress_lib():
+    # the module, not the ``compress`` transform below
+    return importlib.import_module("jaxasync.compress")
 
 
 def compress(
@@ -373,42 +394,63 @@ def compress(
     Extra args: ``key`` (PRNG key, optional), ``worker_ids`` (int32[W], optional).
     """
 
+    # top-k: keep the compressed vector and its selection, not a dense residual (the
+    # message is rebuilt from them, so one array less is read and written per step)
+    masked = error_feedback and isinstance(compressor, _compress_lib().MaskCompressor)
+
     def init_fn(params):
         if not error_feedback:
             return CompressState(error=())
         if num_workers is None:
             raise ValueError("compress(error_feedback=True) needs num_workers")
-        return CompressState(
-            error=jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
-        )
+        zeros = jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
+        if masked:
+            return CompressState(error=(), sent=zeros, selection=jax.tree.map(
+                lambda p: jnp.zeros((num_workers, 2), _compress_lib().selection_dtype(p)), params))
+        return CompressState(error=zeros)
 
     def update_fn(updates, state, params=None, *, mask=None, key=None, worker_ids=None, **extra):
         del params, extra
         rows = as_rows(updates, mask)
         w = rows.scale.shape[0]
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, w)
-        ids = jnp.arange(w) if worker_ids is None else worker_ids
         if error_feedback and worker_ids is None and w > num_workers:
             # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped on
             # read and lost on write, silently
             raise ValueError(f"compress: {w} rows without worker_ids, but error memories for "
                              f"num_workers={num_workers}; give num_workers >= {w}")
-        if error_feedback:
-            err_w = jax.tree.map(lambda e: e[ids], state.error)
-            v = jax.tree.map(jnp.add, err_w, rows.grads)
-        else:
-            v = rows.grads
-        msg, bits = jax.vmap(compressor)(v, keys)
+        ids = jnp.arange(w) if worker_ids is None else worker_ids
+        every = worker_ids is None and error_feedback and w == num_workers
+        # the rows' memories (all of them, in order, without a gather where rows = workers)
+        take = (lambda t: t) if every else (lambda t: jax.tree.map(lambda e: e[ids], t))
+        put = ((lambda t, new: new) if every else
+               (lambda t, new: jax.tree.map(lambda e, n: e.at[ids].set(n), t, new)))
         live = rows.uploaded
-        msg = jax.tree.map(lambda m, g: jnp.where(_bcast(live, m) > 0, m, g), msg, rows.grads)
+        keep = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(_bcast(live, n) > 0, n, o), new, old)
         new_state = state
-        if error_feedback:
-            # The residual changes only for rows that actually sent a message.
-            new_err_w = jax.tree.map(lambda vv, m, e: jnp.where(_bcast(live, vv) > 0, vv - m, e),
-                                     v, msg, err_w)
-            new_state = CompressState(
-                error=jax.tree.map(lambda e, ne: e.at[ids].set(ne), state.error, new_err_w)
-            )
+        if masked:
+            lib = _compress_lib()
+            sent_w, sel_w = take(state.sent), take(state.selection)
+            v = jax.tree.map(jnp.add, jax.vmap(lib.apply_selection)(sent_w, sel_w)[1],
+                             rows.grads)
+            fresh, bits = jax.vmap(compressor.select)(v, keys)
+            msg = jax.vmap(lib.apply_selection)(v, fresh)[0]
+            # The memory changes only for rows that actually sent a message.
+            new_state = CompressState(error=(), sent=put(state.sent, keep(v, sent_w)),
+                                      selection=put(state.selection, keep(fresh, sel_w)))
+        else:
+            if error_feedback:
+                err_w = take(state.error)
+                v = jax.tree.map(jnp.add, err_w, rows.grads)
+            else:
+                v = rows.grads
+            msg, bits = jax.vmap(compressor)(v, keys)
+            if error_feedback:
+                # The residual changes only for rows that actually sent a message.
+                new_state = CompressState(error=put(state.error, keep(
+                    jax.tree.map(jnp.subtract, v, msg), err_w)))
+        msg = keep(msg, rows.grads)
         bits_up = jnp.where(live, rows.bits_up - _dense_row_bits(rows) + bits, rows.bits_up)
         return rows._replace(grads=msg, bits_up=bits_up.astype(jnp.float32)), new_state
 

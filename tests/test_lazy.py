@@ -76,8 +76,9 @@ def test_topk_ef_at_density_one_equals_sgd_and_keeps_no_residual():
     t1, s1 = _drive(ja.topk_ef(learning_rate=0.05, num_workers=M, density=1.0), 10)
     t2, _ = _drive(ja.sgd_sum(learning_rate=0.05), 10)
     _assert_same(t1, t2, exact=True)
-    err = s1[1].error
-    assert all(float(jnp.max(jnp.abs(e))) == 0.0 for e in jax.tree.leaves(err))
+    err = s1[1].memory()
+    assert jax.tree.leaves(err) and all(float(jnp.max(jnp.abs(e))) == 0.0
+                                        for e in jax.tree.leaves(err))
 
 
 def test_lasg_that_never_skips_equals_sgd():
@@ -186,22 +187,21 @@ def test_error_feedback_conserves_mass_and_changes_only_on_upload():
         g = _grads(t)
         bump = 1.0 + 0.3 * (t % 3 == 0)                  # a changed gradient: upload
         ref = jax.tree.map(lambda x, b=bump: x * b, g)
-        err_before = lazy.lazy_state(s).error
+        err_before = lazy.lazy_state(s).stored()[1]
         _, s = update(g, s, p, ref_grads=ref, update_norms=jnp.full(8, 0.5))
         rows = ja.last_decisions(s)
         up = np.asarray(rows.uploaded)
-        ls = lazy.lazy_state(s)
-        msg = ls.messages
+        msg, err = lazy.lazy_state(s).stored()
         for name in ("a", "b"):
             upb = up.reshape((M,) + (1,) * (g[name].ndim - 1))
             sent[name] = sent[name] + jnp.where(upb, msg[name], 0.0)
             inputs[name] = inputs[name] + jnp.where(upb, 0.1 * g[name], 0.0)
             # skipped workers keep their memory
-            np.testing.assert_array_equal(np.asarray(ls.error[name])[~up],
+            np.testing.assert_array_equal(np.asarray(err[name])[~up],
                                           np.asarray(err_before[name])[~up])
     assert 0 < int(ja.communication(s)["skips"]) < 15 * M
     for name in ("a", "b"):
-        np.testing.assert_allclose(sent[name] + ls.error[name], inputs[name], rtol=1e-5,
+        np.testing.assert_allclose(sent[name] + err[name], inputs[name], rtol=1e-5,
                                    atol=1e-6)
 
 
