@@ -74,7 +74,8 @@ NEUTRAL = {
 }
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT = 2  # bumped when what a checkpoint holds changes (2: SimState.data_key, draws)
+FORMAT = 3  # bumped when what a checkpoint holds changes (2: SimState.data_key, draws;
+#            3: top-k error feedback keeps the sent vector and its selection)
 
 
 def config_hash(cfg: Config) -> str:

@@ -487,3 +487,108 @@ def test_the_counters_charge_the_compressors_message_size():
     h = r.history[0][-1]
     assert h["uploads"] == 20 and h["bits_up"] == pytest.approx(20 * float(bits))
     assert float(bits) < 32 * 8
+
+
+# ----------------------------------------------------------------------------- mask form
+
+
+def _tree_for_masks():
+    # a big leaf (fast exact path) with exact zeros and 50 entries tied at its k-th magnitude,
+    # a small leaf (jax.lax.top_k path) and a scalar
+    big = np.array(jax.random.normal(jax.random.key(11), (BIG_D,)))
+    big[:3000] = 0.0
+    kth = np.sort(np.abs(big))[::-1][BIG_K - 1]
+    tied = np.random.default_rng(1).choice(np.arange(3000, BIG_D), 50, replace=False)
+    big[tied] = kth * np.sign(big[tied])
+    small = jax.random.normal(jax.random.key(12), (30, 7))
+    return {"big": jnp.asarray(big.reshape(200, 200)), "small": small, "s": jnp.float32(-2.5)}
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_top_k_selection_splits_each_entry_to_one_side_exactly(per_layer):
+    tree = _tree_for_masks()
+    key = jax.random.key(3)
+    for method in ("exact", "lax", "approx"):
+        comp = C.top_k(0.01, per_layer=per_layer, method=method)
+        assert isinstance(comp, C.MaskCompressor)
+        sel, bits = jax.jit(comp.select)(tree, key)
+        assert jax.tree.structure(sel) == jax.tree.structure(tree)
+        assert all(s.shape == (2,) and s.dtype == jnp.int32 for s in jax.tree.leaves(sel))
+        msg, res = jax.jit(C.apply_selection)(tree, sel)
+        for x, m, r in zip(*(jax.tree.leaves(t) for t in (tree, msg, res)), strict=True):
+            x, m, r = np.asarray(x), np.asarray(m), np.asarray(r)
+            np.testing.assert_array_equal(np.where(m != 0, m, r), x)   # every entry, one side
+            assert not np.any((m != 0) & (r != 0))
+        # calling the compressor is select + apply
+        called, called_bits = jax.jit(comp)(tree, key)
+        jax.tree.map(np.testing.assert_array_equal, called, msg)
+        assert float(called_bits) == float(bits)
+        kept = sum(int(jnp.count_nonzero(m)) for m in jax.tree.leaves(msg))
+        assert float(bits) == 64 * kept
+    # exact and lax keep jax.lax.top_k's set, per layer or over the concatenation
+    flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+    for method in ("exact", "lax"):
+        msg, _ = jax.jit(C.top_k(0.01, per_layer=per_layer, method=method))(tree, key)
+        if per_layer:
+            for x, m in zip(jax.tree.leaves(tree), jax.tree.leaves(msg), strict=True):
+                k = C.top_k_count(0.01, x.size)
+                want = x if k >= x.size else lax_reference(x, k)
+                np.testing.assert_array_equal(m, want)
+        else:
+            got = jnp.concatenate([jnp.ravel(m) for m in jax.tree.leaves(msg)])
+            np.testing.assert_array_equal(got, lax_reference(flat, C.top_k_count(0.01, flat.size)))
+
+
+def test_top_k_threshold_is_the_selection_of_top_k_select():
+    x = _tree_for_masks()["big"].ravel()
+    v, cut = jax.jit(C.top_k_threshold, static_argnums=1)(x, BIG_K)
+    bits = np.asarray(jax.lax.bitcast_convert_type(jnp.abs(x), jnp.int32))
+    pos = np.arange(x.size)
+    keep = (bits > int(v)) | ((bits == int(v)) & (pos <= int(cut)))
+    assert keep.sum() == BIG_K
+    np.testing.assert_array_equal(np.where(keep, x, 0.0), lax_reference(x, BIG_K))
+    # 50 ties at the k-th magnitude: the cut keeps the first of them in flat order
+    assert int(cut) < x.size - 1
+    # k >= d keeps everything
+    v_all, cut_all = C.top_k_threshold(x[:10], 10)
+    assert int(v_all) == -1 and int(cut_all) == -1
+
+
+def test_split_selection_shifts_the_tie_cut_to_each_piece():
+    sel = jnp.asarray([1234, 57], jnp.int32)
+    np.testing.assert_array_equal(C.split_selection(sel, 50), [1234, 7])
+    np.testing.assert_array_equal(C.split_selection(sel, 60), [1234, -3])   # no ties kept
+
+
+def test_mask_form_error_feedback_equals_the_dense_memory_with_arrivals():
+    # the same top-k through compress(): as a MaskCompressor (stores v and its selection) and
+    # wrapped in a plain function (stores a dense residual); 2 of 5 workers arrive per step,
+    # one of them sometimes masked out, so memories must follow the workers that sent
+    import jaxasync as ja
+    from jaxasync.transforms import CompressState, find_states, with_rows
+
+    top = C.top_k(0.2)
+    plain = lambda tree, key: top(tree, key)                  # noqa: E731
+    p = {"a": jnp.zeros((6, 5)), "b": jnp.zeros((9,))}
+    states, outs = {}, {}
+    for name, comp in (("mask", top), ("dense", plain)):
+        tx = ja.compress(comp, error_feedback=True, num_workers=5)
+        s = with_rows(tx.init(p), 2)
+        update = jax.jit(tx.update)
+        outs[name] = []
+        for t in range(12):
+            k = jax.random.key(t)
+            g = {"a": jax.random.normal(k, (2, 6, 5)),
+                 "b": jax.random.normal(jax.random.fold_in(k, 1), (2, 9))}
+            ids = jax.random.choice(jax.random.fold_in(k, 2), 5, (2,), replace=False)
+            mask = jnp.asarray([True, t % 3 != 0])
+            rows, s = update(g, s, p, worker_ids=ids.astype(jnp.int32), mask=mask)
+            outs[name].append(rows)
+        (states[name],) = find_states(s, CompressState)
+    assert states["mask"].error == () and states["dense"].sent == ()
+    for a, b in zip(outs["mask"], outs["dense"], strict=True):
+        jax.tree.map(np.testing.assert_array_equal, a.grads, b.grads)
+        np.testing.assert_array_equal(a.bits_up, b.bits_up)
+    mem = states["mask"].memory()
+    jax.tree.map(np.testing.assert_array_equal, mem, states["dense"].memory())
+    assert sum(int(jnp.count_nonzero(e)) for e in jax.tree.leaves(mem)) > 0

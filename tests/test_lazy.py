@@ -176,6 +176,29 @@ def test_forced_upload_on_the_d_plus_first_consecutive_skip():
     assert int(ja.communication(s)["skips"]) == steps - sum(want)
 
 
+def test_sasg_stored_as_sent_vectors_equals_dense_messages_and_memories():
+    # SASG's top-k is a MaskCompressor: the state keeps each worker's last compressed vector
+    # and its selection. The same compressor wrapped in a plain function takes the dense path
+    # (stored messages + memories); with skips and forced uploads both must agree bitwise.
+    comp = lazy.top_k_compressor(0.1)
+    plain = lambda tree, key: comp(tree, key)                     # noqa: E731
+    norms = lambda t: jnp.full(8, 0.5)
+    ref = lambda t, g: jax.tree.map(lambda x: x * (1.0 + 0.3 * (t % 3 == 0)), g)
+    runs = {}
+    for name, c in (("mask", comp), ("dense", plain)):
+        tx = optax.chain(lazy.lazy_upload(0.1, M, history=2, compressor=c, error_feedback=True),
+                         ja.aggregate("sum"), optax.scale(-1.0))
+        runs[name] = _drive(tx, 15, ref=ref, norms=norms)
+    _assert_same(runs["mask"][0], runs["dense"][0], exact=True)
+    mask_state, dense_state = (lazy.lazy_state(runs[n][1]) for n in ("mask", "dense"))
+    assert mask_state.messages == () and mask_state.error == () and dense_state.sent == ()
+    for a, b in zip(mask_state.stored(), dense_state.stored(), strict=True):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    c = ja.communication(runs["mask"][1])
+    assert 0 < int(c["skips"]) < 15 * M
+    assert float(c["bits_up"]) == float(ja.communication(runs["dense"][1])["bits_up"])
+
+
 def test_error_feedback_conserves_mass_and_changes_only_on_upload():
     tx = ja.sasg(learning_rate=0.1, num_workers=M, density=0.1, history=2)
     p = _params()
