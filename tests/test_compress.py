@@ -508,7 +508,9 @@ def _tree_for_masks():
 def test_top_k_selection_splits_each_entry_to_one_side_exactly(per_layer):
     tree = _tree_for_masks()
     key = jax.random.key(3)
-    for method in ("exact", "lax", "approx"):
+    # (each method compiles the fast path once more: the global case checks the exact one)
+    methods = ("exact", "lax", "approx") if per_layer else ("exact",)
+    for method in methods:
         comp = C.top_k(0.01, per_layer=per_layer, method=method)
         assert isinstance(comp, C.MaskCompressor)
         sel, bits = jax.jit(comp.select)(tree, key)
@@ -527,7 +529,7 @@ def test_top_k_selection_splits_each_entry_to_one_side_exactly(per_layer):
         assert float(bits) == 64 * kept
     # exact and lax keep jax.lax.top_k's set, per layer or over the concatenation
     flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-    for method in ("exact", "lax"):
+    for method in methods[:2]:
         msg, _ = jax.jit(C.top_k(0.01, per_layer=per_layer, method=method))(tree, key)
         if per_layer:
             for x, m in zip(jax.tree.leaves(tree), jax.tree.leaves(msg), strict=True):

@@ -41,8 +41,10 @@ SCRIPT = textwrap.dedent("""
                          "ring_spec": str(getattr(jax.tree.leaves(st.ring.versions)[0].sharding, "spec", None)),
                          "devices": len(st.finish.sharding.device_set),
                          "skips": [int(h[-1].get("skips", -1)) for h in r.history],
-                         "lazy_spec": [str(getattr(x.sharding, "spec", None)) for x in
-                                       jax.tree.leaves(find_states(st.opt_state, LazyState))]})
+                         "lazy_spec": {f: [str(getattr(x.sharding, "spec", None))
+                                           for x in jax.tree.leaves(v)]
+                                       for ls in find_states(st.opt_state, LazyState)
+                                       for f, v in ls._asdict().items()}})
         out[f"{alg}-{k}"] = rows
     print("RESULT" + json.dumps(out))
 """)
@@ -66,7 +68,13 @@ def test_sharded_worker_axis_equals_single_device():
         np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
         assert sharded["skips"] == single["skips"], name
         if name.startswith(("sasg", "lasg")):
-            # messages, error memories, skip counters (seed axis first): split along M
-            assert set(sharded["lazy_spec"][:-3]) == {"P(None, 'workers')"}, sharded["lazy_spec"]
+            # messages, error memories (or the sent vectors and their selections: SASG's top-k),
+            # skip counters (seed axis first): split along M; the scalar counters replicated
+            spec = sharded["lazy_spec"]
+            per_worker = [x for f in ("messages", "error", "sent", "selection", "skips")
+                          for x in spec[f]]
+            assert per_worker and set(per_worker) == {"P(None, 'workers')"}, spec
+            assert {x for f in ("count", "forced", "tested") for x in spec[f]} == {"P()"}, spec
+            assert spec["sent" if name.startswith("sasg") else "messages"], spec
     # the lazy runs did skip (else the test would not cover the stored-message path)
     assert out["sasg-None"][0]["skips"][-1] > 0 and out["lasg-None"][0]["skips"][-1] > 0
