@@ -25,7 +25,10 @@ per second and the split of one iteration into
 
 With ``--formed`` (default), SASG is also timed with the skip test's distance computed from
 two formed gradients (the generic path, what any model without a fast form runs), for the
-ratio. Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
+ratio. With ``--dense-memory`` (default), SASG and Sparse are also timed with the error feedback
+kept as a dense memory and dense stored messages (their top-k wrapped in a plain function, which
+is not a :class:`jaxasync.compress.MaskCompressor`), against the default layout, the vector
+each worker last compressed and its selection. Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
 gradients at x_k and the server sum), LASG (SGD + the skip test: a second gradient per worker
 at its last-upload iterate, the norm of the difference, stored dense messages), Sparse
 (SGD + top-k with error feedback) -- what each ingredient of SASG costs.
@@ -43,6 +46,7 @@ and total uplink bits, next to the paper's MNIST row (TARGETS.md, the authors' l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -88,6 +92,24 @@ FAMILY = {
     "lasg": {"history": HISTORY},
     "sgd_sum": {},
 }
+
+
+@contextlib.contextmanager
+def _plain_top_k():
+    """While building: SASG's and Sparse's top-k as a plain function, so that their error
+    feedback keeps a dense memory (and SASG dense stored messages) instead of the vector last
+    compressed and its selection; the same selection, bitwise the same run."""
+    made = lazy.top_k_compressor
+
+    def plain(*args, **kwargs):
+        comp = made(*args, **kwargs)
+        return lambda tree, key: comp(tree, key)
+
+    lazy.top_k_compressor = plain
+    try:
+        yield
+    finally:
+        lazy.top_k_compressor = made
 
 
 def sasg_run(wl, data, method: str, steps: int, warmup: int, algorithm: str = "sasg"):
@@ -174,6 +196,14 @@ def speed(args) -> None:
     for alg in family:
         calls[f"{alg}[exact]" if alg == "topk_ef" else alg] = sasg_run(
             wl, data, "exact", args.steps, args.warmup, alg)[0]
+    if args.dense_memory:
+        # the same algorithms with a dense error memory and dense stored messages
+        with _plain_top_k():
+            calls["sasg[exact] dense memory"] = sasg_run(wl, data, "exact", args.steps,
+                                                        args.warmup)[0]
+            if "topk_ef" in family:
+                calls["topk_ef[exact] dense memory"] = sasg_run(
+                    wl, data, "exact", args.steps, args.warmup, "topk_ef")[0]
     if args.formed:
         # the skip test's distance from two formed gradients (any model's generic path)
         calls["sasg[exact] formed"] = sasg_run(
@@ -226,6 +256,14 @@ def speed(args) -> None:
         for name in [f"sasg[{m}]" for m in methods if m == "exact"] + [
                 f"{a}[exact]" if a == "topk_ef" else a for a in family]:
             print(f"{name:<14} {1e3 / med[name]:>6.1f} {med[name]:>8.2f} {cpu_med[name]:>7.2f}")
+    if args.dense_memory and "exact" in methods:
+        for name in ("sasg[exact]", "topk_ef[exact]"):
+            if f"{name} dense memory" in med:
+                d, e = med[f"{name} dense memory"], med[name]
+                stored = " and dense stored messages" if name.startswith("sasg") else ""
+                print(f"# {name} with a dense error memory{stored} (--dense-memory): "
+                      f"{1e3 / d:.1f} it/s, {d:.2f} ms, {d / e:.2f}x the sent-vector + "
+                      f"selection layout")
     if args.formed and "exact" in methods:
         f, e = med["sasg[exact] formed"], med["sasg[exact]"]
         print(f"# the skip test's distance from two formed gradients (--formed; the generic path "
@@ -290,6 +328,8 @@ def main() -> None:
     ap.add_argument("--methods", default="exact,lax,approx", help="top-k variants, comma-separated")
     ap.add_argument("--family", default="sgd_sum,lasg,topk_ef",
                     help="other algorithms of the protocol to time side by side ('' for none)")
+    ap.add_argument("--dense-memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time SASG and Sparse with a dense error memory (the old layout)")
     ap.add_argument("--formed", action=argparse.BooleanOptionalAction, default=True,
                     help="also time SASG with the distance from two formed gradients")
     ap.add_argument("--steps", type=int, default=50, help="iterations per timed call")
