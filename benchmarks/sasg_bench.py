@@ -28,10 +28,11 @@ two formed gradients (the generic path, what any model without a fast form runs)
 ratio. With ``--dense-memory`` (default), SASG and Sparse are also timed with the error feedback
 kept as a dense memory and dense stored messages (their top-k wrapped in a plain function, which
 is not a :class:`jaxasync.compress.MaskCompressor`), against the default layout, the vector
-each worker last compressed and its selection. Next to it, the protocol's other algorithms in the same harness (``--family``): SGD (the
-gradients at x_k and the server sum), LASG (SGD + the skip test: a second gradient per worker
-at its last-upload iterate, the norm of the difference, stored dense messages), Sparse
-(SGD + top-k with error feedback) -- what each ingredient of SASG costs.
+each worker last compressed and its selection. Next to it, the protocol's other algorithms in
+the same harness (``--family``): SGD (the gradients at x_k and the server sum), LASG (SGD +
+the skip test: a second gradient per worker at its last-upload iterate, the norm of the
+difference, stored dense messages), Sparse (SGD + top-k with error feedback) -- what each
+ingredient of SASG costs.
 
 Every timing is the median of ``--repeats`` calls of an already-compiled scan of ``--steps``
 iterations; variants are interleaved so that load from other processes hits them alike, and
