@@ -610,9 +610,20 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> 
     length = cfg.eval_every
     members = keys.shape[0]
 
-    init_fn = jax.vmap(sim.init)
-    eval_fn = jax.vmap(sim.evaluate, in_axes=(0, None))
-    chunk_fn = jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0))
+    if members == 1 and mesh is None:
+        # One member: the unbatched functions on the state without its member axis (a bitcast
+        # in and out). Under a vmap of size 1 XLA lays some autodiff gradient dots out
+        # transposed and copies them back: on the MNIST FC net a 16 MB transpose per step,
+        # SGD 5.9 vs 3.7 ms per step.
+        one = lambda tree: jax.tree.map(lambda x: x[0], tree)          # noqa: E731
+        stack = lambda tree: jax.tree.map(lambda x: x[None], tree)     # noqa: E731
+        init_fn = lambda k, hp: stack(sim.init(k[0], one(hp)))        # noqa: E731
+        eval_fn = lambda s, dd: stack(sim.evaluate(one(s), dd))       # noqa: E731
+        chunk_fn = lambda s, dd, hp: stack(sim.chunk(one(s), dd, one(hp), length))  # noqa: E731
+    else:
+        init_fn = jax.vmap(sim.init)
+        eval_fn = jax.vmap(sim.evaluate, in_axes=(0, None))
+        chunk_fn = jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0))
     if mesh is None:
         init, evaluate = jax.jit(init_fn), jax.jit(eval_fn)
         chunk = jax.jit(chunk_fn, donate_argnums=(0,))
