@@ -4,10 +4,11 @@
     python benchmarks/member_map.py --algorithms sgd_sum --members 3
 
 The runner (:func:`jaxasync.sim.run`) runs the members of a sweep as one ``jax.vmap``-ed
-program. On SASG's MNIST protocol (M = 10, batch 10, FC 784-512-10) this script times the
-same simulator step for ``--members`` members, (a) vmapped over the members, as the runner
-does, and (b) with ``jax.lax.map``, one member after another in the same program, and prints
-milliseconds per member-step and the ratio. Each timing is the median of ``--repeats``
+program. On SASG's MNIST protocol (M = 10, batch 10, FC 784-512-10; the settings of
+``sasg_bench.py``, imported from it) this script times the same simulator step for
+``--members`` members, (a) vmapped over the members, as the runner does, and (b) with
+``jax.lax.map``, one member after another in the same program, and prints milliseconds per
+member-step and the ratio. Each timing is the median of ``--repeats``
 interleaved calls of an already-compiled scan of ``--steps`` steps.
 """
 
@@ -19,26 +20,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from sasg_bench import BATCH, FAMILY, HISTORY, M, _setup  # the same protocol and settings
 
 import jaxasync as ja
 from jaxasync import delays as dl
-from jaxasync.data import partition
-from jaxasync.sim import SimConfig, Simulator, put_data
-from jaxasync.workloads import get_workload
-
-STATIC = {"sasg": {"topk_method": "exact", "history": 10, "density": 0.01},
-          "topk_ef": {"topk_method": "exact", "density": 0.01}, "lasg": {"history": 10},
-          "sgd_sum": {}}
+from jaxasync.sim import SimConfig, Simulator
 
 
 def timings(algorithm: str, members: int, steps: int, repeats: int) -> dict[str, float]:
-    wl = get_workload("mnist_subset_fc")
-    index, size = partition(np.asarray(wl.data.y_train), 10, "iid")
-    data = put_data(wl, index, size)
-    cfg = SimConfig(num_workers=10, batch_size=10, ring_size=11, steps=steps, eval_every=steps,
-                    delay=dl.DelayConfig(kind="none"))
-    sim = Simulator(ja.get_algorithm(algorithm), STATIC[algorithm], wl, cfg)
+    wl, data = _setup("mnist_subset_fc")
+    cfg = SimConfig(num_workers=M, batch_size=BATCH, ring_size=HISTORY + 1, steps=steps,
+                    eval_every=steps, delay=dl.DelayConfig(kind="none"))
+    static = {k: ("exact" if v == "{method}" else v) for k, v in FAMILY[algorithm].items()}
+    sim = Simulator(ja.get_algorithm(algorithm), static, wl, cfg)
     hp = {"learning_rate": jnp.full((members,), 0.005, jnp.float32)}
     keys = jax.random.split(jax.random.PRNGKey(1), members)
 
@@ -63,7 +57,7 @@ def timings(algorithm: str, members: int, steps: int, repeats: int) -> dict[str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algorithms", default="sgd_sum,sasg",
-                    help=f"comma-separated, of {', '.join(STATIC)}")
+                    help=f"comma-separated, of {', '.join(FAMILY)}")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)

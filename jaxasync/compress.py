@@ -44,8 +44,9 @@ Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
 
 __all__ = [
     "COMPRESSORS", "Compressor", "MaskCompressor", "apply_selection", "ef_step", "identity",
-    "make_compressor", "qsgd", "random_k", "selection_dtype", "sign_scale", "split_selection",
-    "top_k", "top_k_count", "top_k_select", "top_k_threshold", "with_error_feedback",
+    "make_compressor", "mask_error_feedback", "qsgd", "random_k", "selection_dtype",
+    "sign_scale", "split_selection", "top_k", "top_k_count", "top_k_select", "top_k_threshold",
+    "with_error_feedback",
 ]
 
 _I32_MAX = int(np.iinfo(np.int32).max)
@@ -167,6 +168,41 @@ def apply_selection(tree: PyTree, selection: PyTree) -> tuple[PyTree, PyTree]:
     message = jax.tree.map(lambda x, k: jnp.where(k, x, jnp.zeros_like(x)), tree, masks)
     residual = jax.tree.map(lambda x, k: jnp.where(k, jnp.zeros_like(x), x), tree, masks)
     return message, residual
+
+
+def mask_error_feedback(
+    compressor: MaskCompressor, grads_w: PyTree, sent_w: PyTree, selection_w: PyTree,
+    keys: Array, send: Array,
+) -> tuple[PyTree, PyTree, PyTree, Array]:
+    r"""One error-feedback step of ``W`` rows kept as the vector last compressed and its
+    selection (the layout of :class:`MaskCompressor`).
+
+    .. math:: v = g + e, \quad e = \text{dropped}(s, \sigma); \qquad
+              s' = v,\ \sigma' = \text{select}(v) \text{ where } \text{send},
+              \text{ else } s, \sigma; \qquad m = \text{kept}(s', \sigma')
+
+    Args:
+      compressor: the mask compressor.
+      grads_w, sent_w, selection_w: ``[W, ...]`` gradients (step folded in), stored vectors
+        and their selections.
+      keys: ``[W]`` PRNG keys.
+      send: bool ``[W]``, the rows whose memory advances; the others keep theirs.
+
+    Returns:
+      ``(messages, sent, selection, bits)``: ``messages`` is the stored message of every row
+      (a row that does not send keeps its last one), ``bits`` float32 ``[W]`` of the fresh
+      selections. The selection is taken on the stored vector, which is ``v`` for the rows
+      that send: one elementwise pass writes it (in place), the selection and the messages
+      read it.
+    """
+    rows = lambda new, old: jax.tree.map(                                   # noqa: E731
+        lambda n, o: jnp.where(send.reshape(send.shape + (1,) * (n.ndim - 1)), n, o), new, old)
+    _, error = jax.vmap(apply_selection)(sent_w, selection_w)
+    sent = rows(jax.tree.map(jnp.add, grads_w, error), sent_w)
+    fresh, bits = jax.vmap(compressor.select)(sent, keys)
+    selection = rows(fresh, selection_w)
+    messages, _ = jax.vmap(apply_selection)(sent, selection)
+    return messages, sent, selection, jnp.asarray(bits, jnp.float32)
 
 
 def split_selection(selection: Array, start: int) -> Array:

@@ -353,18 +353,12 @@ def lazy_upload(
             messages = _select_rows(upload, scaled, state.messages)
             error = state.error
         elif masked:
-            # v = alpha g + e with e the dropped entries of the last sent vector; an upload
-            # stores v and its selection, the message and the new memory are its kept and
-            # dropped entries. (Selected on the stored vector, which is v for the rows that
-            # upload: one pass writes it, the selection and the server read it.)
+            # v = alpha g + e, e the dropped entries of the last sent vector; an upload stores
+            # v and its selection; messages and memories are their kept and dropped entries
             scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
-            _, error = jax.vmap(compress_lib.apply_selection)(state.sent, state.selection)
-            sent = _select_rows(upload, jax.tree.map(jnp.add, scaled, error), state.sent)
             keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
-            fresh, bits = jax.vmap(compressor.select)(sent, keys)
-            bits = jnp.asarray(bits, jnp.float32)
-            selection = _select_rows(upload, fresh, state.selection)
-            messages, _ = jax.vmap(compress_lib.apply_selection)(sent, selection)
+            messages, sent, selection, bits = compress_lib.mask_error_feedback(
+                compressor, scaled, state.sent, state.selection, keys, upload)
             error = ()
         else:
             # Every row is compressed, skipped ones too, and their results discarded: the

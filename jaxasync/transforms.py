@@ -430,15 +430,11 @@ def compress(
             lambda n, o: jnp.where(_bcast(live, n) > 0, n, o), new, old)
         new_state = state
         if masked:
-            lib = _compress_lib()
-            sent_w, sel_w = take(state.sent), take(state.selection)
-            v = jax.tree.map(jnp.add, jax.vmap(lib.apply_selection)(sent_w, sel_w)[1],
-                             rows.grads)
-            fresh, bits = jax.vmap(compressor.select)(v, keys)
-            msg = jax.vmap(lib.apply_selection)(v, fresh)[0]
             # The memory changes only for rows that actually sent a message.
-            new_state = CompressState(error=(), sent=put(state.sent, keep(v, sent_w)),
-                                      selection=put(state.selection, keep(fresh, sel_w)))
+            msg, sent_w, sel_w, bits = _compress_lib().mask_error_feedback(
+                compressor, rows.grads, take(state.sent), take(state.selection), keys, live)
+            new_state = CompressState(error=(), sent=put(state.sent, sent_w),
+                                      selection=put(state.selection, sel_w))
         else:
             if error_feedback:
                 err_w = take(state.error)
