@@ -399,7 +399,10 @@ class Simulator:
         # synchronous rows are all at the current iterate (one params, unbatched)
         params_w = None if self.spec.synchronous else ring_read(state.ring, lag)
         base, axis = (state.params, None) if params_w is None else (params_w, 0)
-        extra = dict(staleness=tau, mask=live, worker_ids=ids, key=k_tx)
+        # synchronous rows are the workers 0..M-1 in order: worker_ids=None says so
+        # statically (a traced arange would make per-worker state a gather and a scatter)
+        extra = dict(staleness=tau, mask=live, key=k_tx,
+                     worker_ids=None if self.spec.synchronous else ids)
         if self._needs_ref:
             # each row's worker's last-upload iterate; synchronous rows are the workers
             # 0..M-1 in order: no gather of [M, ...] needed

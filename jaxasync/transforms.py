@@ -22,7 +22,8 @@ name           shape                   meaning
 ============== ======================= ===============================================
 ``staleness``  int32[W]                delay tau of each row (server versions behind)
 ``mask``       bool[W]                 row is a real arrival (False: dropped as too stale)
-``worker_ids`` int32[W]                which worker each row comes from
+``worker_ids`` int32[W] or None         which worker each row comes from; None: the rows
+                                       are the workers 0..W-1 in order (synchronous rounds)
 ``drift_norm`` float32[W]              ||x_t - x_{t-tau}||, exact, from stored versions
 ``drift``      pytree [W, ...]         x_t - x_{t-tau} (DC-ASGD)
 ``update_norms`` float32[D]            ||x_{t-j} - x_{t-j-1}||, j = 0..D-1 (newest first)
