@@ -418,9 +418,13 @@ def scale_rows(factor: float | Array | Callable[[Array], Array]
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _server_sum() -> optax.GradientTransformation:
-    """The SASG server: :math:`x \\leftarrow x - \\sum_m \\hat g_m` (messages carry the step)."""
-    return optax.chain(aggregate("sum"), optax.scale(-1.0))
+def _server_sum(fuse_rows: bool = False) -> optax.GradientTransformation:
+    """The SASG server: :math:`x \\leftarrow x - \\sum_m \\hat g_m` (messages carry the step).
+
+    ``fuse_rows`` where the messages are mask-form top-k messages (exact copies of stored
+    entries): the sum then reads the stored vectors once (:func:`jaxasync.transforms.row_sum`).
+    """
+    return optax.chain(aggregate("sum", fuse_rows=fuse_rows), optax.scale(-1.0))
 
 
 def lazy_state(opt_state: PyTree) -> LazyState:
@@ -519,7 +523,7 @@ def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: 
         lazy_upload(learning_rate, num_workers, rule="gradient", threshold=threshold,
                     threshold_scale=threshold_scale, history=history, max_skips=max_skips,
                     compressor=comp, error_feedback=True),
-        _server_sum(),
+        _server_sum(fuse_rows=True),
     )
 
 
@@ -661,7 +665,7 @@ def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, densit
     comp = top_k_compressor(density, per_layer=per_layer, method=topk_method)
     return optax.chain(scale_rows(learning_rate),
                        compress(comp, error_feedback=True, num_workers=num_workers),
-                       _server_sum())
+                       _server_sum(fuse_rows=True))
 
 
 @register("sgd_sum", arrivals="all", synchronous=True)

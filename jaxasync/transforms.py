@@ -198,7 +198,36 @@ def _count(counts: CommCounts, rows: WorkerRows) -> CommCounts:
 AGGREGATIONS = ("mean", "sum", "weighted")
 
 
-def aggregate(how: str = "mean") -> optax.GradientTransformationExtraArgs:
+#: up to this many rows, ``aggregate(..., fuse_rows=True)`` adds them one by one
+UNROLL_ROWS = 32
+
+
+def row_sum(weight: Array, rows: Array, *, fuse_rows: bool = False) -> Array:
+    r""":math:`\sum_i w_i r_i` over the leading (row) axis of ``rows``, ``weight`` [W].
+
+    ``jnp.tensordot`` by default. With ``fuse_rows``, no device mesh and at most
+    :data:`UNROLL_ROWS` rows, the rows are added one by one in order, a single elementwise
+    pass: XLA then fuses whatever produces the rows into it (a top-k message is its stored
+    vector under a mask) where the dot would first write every row out and read it back; on
+    SASG's MNIST FC protocol ([10, 407,050] messages) the step is ~5% shorter. Only for rows
+    that are exact copies of stored entries, as mask-form messages are: the sum is then
+    bitwise the dot's. Rows computed by arithmetic (``alpha * g``) would be fused too, and
+    XLA may reassociate and contract that arithmetic with the sum (FMA), which changes the
+    last bits. On a mesh the rows are sharded, and the dot lets the partitioner sum each
+    device's rows locally before one all-reduce.
+    """
+    n = rows.shape[0]
+    if (not fuse_rows or n == 0 or n > UNROLL_ROWS
+            or not jax.sharding.get_abstract_mesh().empty):
+        return jnp.tensordot(weight, rows, axes=1)
+    total = weight[0] * rows[0]
+    for i in range(1, n):
+        total = total + weight[i] * rows[i]
+    return total
+
+
+def aggregate(how: str = "mean", *, fuse_rows: bool = False
+              ) -> optax.GradientTransformationExtraArgs:
     r"""Reduces the worker axis: the end of the worker-axis part of a chain.
 
     With :math:`a_i` = applied, :math:`s_i` = scale and :math:`g_i` the row:
@@ -208,6 +237,9 @@ def aggregate(how: str = "mean") -> optax.GradientTransformationExtraArgs:
     * ``"weighted"``: :math:`\sum_i a_i s_i g_i / \sum_i a_i s_i` (normalised weights).
 
     Extra args: ``mask`` (bool[W], optional) when the rows arrive unwrapped.
+
+    ``fuse_rows``: add the rows in one fused pass (see :func:`row_sum`), for rows that are
+    exact copies of stored entries (mask-form top-k messages).
 
     The state keeps :class:`CommCounts` and the last step's per-row decisions; read
     them with :func:`communication` and :func:`last_decisions`.
@@ -231,9 +263,8 @@ def aggregate(how: str = "mean") -> optax.GradientTransformationExtraArgs:
         else:
             denom = jnp.ones((), jnp.float32)
         out = jax.tree.map(
-            lambda g: jnp.tensordot(weight.astype(g.dtype), g, axes=1) / denom.astype(g.dtype),
-            rows.grads,
-        )
+            lambda g: row_sum(weight.astype(g.dtype), g, fuse_rows=fuse_rows)
+            / denom.astype(g.dtype), rows.grads)
         last = rows._replace(grads=())
         return out, AggregateState(counts=_count(state.counts, rows), last=last)
 

@@ -54,6 +54,29 @@ def test_aggregations_by_hand():
         ja.aggregate("median")
 
 
+def test_fused_row_sum_adds_the_rows_in_order():
+    from jaxasync.transforms import UNROLL_ROWS, row_sum
+
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 10, UNROLL_ROWS):
+        rows = rng.standard_normal((n, 257)).astype(np.float32) * np.logspace(
+            -3, 3, n, dtype=np.float32)[:, None]
+        weight = (rng.random(n) < 0.7).astype(np.float32)
+        want = weight[0] * rows[0]
+        for i in range(1, n):                     # float32, one row after the other
+            want = want + weight[i] * rows[i]
+        got = jax.jit(lambda w, r: row_sum(w, r, fuse_rows=True))(weight, rows)
+        np.testing.assert_array_equal(got, want)
+    # the aggregate with fuse_rows is the same transform
+    g = {"x": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)}
+    p = {"x": jnp.zeros(4)}
+    outs = []
+    for fuse in (False, True):
+        tx = ja.aggregate("sum", fuse_rows=fuse)
+        outs.append(jax.jit(tx.update)(g, with_rows(tx.init(p), 5), p)[0]["x"])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
+
+
 def test_staleness_scalers_identity_at_zero_and_values():
     tau0 = jnp.zeros(5, jnp.int32)
     for fn in (rules.constant_scale, rules.inverse_staleness, rules.fedbuff_weight,
