@@ -23,6 +23,12 @@ per second and the split of one iteration into
 * the rest: iteration minus the two (skip test, error feedback, stored messages, server sum,
   simulator bookkeeping).
 
+The issue's target, >= 100 it/s, comes with the machine's calibration: "the gradients alone
+take about 5 ms per iteration here" (a plain port: two formed gradients per worker). This
+machine's speed drifts by +-25% within minutes, so the benchmark also times that plain
+gradient work side by side and prints the target as a ratio that the drift cancels out of: a
+SASG iteration <= 2x the plain gradient work (``TARGET_RATIO``).
+
 With ``--formed`` (default), SASG is also timed with the skip test's distance computed from
 two formed gradients (the generic path, what any model without a fast form runs), for the
 ratio. With ``--dense-memory`` (default), SASG and Sparse are also timed with the error feedback
@@ -75,6 +81,9 @@ PAPER = {
     "sasg": {"label": "SASG", "rounds": 23775, "final": 98.18, "skipped": 65.1},
 }
 D_PARAMS, K_SASG = 407050, 4071
+#: the issue's speed target, 100 it/s "where the gradients alone take about 5 ms per
+#: iteration", as a ratio: a SASG iteration <= 2x the plain gradient work, timed side by side
+TARGET_RATIO = 10.0 / 5.0
 
 
 # ----------------------------------------------------------------------------- speed
@@ -210,6 +219,10 @@ def speed(args) -> None:
         calls["sasg[exact] formed"] = sasg_run(
             dataclasses.replace(wl, grad_pair=None), data, "exact", args.steps, args.warmup)[0]
     calls["gradients"] = gradients_run(wl, data, args.steps)
+    # the plain port's gradient work (two formed gradients per worker): the issue's
+    # calibration of the machine, "the gradients alone take about 5 ms per iteration"
+    calls["gradients formed"] = gradients_run(dataclasses.replace(wl, grad_pair=None), data,
+                                              args.steps)
     for m in methods:
         calls[f"top-k[{m}]"] = topk_run(v_w, m, args.steps)
     times: dict[str, list[float]] = {k: [] for k in calls}
@@ -265,6 +278,20 @@ def speed(args) -> None:
                 print(f"# {name} with a dense error memory{stored} (--dense-memory): "
                       f"{1e3 / d:.1f} it/s, {d:.2f} ms, {d / e:.2f}x the sent-vector + "
                       f"selection layout")
+    if "exact" in methods:
+        # The target in a form that the machine's drift cancels out of: 100 it/s where the
+        # gradients alone take about 5 ms is an iteration <= 2x that gradient work. Both are
+        # timed interleaved; the ratio is the median of the per-repeat ratios.
+        plain = med["gradients formed"]
+        ratio = statistics.median(a / b for a, b in zip(times["sasg[exact]"],
+                                                         times["gradients formed"], strict=True))
+        verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+        print(f"# target, machine-independent form: the issue asks for >= 100 it/s where the "
+              f"gradients alone take ~5 ms per iteration (an iteration <= {TARGET_RATIO:.1f}x "
+              f"that work); here the plain port's gradients (two formed gradients per worker) "
+              f"take {plain:.2f} ms and a SASG[exact] iteration {ratio:.2f}x that: {verdict} it "
+              f"(absolute: {1e3 / med['sasg[exact]']:.1f} it/s "
+              f"{'>=' if med['sasg[exact]'] <= 10.0 else '<'} 100)")
     if args.formed and "exact" in methods:
         f, e = med["sasg[exact] formed"], med["sasg[exact]"]
         print(f"# the skip test's distance from two formed gradients (--formed; the generic path "

@@ -153,7 +153,11 @@ def _kept(x: Array, sel: Array) -> Array:
     # vector from itself can then write in place.
     bits = _sel_bits(x, sel.dtype)
     pos = _flat_position(jnp.shape(x), sel.dtype)
-    return (bits > sel[0]) | ((bits == sel[0]) & (pos <= sel[1]))
+    # b > v, or b == v at pos <= cut, as one comparison: b > v - [pos <= cut]. Fewer vector
+    # ops in every pass that rebuilds a mask (2% of a SASG step, bitwise the same). b >= 0, so
+    # any v < 0 keeps all; clamping the scalar v to -1 keeps v - 1 from wrapping.
+    v = jnp.maximum(sel[0], -1)
+    return bits > v - (pos <= sel[1]).astype(sel.dtype)
 
 
 def apply_selection(tree: PyTree, selection: PyTree) -> tuple[PyTree, PyTree]:

@@ -584,6 +584,28 @@ def test_top_k_threshold_is_the_selection_of_top_k_select():
     assert int(v_all) == -1 and int(cut_all) == -1
 
 
+def test_apply_selection_keeps_above_v_and_ties_up_to_the_cut_by_hand():
+    # |x| bit patterns: 2.0 > 1.0 (three ties, at flat positions 1, 3, 4) > 0.5 > 0
+    x = jnp.asarray([[0.5, -1.0, 2.0], [1.0, -1.0, 0.0]], jnp.float32)
+    one = int(jax.lax.bitcast_convert_type(jnp.float32(1.0), jnp.int32))
+    cases = {                                      # (v, cut) -> kept flat positions
+        (one, 3): {1, 2, 3},                       # ties at 1 and 3 kept, 4 cut
+        (one, 0): {2},                             # every tie cut
+        (one, 2**31 - 1): {1, 2, 3, 4},            # every tie kept
+        (-1, -1): {0, 1, 2, 3, 4, 5},              # k >= d: everything, zeros included
+        (-(2**31), 5): {0, 1, 2, 3, 4, 5},         # any v < 0 keeps all (v - 1 must not wrap)
+        (0, -1): {0, 1, 2, 3, 4},                  # keep |x| > 0
+    }
+    for (v, cut), kept in cases.items():
+        msg, res = C.apply_selection(x, jnp.asarray([v, cut], jnp.int32))
+        want = np.zeros(6, bool)
+        want[list(kept)] = True
+        flat = np.asarray(x).ravel()
+        np.testing.assert_array_equal(np.asarray(msg).ravel(), np.where(want, flat, 0.0),
+                                      err_msg=f"(v, cut) = {(v, cut)}")
+        np.testing.assert_array_equal(np.asarray(res).ravel(), np.where(want, 0.0, flat))
+
+
 def test_split_selection_shifts_the_tie_cut_to_each_piece():
     sel = jnp.asarray([1234, 57], jnp.int32)
     np.testing.assert_array_equal(C.split_selection(sel, 50), [1234, 7])
