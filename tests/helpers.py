@@ -102,3 +102,18 @@ def full_batch_least_squares(n: int = 64, d: int = 6, seed: int = 1) -> ToyWorkl
         return {"loss": loss(params, x, y)}
 
     return ToyWorkload("toy_full_batch", ToyData(a, b, a, b), init, loss, evaluate)
+
+
+def write_tiny_mnist(folder, train: int, test: int, seed: int = 0) -> None:
+    """Random MNIST-shaped IDX files (``train``/``t10k`` images and labels) in ``folder``."""
+    rng = np.random.default_rng(seed)
+
+    def write(path, array, magic):
+        header = magic.to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big")
+                                                     for s in array.shape)
+        path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("t10k", test)):
+        write(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        write(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n), 2049)

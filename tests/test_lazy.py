@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ToyData, ToyWorkload, iid_shards, run_toy
+from helpers import ToyData, ToyWorkload, iid_shards, run_toy, write_tiny_mnist
 
 import jaxasync as ja
 from jaxasync import delays as dl
@@ -497,11 +497,6 @@ def test_factories_whose_rule_depends_on_m_require_num_workers():
         tx.update({"w": jnp.ones((3, 4))}, tx.init(p), p)
 
 
-def _write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def test_the_full_mnist_preset_runs_as_is_on_idx_files(tmp_path):
     """experiment=sasg_mnist_full with the MNIST IDX files present (tiny ones written here):
     the published protocol as composed by Hydra, shortened only in steps and seeds."""
@@ -511,12 +506,7 @@ def test_the_full_mnist_preset_runs_as_is_on_idx_files(tmp_path):
     from jaxasync.cli import CONF_DIR, register_configs
     from jaxasync.experiment import run_experiment
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for split, n in (("train", 200), ("t10k", 40)):
-        _write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
-        _write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n), 2049)
+    write_tiny_mnist(tmp_path / "mnist", train=200, test=40)
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config", overrides=[

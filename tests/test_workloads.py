@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import write_tiny_mnist
 from jax.flatten_util import ravel_pytree
 
 from jaxasync import data, models, workloads
@@ -308,18 +309,8 @@ def test_top5_by_hand():
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def test_mnist_fc_from_tiny_idx(tmp_path):
-    rng = np.random.default_rng(0)
-    d = tmp_path / "mnist"
-    d.mkdir()
-    for split, n in (("train", 12), ("t10k", 5)):
-        _write_idx(d / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
-        _write_idx(d / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n), 2049)
+    write_tiny_mnist(tmp_path / "mnist", train=12, test=5)
     w = get_workload("mnist_fc", data_dir=str(tmp_path))
     assert w.target == Target("test_accuracy", 0.98, "max")
     assert w.data.x_train.shape == (12, 784)
