@@ -212,10 +212,10 @@ def row_sum(weight: Array, rows: Array, *, fuse_rows: bool = False) -> Array:
     SASG's MNIST FC protocol ([10, 407,050] messages) the step is ~5% shorter. Only for rows
     that are exact copies of stored entries, as mask-form messages are: on this project's
     CPU the sum is then bitwise what the dot gave (SASG and Sparse, the 5-seed
-    ``sasg_mnist_subset`` leaderboard entry: identical metrics). Rows computed by arithmetic (``alpha * g``) would be fused too, and
-    XLA may reassociate and contract that arithmetic with the sum (FMA), which changes the
-    last bits. On a mesh the rows are sharded, and the dot lets the partitioner sum each
-    device's rows locally before one all-reduce.
+    ``sasg_mnist_subset`` leaderboard entry: identical metrics). Rows computed by arithmetic
+    (``alpha * g``) would be fused too, and XLA may reassociate and contract that arithmetic
+    with the sum (FMA), which changes the last bits. On a mesh the rows are sharded, and the
+    dot lets the partitioner sum each device's rows locally before one all-reduce.
     """
     n = rows.shape[0]
     if (not fuse_rows or n == 0 or n > UNROLL_ROWS
