@@ -14,7 +14,9 @@ factories that take plain numbers::
     comp = top_k(0.01)                       # per-layer top-1%, exact
     msg, bits = jax.vmap(comp)(grads_w, jax.random.split(key, num_workers))
 
-Error feedback is a pure step, :func:`ef_step`, that wraps any compressor. Top-k is a
+Error feedback is one pure step, :func:`error_feedback`, over rows of any compressor, with the
+memories in a :class:`Memory`. Registered compressors (:data:`COMPRESSORS`,
+:func:`register_compressor`) declare their arguments. Top-k is a
 :class:`MaskCompressor`: its message keeps entries of the input unchanged, chosen by a
 selection of two integers per leaf, so error feedback can store the compressed vector and
 the selection instead of a dense message and a dense residual (one array less to read and
@@ -30,23 +32,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from functools import lru_cache, partial
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
+from jaxasync import hparams as hp
+from jaxasync.trees import select_rows
+
 PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
 
 __all__ = [
-    "COMPRESSORS", "Compressor", "MaskCompressor", "apply_selection", "ef_step", "identity",
-    "make_compressor", "mask_error_feedback", "qsgd", "random_k", "selection_dtype",
+    "COMPRESSORS", "Compressor", "CompressorSpec", "MaskCompressor", "Memory",
+    "apply_selection", "error_feedback", "identity", "init_memory", "make_compressor",
+    "mask_error_feedback", "qsgd", "random_k", "register_compressor", "selection_dtype",
     "sign_scale", "split_selection", "top_k", "top_k_count", "top_k_select", "top_k_threshold",
-    "with_error_feedback",
 ]
 
 _I32_MAX = int(np.iinfo(np.int32).max)
@@ -55,26 +60,9 @@ _I32_MAX = int(np.iinfo(np.int32).max)
 # ============================================================================= validation
 
 
-def _check_density(density: float) -> float:
-    try:
-        value = float(density)
-    except (TypeError, ValueError):
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}") from None
-    if not (0.0 < value <= 1.0):
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-    return value
-
-
-def _check_levels(levels: int) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, int | np.integer) or levels < 1:
-        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
-    return int(levels)
-
-
-def _check_bits(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+#: a sparsifier's density h (top-k, random-k)
+_DENSITY = hp.Param("float", low=0.0, high=1.0, low_open=True, static=True,
+                    doc="h: keep max(1, floor(h d_l)) entries per layer")
 
 
 def top_k_count(density: float, size: int) -> int:
@@ -82,7 +70,7 @@ def top_k_count(density: float, size: int) -> int:
 
     :math:`k = \max(1, \lfloor h\,d \rfloor)` with ``density`` :math:`h \in (0, 1]`.
     """
-    return max(1, math.floor(_check_density(density) * size))
+    return max(1, math.floor(_DENSITY.check("density", density) * size))
 
 
 def _leaf_bits_f32(value: float) -> Array:
@@ -199,12 +187,10 @@ def mask_error_feedback(
       that send: one elementwise pass writes it (in place), the selection and the messages
       read it.
     """
-    rows = lambda new, old: jax.tree.map(                                   # noqa: E731
-        lambda n, o: jnp.where(send.reshape(send.shape + (1,) * (n.ndim - 1)), n, o), new, old)
     _, error = jax.vmap(apply_selection)(sent_w, selection_w)
-    sent = rows(jax.tree.map(jnp.add, grads_w, error), sent_w)
+    sent = select_rows(send, jax.tree.map(jnp.add, grads_w, error), sent_w)
     fresh, bits = jax.vmap(compressor.select)(sent, keys)
-    selection = rows(fresh, selection_w)
+    selection = select_rows(send, fresh, selection_w)
     messages, _ = jax.vmap(apply_selection)(sent, selection)
     return messages, sent, selection, jnp.asarray(bits, jnp.float32)
 
@@ -293,10 +279,9 @@ def top_k(
       (arXiv 1712.01887), Section 3 (sampled threshold). Deng, Li, Sun, Lu, SASG
       (arXiv 2112.04088): per-layer top-k, 64 bits per kept entry.
     """
-    h = _check_density(density)
-    if method not in ("exact", "approx", "lax"):
-        raise ValueError(f"top_k method must be 'exact', 'approx' or 'lax', got {method!r}")
-    per_entry = float(_check_bits("value_bits", value_bits) + _check_bits("index_bits", index_bits))
+    # (the arguments are checked by the registry's declaration, see the end of this module)
+    h = float(density)
+    per_entry = float(value_bits + index_bits)
 
     def select_vector(flat: Array, key: Array) -> tuple[Array, Array]:
         k = top_k_count(h, flat.size)
@@ -786,7 +771,7 @@ def random_k(density: float) -> Compressor:
     Reference: Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018
     (arXiv 1809.07599), rand-k.
     """
-    h = _check_density(density)
+    h = float(density)
 
     def one(leaf: Array, key: Array) -> tuple[Array, float]:
         flat = jnp.ravel(leaf)
@@ -841,7 +826,7 @@ def qsgd(levels: int) -> Compressor:
     Reference: Alistarh, Grubic, Li, Tomioka, Vojnovic, "QSGD: communication-efficient SGD
     via gradient quantization and encoding", NeurIPS 2017 (arXiv 1610.02132).
     """
-    s = _check_levels(levels)
+    s = int(levels)
     per_entry = 1 + math.ceil(math.log2(s + 1))
 
     def one(leaf: Array, key: Array) -> Array:
@@ -900,50 +885,151 @@ def sign_scale() -> Compressor:
 # ============================================================================= error feedback
 
 
-def ef_step(
-    compressor: Compressor, grad: PyTree, error: PyTree, key: Array
-) -> tuple[PyTree, PyTree, Array]:
-    r"""One error-feedback step around any compressor.
+class Memory(NamedTuple):
+    r"""Error-feedback memories of a stack of rows (workers), in one of two layouts.
 
-    .. math:: v = e + g, \qquad m = C(v), \qquad e' = v - m.
+    * dense: ``error`` holds the residuals :math:`e` (``sent``, ``selection`` are ``()``);
+    * mask (a :class:`MaskCompressor`, top-k): ``sent`` holds the vector :math:`v` each row
+      last compressed and ``selection`` its selection (``error`` is ``()``); the residual is
+      the dropped entries of ``sent`` and the last message its kept entries, so one dense
+      array per row is stored instead of two.
 
-    Mass is conserved: :math:`m + e' = e + g` (up to float rounding of :math:`v - m`).
+    Every leaf has the leading row axis; index it like any pytree
+    (``jax.tree.map(lambda a: a[ids], memory)``).
+    """
+
+    error: PyTree = ()
+    sent: PyTree = ()
+    selection: PyTree = ()
+
+    @property
+    def masked(self) -> bool:
+        return not (isinstance(self.sent, tuple) and not self.sent)
+
+    def residual(self) -> PyTree:
+        """The residuals :math:`e` of every row, however they are kept."""
+        if not self.masked:
+            return self.error
+        return jax.vmap(apply_selection)(self.sent, self.selection)[1]
+
+    def last_messages(self) -> PyTree:
+        """The message each row last sent (mask layout only; the dense layout keeps none)."""
+        if not self.masked:
+            raise ValueError("Memory: the dense layout keeps residuals, not messages")
+        return jax.vmap(apply_selection)(self.sent, self.selection)[0]
+
+
+def init_memory(compressor: Compressor, params: PyTree, rows: int) -> Memory:
+    """Zero memories for ``rows`` rows shaped like ``params``: the mask layout for a
+    :class:`MaskCompressor`, dense otherwise."""
+    zeros = jax.tree.map(lambda p: jnp.zeros((rows,) + jnp.shape(p), jnp.result_type(p)),
+                         params)
+    if isinstance(compressor, MaskCompressor):
+        return Memory(sent=zeros, selection=jax.tree.map(
+            lambda p: jnp.zeros((rows, 2), selection_dtype(p)), params))
+    return Memory(error=zeros)
+
+
+def error_feedback(compressor: Compressor, grads_w: PyTree, memory_w: Memory, keys: Array,
+                   send: Array) -> tuple[PyTree, Memory, Array]:
+    r"""One error-feedback step of ``W`` rows: the one implementation every transform uses.
+
+    .. math:: v = g + e, \qquad m = C(v), \qquad e \leftarrow v - m \ 	ext{(rows that send)}
+
+    Rows that do not send keep their memory. Mass is conserved for the rows that send:
+    :math:`m + e' = e + g` (bitwise in the mask layout, where every entry of :math:`v` goes
+    to one side; up to the rounding of :math:`v - m` in the dense layout).
 
     Args:
-      compressor: ``(tree, key) -> (message, bits)``.
-      grad: the gradient :math:`g` (pytree).
-      error: the residual :math:`e` (same structure; zeros at the start).
-      key: PRNG key for the compressor.
+      compressor: any compressor; a :class:`MaskCompressor` needs the mask layout.
+      grads_w: ``[W, ...]`` gradients (step folded in, where the algorithm does so).
+      memory_w: the rows' :class:`Memory` (from :func:`init_memory`, rows taken as needed).
+      keys: ``[W]`` PRNG keys.
+      send: bool ``[W]``, the rows whose memory advances.
 
     Returns:
-      ``(message, new_error, bits)``.
+      ``(messages, memory, bits)``: ``messages`` ``[W, ...]`` are the fresh messages of the
+      rows that send; a row that does not send gets its last message in the mask layout (it
+      is rebuilt anyway) and an unspecified one in the dense layout (callers select);
+      ``bits`` float32 ``[W]`` is the size of the fresh messages.
 
     References: Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018
-    (arXiv 1809.07599); Aji & Heafield, EMNLP 2017 (arXiv 1704.05021).
+    (arXiv 1809.07599); Aji & Heafield, EMNLP 2017 (arXiv 1704.05021); Seide et al.,
+    Interspeech 2014 (1-bit SGD's error feedback).
     """
-    v = jax.tree.map(jnp.add, error, grad)
-    message, bits = compressor(v, key)
-    new_error = jax.tree.map(jnp.subtract, v, message)
-    return message, new_error, bits
-
-
-def with_error_feedback(
-    compressor: Compressor,
-) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, PyTree, Array]]:
-    """Binds :func:`ef_step` to a compressor: ``step(grad, error, key) -> (message, new_error,
-    bits)``; pure, jittable and vmappable like the compressor."""
-    return partial(ef_step, compressor)
+    if memory_w.masked:
+        if not isinstance(compressor, MaskCompressor):
+            raise ValueError("error_feedback: a mask-layout memory needs a MaskCompressor")
+        messages, sent, selection, bits = mask_error_feedback(
+            compressor, grads_w, memory_w.sent, memory_w.selection, keys, send)
+        return messages, Memory(sent=sent, selection=selection), bits
+    v = jax.tree.map(jnp.add, memory_w.error, grads_w)
+    messages, bits = jax.vmap(compressor)(v, keys)
+    error = select_rows(send, jax.tree.map(jnp.subtract, v, messages), memory_w.error)
+    return messages, Memory(error=error), jnp.asarray(bits, jnp.float32)
 
 
 # ============================================================================= registry
 
-COMPRESSORS: dict[str, Callable[..., Compressor]] = {
-    "identity": identity,
-    "top_k": top_k,
-    "random_k": random_k,
-    "qsgd": qsgd,
-    "sign": sign_scale,
-}
+
+@dataclasses.dataclass(frozen=True)
+class CompressorSpec:
+    r"""A registered compressor.
+
+    Attributes:
+      name: the registry name (``algorithm.compressor.name``).
+      factory: ``(**numbers) -> compressor``, checking its arguments on every call.
+      params: every keyword argument with its :class:`jaxasync.hparams.Param` (compressor
+        arguments are static: they fix shapes and message sizes).
+      example: build arguments for the conformance tests.
+      unbiased: :math:`\mathbb E\,C(x) = x` (random-k, QSGD...); False for biased ones
+        (top-k, sign...), None where not stated.
+    """
+
+    name: str
+    factory: Callable[..., Compressor]
+    params: Mapping[str, hp.Param]
+    example: Mapping[str, Any]
+    unbiased: bool | None = None
+
+    def build(self, **kwargs: Any) -> Compressor:
+        return self.factory(**kwargs)
+
+
+COMPRESSORS: dict[str, CompressorSpec] = {}
+
+
+def register_compressor(name: str, *, params: Mapping[str, hp.Param] | None = None,
+                        example: Mapping[str, Any] | None = None,
+                        unbiased: bool | None = None):
+    """Decorator adding a compressor factory to :data:`COMPRESSORS` under ``name``.
+
+    The factory takes plain numbers and returns ``compressor(tree, key) -> (message, bits)``
+    (see the module docstring). Its arguments are declared with
+    :class:`jaxasync.hparams.Param` (undeclared ones derived from their defaults), all
+    static, and checked on every call, so a bad value is a ``ValueError`` naming it. A new
+    registration is tested by the conformance table without adding a test.
+    """
+
+    def deco(factory):
+        declared = {k: dataclasses.replace(p, static=True)
+                    for k, p in hp.derive(factory, params).items()}
+        fn = hp.checked(f"compressor {name!r}", factory, declared)
+        COMPRESSORS[name] = CompressorSpec(name, fn, declared, dict(example or {}), unbiased)
+        return fn
+
+    return deco
+
+
+identity = register_compressor("identity", unbiased=True)(identity)
+top_k = register_compressor("top_k", example={"density": 0.25}, unbiased=False, params={
+    "density": _DENSITY, "method": hp.one_of("exact", "approx", "lax"),
+    "index_bits": hp.integer(1), "value_bits": hp.integer(1)})(top_k)
+random_k = register_compressor("random_k", example={"density": 0.25}, unbiased=True,
+                               params={"density": _DENSITY})(random_k)
+qsgd = register_compressor("qsgd", example={"levels": 4}, unbiased=True,
+                           params={"levels": hp.integer(1, doc="s quantisation levels")})(qsgd)
+sign_scale = register_compressor("sign", unbiased=False)(sign_scale)
 
 
 def make_compressor(name: str, **kwargs: Any) -> Compressor:
@@ -954,8 +1040,6 @@ def make_compressor(name: str, **kwargs: Any) -> Compressor:
         levels < 1, ...), naming it in one line.
     """
     if name not in COMPRESSORS:
-        raise ValueError(f"unknown compressor {name!r}; known: {sorted(COMPRESSORS)}")
-    try:
-        return COMPRESSORS[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"compressor {name!r}: bad arguments {sorted(kwargs)} ({err})") from None
+        raise ValueError(f"compressor {name!r}: unknown; choose one of: "
+                         f"{', '.join(sorted(COMPRESSORS))}")
+    return COMPRESSORS[name].build(**kwargs)
