@@ -24,6 +24,7 @@ from jaxasync.leaderboard.entries import (
     RESULTS_DIR,
     Entry,
     EntryError,
+    Run,
     command,
     compose_configs,
     config_digest,
@@ -50,6 +51,92 @@ def _is_data_error(msg: str) -> bool:
     return msg.startswith("workload.options.data_dir")
 
 
+def _check_runnable(entry: Entry, configs: dict[str, dict], edir: Path, *,
+                    data_dir: str | None, download: bool, allow_cpu: bool, rerun: bool,
+                    budget_minutes: float | None) -> tuple[dict[str, dict], tuple[str, str] | None]:
+    """The runs already finished for their current config (label -> record), and why the
+    entry cannot run now, ``(status, reason)``, or None where it can."""
+    import jax
+
+    from jaxasync.config import ConfigError
+    from jaxasync.experiment import validate
+
+    reasons = []
+    if download and entry.data and data_dir is not None:
+        from jaxasync import data as data_lib
+
+        for name in entry.data:
+            try:
+                data_lib.download(name, data_dir)
+            except (ConnectionError, ValueError, OSError) as e:
+                reasons.append(f"download of {name} failed: {e}")
+    for label, cfg in configs.items():
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            if _is_data_error(str(e)):
+                reasons.append(f"{e} (set --data-dir, or --download where online)")
+                break
+            return {}, ("failed", f"run {label!r}: {e}")
+    if entry.device == "gpu" and jax.default_backend() == "cpu" and not allow_cpu:
+        reasons.append("meant for a GPU, this machine has only a CPU (--allow-cpu runs it "
+                       "anyway)")
+    finished = {}
+    for run in entry.runs:
+        old = read_json(edir / run.slug / "run.json")
+        if old is not None and old.get("config_hash") == config_digest(configs[run.label]) \
+                and not rerun:
+            finished[run.label] = old
+    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    estimate = entry.minutes.get(backend)
+    if (budget_minutes is not None and estimate is not None and estimate > budget_minutes
+            and len(finished) < len(entry.runs)):
+        reasons.append(f"estimated {estimate:g} min on this {backend}, more than the "
+                       f"{max(0.0, budget_minutes):.0f} min left of --budget")
+    if reasons:
+        return finished, ("skipped", "; ".join(dict.fromkeys(reasons)))
+    return finished, None
+
+
+def _clear_run_dir(entry: Entry, run: Run, out: Path, old: dict | None, digest: str, *,
+                   reused: bool, rerun: bool, progress: bool, data_dir: str | None) -> None:
+    """Removes a run directory that holds another config's result (any, with ``rerun``) and
+    says what happens to the run."""
+    if not reused and out.exists() and (rerun or old is not None):
+        if progress and old is not None and not rerun:
+            print(f"[leaderboard] {entry.id}/{run.slug}: config changed "
+                  f"({old.get('config_hash')} -> {digest}); rerunning", flush=True)
+        shutil.rmtree(out)
+    if progress:
+        print(f"[leaderboard] {entry.id}/{run.slug}: "
+              + ("finished result of this config found; reused" if reused
+                 else command(entry, run, data_dir)), flush=True)
+
+
+def _execute(run: Run, cfg: dict, out: Path, runner: Callable,
+             progress: bool) -> dict | tuple[str, str]:
+    """Runs one run (afresh where its checkpoint is of another config); returns its record,
+    or ``(status, reason)`` where it could not run or crashed."""
+    from jaxasync import checkpoint
+    from jaxasync.config import ConfigError
+
+    try:
+        try:
+            return runner(cfg, out, progress=progress)
+        except ConfigError as e:
+            if "of a different config" not in str(e):
+                raise
+            shutil.rmtree(out / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
+            return runner(cfg, out, progress=progress)
+    except ConfigError as e:
+        if _is_data_error(str(e)):
+            return "skipped", f"{e} (set --data-dir, or --download where online)"
+        return "failed", f"run {run.label!r}: {e}"
+    except Exception as e:  # a crash in one entry must not lose the others
+        traceback.print_exc()
+        return "failed", f"run {run.label!r}: {type(e).__name__}: {e}"
+
+
 def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None = None,
               download: bool = False, allow_cpu: bool = False, rerun: bool = False,
               budget_minutes: float | None = None, progress: bool = True,
@@ -65,9 +152,7 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
     """
     import jax
 
-    from jaxasync import checkpoint
-    from jaxasync.config import ConfigError
-    from jaxasync.experiment import run_experiment, validate
+    from jaxasync.experiment import run_experiment
 
     runner = runner or run_experiment
     edir = Path(results) / entry.id
@@ -88,57 +173,19 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         configs = compose_configs(entry, data_dir)
     except EntryError as e:
         return finish("skipped", str(e))
-    reasons = []
-    if download and entry.data and data_dir is not None:
-        from jaxasync import data as data_lib
-
-        for name in entry.data:
-            try:
-                data_lib.download(name, data_dir)
-            except (ConnectionError, ValueError, OSError) as e:
-                reasons.append(f"download of {name} failed: {e}")
-    for label, cfg in configs.items():
-        try:
-            validate(cfg)
-        except ConfigError as e:
-            if _is_data_error(str(e)):
-                reasons.append(f"{e} (set --data-dir, or --download where online)")
-                break
-            return finish("failed", f"run {label!r}: {e}")
-    if entry.device == "gpu" and jax.default_backend() == "cpu" and not allow_cpu:
-        reasons.append("meant for a GPU, this machine has only a CPU (--allow-cpu runs it "
-                       "anyway)")
+    finished, blocked = _check_runnable(entry, configs, edir, data_dir=data_dir,
+                                        download=download, allow_cpu=allow_cpu, rerun=rerun,
+                                        budget_minutes=budget_minutes)
+    if blocked:
+        return finish(*blocked)
     earlier = (read_json(edir / ENTRY_STATUS) or {}).get("runs") or {}
-    finished = {}
     for run in entry.runs:
-        old = read_json(edir / run.slug / "run.json")
-        if old is not None and old.get("config_hash") == config_digest(configs[run.label]) \
-                and not rerun:
-            finished[run.label] = old
-    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
-    estimate = entry.minutes.get(backend)
-    if (budget_minutes is not None and estimate is not None and estimate > budget_minutes
-            and len(finished) < len(entry.runs)):
-        reasons.append(f"estimated {estimate:g} min on this {backend}, more than the "
-                       f"{max(0.0, budget_minutes):.0f} min left of --budget")
-    if reasons:
-        return finish("skipped", "; ".join(dict.fromkeys(reasons)))
-
-    for run in entry.runs:
-        cfg = configs[run.label]
-        out = edir / run.slug
+        cfg, out = configs[run.label], edir / run.slug
         digest = config_digest(cfg)
         old = read_json(out / "run.json")
         reused = run.label in finished
-        if not reused and out.exists() and (rerun or old is not None):
-            if progress and old is not None and not rerun:
-                print(f"[leaderboard] {entry.id}/{run.slug}: config changed "
-                      f"({old.get('config_hash')} -> {digest}); rerunning", flush=True)
-            shutil.rmtree(out)
-        if progress:
-            print(f"[leaderboard] {entry.id}/{run.slug}: "
-                  + ("finished result of this config found; reused" if reused
-                     else command(entry, run, data_dir)), flush=True)
+        _clear_run_dir(entry, run, out, old, digest, reused=reused, rerun=rerun,
+                       progress=progress, data_dir=data_dir)
         if reused:
             before = earlier.get(run.label) or {}
             status["runs"][run.label] = {
@@ -147,21 +194,9 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
                 "computed": before.get("computed"), "load": before.get("load")}
             continue
         load = _load()
-        try:
-            try:
-                record = runner(cfg, out, progress=progress)
-            except ConfigError as e:
-                if "of a different config" not in str(e):
-                    raise
-                shutil.rmtree(out / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
-                record = runner(cfg, out, progress=progress)
-        except ConfigError as e:
-            if _is_data_error(str(e)):
-                return finish("skipped", f"{e} (set --data-dir, or --download where online)")
-            return finish("failed", f"run {run.label!r}: {e}")
-        except Exception as e:  # a crash in one entry must not lose the others
-            traceback.print_exc()
-            return finish("failed", f"run {run.label!r}: {type(e).__name__}: {e}")
+        record = _execute(run, cfg, out, runner, progress)
+        if isinstance(record, tuple):
+            return finish(*record)
         # per-seed copies of run.json (a sweep's convenience): the leaderboard reads run.json
         shutil.rmtree(out / "members", ignore_errors=True)
         status["runs"][run.label] = {
@@ -199,8 +234,8 @@ def _list(entries: list[Entry], data_dir: str | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``jaxasync-leaderboard``."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``jaxasync-leaderboard``."""
     p = argparse.ArgumentParser(
         prog="jaxasync-leaderboard",
         description="Run the leaderboard's entries (all, or those named) and render "
@@ -225,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="where LEADERBOARD.md, leaderboard.csv and plots/ go")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``jaxasync-leaderboard``."""
+    args = _parser().parse_args(argv)
     try:
         entries = load_entries(args.entries_file)
         chosen = _select(entries, args.entries)

@@ -369,6 +369,80 @@ def short_reason(reason: str) -> str:
     return "; ".join(parts)
 
 
+def _label_value(entry: Entry, records: dict[str, dict], label: str, qname: str) -> float:
+    """What orderings and ratios compare for ``label``: a run's :attr:`Summary.value`, or a
+    derived label's ratio of two runs' values (``inf`` where it is undefined); ``nan`` where
+    a run has no record."""
+    target = entry.target
+    if label in entry.derived:
+        a, b = entry.derived[label]
+        if a not in records or b not in records:
+            return math.nan
+        va = summarize(records[a], qname, target).value
+        vb = summarize(records[b], qname, target).value
+        if not math.isfinite(va) or not math.isfinite(vb) or vb == 0:
+            return INF
+        return va / vb
+    return summarize(records[label], qname, target).value if label in records else math.nan
+
+
+def _check_labels(c: dict) -> tuple[list[str], str]:
+    """The run (or derived) labels a check reads, and its "algorithm" cell."""
+    kind = c["kind"]
+    if kind == "value":
+        return [c["run"]], c["run"]
+    if kind == "ordering":
+        labels, _ = parse_chain(c["chain"])
+        return labels, ", ".join(labels)
+    return [c["num"], c["den"]], f"{c['num']} / {c['den']}"
+
+
+def _set_published(row: Row, c: dict, q: Quantity) -> None:
+    """The row's published cell (and value) from the check."""
+    kind = c["kind"]
+    if kind == "value":
+        row.published = _published_text(c, q.kind)
+        if "published" in c:
+            row.published_value = float(c["published"])
+    elif kind == "ordering":
+        row.published = c.get("reference") or c["chain"].replace("<<", "≪").replace(
+            "<=", "≤").replace("~", "≈")
+    else:
+        pub = c.get("published")
+        row.published = f"{pub:g}×" if pub is not None else f"≥ {c['at_least']:g}×"
+        row.published_value = float(pub) if pub is not None else None
+
+
+def _judge_check(row: Row, c: dict, q: Quantity, entry: Entry, records: dict[str, dict],
+                 labels: list[str]) -> Verdict:
+    """Fills the row's measured cells from the records (all there); returns the verdict."""
+    kind = c["kind"]
+    if kind == "value":
+        s = summarize(records[c["run"]], c["quantity"], entry.target)
+        diverged = any(m.get("status") == "diverged" for m in records[c["run"]]["members"])
+        missing_word = ("not reached" if c["quantity"].endswith("_to_target")
+                        else "diverged" if diverged else "no value")
+        row.measured = fmt_summary(s, q.kind, missing_word)
+        v = judge_value(s, q.kind, published=c.get("published"), rel=c.get("rel"),
+                        abs_=c.get("abs"), lo=c.get("min"), hi=c.get("max"))
+        row.mean, row.sd = s.mean, s.sd
+        row.lo = min(s.present) if s.present else None
+        row.hi = max(s.present) if s.present else None
+    elif kind == "ordering":
+        values = {lab: _label_value(entry, records, lab, c["quantity"]) for lab in labels}
+        vkind = "float" if any(lab in entry.derived for lab in labels) else q.kind
+        v, row.measured = judge_ordering(c["chain"], values, vkind,
+                                         approx=c.get("approx", 0.15), much=c.get("much", 10.0))
+    else:
+        v, r = judge_ratio(_label_value(entry, records, c["num"], c["quantity"]),
+                           _label_value(entry, records, c["den"], c["quantity"]),
+                           published=c.get("published"), factor=c.get("factor"),
+                           rel=c.get("rel"), at_least=c.get("at_least"))
+        row.measured = f"{r:.3g}×" if math.isfinite(r) else "- (a run has no value)"
+        row.mean = r if math.isfinite(r) else None
+    return v
+
+
 def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
                unavailable: str | None = None, status: str = "skipped") -> list[Row]:
     """The table rows of ``entry`` from its run records (label -> record).
@@ -376,7 +450,6 @@ def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
     A check whose runs lack a record shows ``unavailable`` (why: a skip reason) with the
     verdict ``status``, or "not run".
     """
-    target = entry.target
     cite = cite or entry.source
     rows = []
 
@@ -384,48 +457,18 @@ def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
         ns = sorted({len(records[lab]["members"]) for lab in labels if lab in records})
         return "/".join(str(n) for n in ns) or "-"
 
-    def agg(label: str, qname: str) -> float:
-        if label in entry.derived:
-            a, b = entry.derived[label]
-            if a not in records or b not in records:
-                return math.nan
-            va = summarize(records[a], qname, target).value
-            vb = summarize(records[b], qname, target).value
-            if not math.isfinite(va) or not math.isfinite(vb) or vb == 0:
-                return INF
-            return va / vb
-        return summarize(records[label], qname, target).value if label in records else math.nan
-
     def runs_of(label: str) -> list[str]:
         return list(entry.derived.get(label, (label,)))
 
     for c in entry.checks:
         q = quantity(c["quantity"])
         kind = c["kind"]
-        if kind == "value":
-            labels = [c["run"]]
-            algo = c["run"]
-        elif kind == "ordering":
-            labels, _ = parse_chain(c["chain"])
-            algo = ", ".join(labels)
-        else:
-            labels = [c["num"], c["den"]]
-            algo = f"{c['num']} / {c['den']}"
+        labels, algo = _check_labels(c)
         needed = [r for lab in labels for r in runs_of(lab)]
         missing = [r for r in needed if r not in records]
         qlabel = q.label + {"value": "", "ordering": " (ordering)", "ratio": " (ratio)"}[kind]
         row = Row(entry.id, entry.task, algo, seeds_of(needed), qlabel, "", "-", cite, "")
-        if kind == "value":
-            row.published = _published_text(c, q.kind)
-            if "published" in c:
-                row.published_value = float(c["published"])
-        elif kind == "ordering":
-            row.published = c.get("reference") or c["chain"].replace("<<", "≪").replace(
-                "<=", "≤").replace("~", "≈")
-        else:
-            pub = c.get("published")
-            row.published = f"{pub:g}×" if pub is not None else f"≥ {c['at_least']:g}×"
-            row.published_value = float(pub) if pub is not None else None
+        _set_published(row, c, q)
         if missing:
             if unavailable:
                 row.measured = f"- ({short_reason(unavailable)})"
@@ -434,28 +477,7 @@ def entry_rows(entry: Entry, records: dict[str, dict], cite: str | None = None,
                 row.measured, row.verdict = f"not run ({', '.join(missing)})", "-"
             rows.append(row)
             continue
-        if kind == "value":
-            s = summarize(records[c["run"]], c["quantity"], target)
-            diverged = any(m.get("status") == "diverged" for m in records[c["run"]]["members"])
-            missing_word = ("not reached" if c["quantity"].endswith("_to_target")
-                            else "diverged" if diverged else "no value")
-            row.measured = fmt_summary(s, q.kind, missing_word)
-            v = judge_value(s, q.kind, published=c.get("published"), rel=c.get("rel"),
-                            abs_=c.get("abs"), lo=c.get("min"), hi=c.get("max"))
-            row.mean, row.sd = s.mean, s.sd
-            row.lo = min(s.present) if s.present else None
-            row.hi = max(s.present) if s.present else None
-        elif kind == "ordering":
-            values = {lab: agg(lab, c["quantity"]) for lab in labels}
-            vkind = "float" if any(lab in entry.derived for lab in labels) else q.kind
-            v, row.measured = judge_ordering(c["chain"], values, vkind,
-                                             approx=c.get("approx", 0.15), much=c.get("much", 10.0))
-        else:
-            v, r = judge_ratio(agg(c["num"], c["quantity"]), agg(c["den"], c["quantity"]),
-                               published=c.get("published"), factor=c.get("factor"),
-                               rel=c.get("rel"), at_least=c.get("at_least"))
-            row.measured = f"{r:.3g}×" if math.isfinite(r) else "- (a run has no value)"
-            row.mean = r if math.isfinite(r) else None
+        v = _judge_check(row, c, q, entry, records, labels)
         row.verdict, row.ok = v.text, v.ok
         rows.append(row)
     return rows
