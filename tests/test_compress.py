@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 # The package exports the ``compress`` optax transform under the same name; import the module.
 C = importlib.import_module("jaxasync.compress")
+# The CPU radix top-k behind C.top_k_threshold (its internals are tested below).
+R = importlib.import_module("jaxasync._topk_radix")
 
 BIG_D, BIG_K = 40_000, 400   # above the fast-path threshold
 
@@ -39,11 +41,11 @@ BATCH = 6   # every fast-path test feeds this many rows, so one compilation serv
 @cache
 def big_select():
     """jit(vmap) of (top_k_select, whether the fast path succeeded) over BATCH rows."""
-    plan = C._plan(BIG_D, BIG_K)
+    plan = R._plan(BIG_D, BIG_K)
     assert plan is not None
 
     def one(v):
-        return C.top_k_select(v, BIG_K), C._fast_threshold(v, BIG_K, plan)[2]
+        return C.top_k_select(v, BIG_K), R._fast_threshold(v, BIG_K, plan)[2]
 
     return jax.jit(jax.vmap(one))
 
@@ -112,10 +114,10 @@ def test_small_layers_match_lax_top_k_set(size, density, seed):
 @jax.jit
 def _first_round_overflows(v):
     """Whether the first sample bracket's selected bucket holds more entries than its slots."""
-    plan = C._plan(BIG_D, BIG_K)
-    bits = C._abs_bits(v)
+    plan = R._plan(BIG_D, BIG_K)
+    bits = R._abs_bits(v)
     padded = jnp.pad(bits, (0, 4 * plan.words - BIG_D), constant_values=-1).reshape(4, plan.words)
-    return C._select_in_bracket(bits, padded, BIG_K, plan, *C._sample_bracket(bits, plan))[4]
+    return R._select_in_bracket(bits, padded, BIG_K, plan, *R._sample_bracket(bits, plan))[4]
 
 
 def test_fast_path_matches_lax_top_k_on_random_data():
@@ -158,7 +160,7 @@ def test_fast_path_ties_and_fallback_keep_exactly_k():
     sparse[rng.choice(BIG_D, BIG_K // 3, replace=False)] = rng.standard_normal(BIG_K // 3)
     # Fallbacks: all equal (one giant bucket) and a quantised vector (huge bucket), and a
     # vector the fixed sample misrepresents (small at the sampled positions only).
-    plan = C._plan(BIG_D, BIG_K)
+    plan = R._plan(BIG_D, BIG_K)
     fooled = np.full(BIG_D, 5.0, np.float32) + rng.random(BIG_D).astype(np.float32)
     fooled[np.asarray(plan.sample)] = 1e-3
     xs = jnp.asarray(np.stack([
