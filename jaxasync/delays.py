@@ -9,24 +9,43 @@ Two families (DESIGN.md, item 5):
   distribution and a link; the K workers that finish first arrive, and staleness
   emerges from the race.
 
+The event-driven model also has the *fixed computation model* of Tyurin & Richtarik
+(NeurIPS 2023, arXiv 2305.12387, Section 2): worker i needs a fixed time tau_i per gradient
+(``times``: the presets ``equal``, ``sqrt``, ``gamma`` of the KAUST simulator,
+github.com/k3nfalt/optimal-decentralized-optimization,
+``experiments/asynchronous/config_async.py``), optionally plus a random eta_i
+(``noise``: the laws of Maranjyan, Omar & Richtarik, "MindFlayer SGD", arXiv 2410.04285).
+
 Everything here is a pure function of a PRNG key and numbers; :class:`DelayConfig`
-holds the static choices.
+holds the static choices. Delay files are read by :mod:`jaxasync.traces`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxasync import hparams as hp
+from jaxasync.traces import read_trace  # noqa: F401  (delays.read_trace: the plain reader)
+
 SAMPLED = ("constant", "uniform", "geometric", "pareto", "trace")
 KINDS = ("none",) + SAMPLED + ("event",)
 COMPUTE = ("constant", "exponential", "lognormal")
+#: fixed per-worker compute times (see :func:`preset_times`)
+TIMES = ("equal", "sqrt", "gamma")
+#: the random part eta_i added to a computation (see :func:`noise_draw`)
+NOISES = ("none", "exponential", "infinite_bernoulli", "alpha_bernoulli", "cauchy", "levy")
+
+
+def _declared(default, param: hp.Param):
+    """A field whose constraint travels with it (``metadata["param"]``, checked by the
+    experiment's resolver and shown in the Hydra schema's docs)."""
+    return dataclasses.field(default=default, metadata={"param": param})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +69,23 @@ class DelayConfig:
       heterogeneity: if > 0 and no ``speeds``, slowdowns ~ LogNormal(0, heterogeneity),
         drawn once per run.
       straggler_fraction, straggler_slowdown: the first ceil(f M) workers are s times slower.
+      times: a preset of fixed per-worker compute times tau_i (multiplying ``mean``):
+        ``equal`` (1), ``sqrt`` (sqrt(i + 1)), ``gamma`` (Gamma(2, 200)/400 redrawn until
+        >= 1, sorted; drawn once on the host with ``times_seed``); None: ``speeds`` /
+        ``heterogeneity`` decide. With ``compute="constant"`` this is the fixed computation
+        model of Tyurin & Richtarik (NeurIPS 2023).
+      times_seed: the NumPy seed of the ``gamma`` preset (one draw shared by every member).
+      noise: a random eta added to every computation (``none``, ``exponential``,
+        ``infinite_bernoulli``, ``alpha_bernoulli``, ``cauchy`` (|Cauchy|), ``levy``); see
+        :func:`noise_draw`.
+      noise_scale: the exponential law's mean; the |Cauchy| and Levy laws' scale.
+      noise_p: the Bernoulli laws' probability that a computation takes its fixed time.
+      noise_alpha: ``alpha_bernoulli``: otherwise it takes alpha tau_i.
+      trace_columns: columns of the ``trace`` table (1: one sequence; 8: a per-worker
+        staleness CSV of Wu et al., ICML 2022, read by :func:`jaxasync.traces.read_delay_table`);
+        ``trace`` holds the table row by row.
+      bandwidths: per-worker link bandwidths in bits/s (length M), or None (the network's);
+        set by a FedScale device-capacity file (:func:`jaxasync.traces.read_fedscale`).
     """
 
     kind: str = "event"
@@ -68,6 +104,17 @@ class DelayConfig:
     heterogeneity: float = 0.0
     straggler_fraction: float = 0.0
     straggler_slowdown: float = 1.0
+    times: str | None = _declared(None, hp.Param("str", choices=TIMES, optional=True,
+                                                 doc="fixed compute-time preset"))
+    times_seed: int = _declared(0, hp.Param("int", low=0, doc="seed of the gamma preset"))
+    noise: str = _declared("none", hp.Param("str", choices=NOISES, doc="random eta_i"))
+    noise_scale: float = _declared(1.0, hp.positive("eta scale"))
+    noise_p: float = _declared(0.5, hp.Param("float", low=0.0, high=1.0, low_open=True,
+                                             doc="P(no extra time)"))
+    noise_alpha: float = _declared(2.0, hp.Param("float", low=1.0, doc="alpha of alpha-Bernoulli"))
+    trace_columns: int = _declared(1, hp.Param("int", low=1, doc="columns of the trace table"))
+    bandwidths: tuple[float, ...] | None = _declared(
+        None, hp.Param("any", optional=True, doc="per-worker bits/s"))
 
     @property
     def sampled(self) -> bool:
@@ -104,31 +151,14 @@ class Network:
         return jnp.float32(self.latency) + bits * per_bit
 
 
-def read_trace(path: str | Path) -> tuple[int, ...]:
-    """Reads a delay trace: whitespace- or comma-separated non-negative integers.
+def sample_delays(cfg: DelayConfig, key: Array, n: int, step: Array, ids: Array | None = None,
+                  draws: Array | None = None) -> Array:
+    """Draws ``n`` delays (int32[n]) for the arrivals of server step ``step``.
 
-    Raises ``ValueError`` naming the file and the first bad entry.
+    A ``trace`` of C > 1 columns (``trace_columns``) is a per-worker table: arriving worker
+    ``ids[i]`` gets the entry of column ``ids[i] mod C`` in row ``draws[i] mod rows``, its own
+    k-th delay for its k-th gradient (``draws``: the gradients it computed before).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"delay.trace_file: {path} does not exist")
-    text = path.read_text().replace(",", " ").split()
-    out = []
-    for i, tok in enumerate(text):
-        try:
-            v = float(tok)
-        except ValueError:
-            raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} is not a number") from None
-        if v < 0 or v != int(v):
-            raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} must be a non-negative integer")
-        out.append(int(v))
-    if not out:
-        raise ValueError(f"delay.trace_file {path}: no delays in the file")
-    return tuple(out)
-
-
-def sample_delays(cfg: DelayConfig, key: Array, n: int, step: Array) -> Array:
-    """Draws ``n`` delays (int32[n]) for the arrivals of server step ``step``."""
     if cfg.kind == "none":
         return jnp.zeros((n,), jnp.int32)
     if cfg.kind == "constant":
@@ -142,6 +172,10 @@ def sample_delays(cfg: DelayConfig, key: Array, n: int, step: Array) -> Array:
         u = jax.random.uniform(key, (n,), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
         tau_f = jnp.floor(cfg.scale * (u ** (-1.0 / cfg.alpha) - 1.0))
         tau = jnp.minimum(tau_f, 2.0**30).astype(jnp.int32)
+    elif cfg.kind == "trace" and cfg.trace_columns > 1:
+        c = cfg.trace_columns
+        table = jnp.asarray(cfg.trace, jnp.int32).reshape(-1, c)
+        return table[draws % table.shape[0], ids % c]
     elif cfg.kind == "trace":
         trace = jnp.asarray(cfg.trace, jnp.int32)
         pos = (step * n + jnp.arange(n)) % trace.shape[0]
@@ -153,9 +187,40 @@ def sample_delays(cfg: DelayConfig, key: Array, n: int, step: Array) -> Array:
     return tau
 
 
+def preset_times(name: str, num_workers: int, seed: int = 0) -> np.ndarray:
+    """The fixed compute times tau_i (float64[M]) of a preset.
+
+    ``equal``: 1; ``sqrt``: sqrt(i + 1); ``gamma``: Gamma(k = 2, theta = 200) / (k theta) (mean
+    1), each redrawn until >= 1, then sorted ascending (the KAUST simulator's presets,
+    ``experiments/asynchronous/config_async.py``; its gamma draws come from NumPy's global
+    stream, ours from ``numpy.random.default_rng(seed)``).
+    """
+    i = np.arange(num_workers, dtype=np.float64)
+    if name == "equal":
+        return np.ones(num_workers)
+    if name == "sqrt":
+        return np.sqrt(i + 1.0)
+    if name == "gamma":
+        rng, k, theta = np.random.default_rng(seed), 2.0, 200.0
+        out = np.empty(num_workers)
+        for w in range(num_workers):
+            t = 0.0
+            while t < 1.0:
+                t = rng.gamma(k, theta) / (k * theta)
+            out[w] = t
+        return np.sort(out)
+    raise ValueError(f"delay.times={name!r}: unknown; choose one of {', '.join(TIMES)}")
+
+
 def worker_speeds(cfg: DelayConfig, key: Array, num_workers: int) -> Array:
-    """Per-worker slowdown factors (float32[M]): fixed speeds, heterogeneity, stragglers."""
-    if cfg.speeds is not None:
+    """Per-worker slowdown factors (float32[M]): fixed speeds, a preset of fixed times,
+    heterogeneity, stragglers."""
+    if cfg.times is not None:
+        if cfg.speeds is not None:
+            raise ValueError(f"delay.times={cfg.times!r}: give delay.times or delay.speeds, "
+                             "not both")
+        speed = jnp.asarray(preset_times(cfg.times, num_workers, cfg.times_seed), jnp.float32)
+    elif cfg.speeds is not None:
         if len(cfg.speeds) != num_workers:
             raise ValueError(
                 f"delay.speeds: has {len(cfg.speeds)} entries, expected num_workers={num_workers}"
@@ -182,7 +247,126 @@ def compute_times(cfg: DelayConfig, key: Array, speed: Array) -> Array:
         base = cfg.mean * jnp.exp(cfg.sigma * z - 0.5 * cfg.sigma**2)
     else:
         raise ValueError(f"delay.compute {cfg.compute!r}: unknown; choose one of {', '.join(COMPUTE)}")
-    return (base * speed).astype(jnp.float32)
+    out = (base * speed).astype(jnp.float32)
+    if cfg.noise == "none":
+        return out
+    return out + noise_draw(cfg, jax.random.fold_in(key, 0x9015E), nominal_times(cfg, speed))
+
+
+def nominal_times(cfg: DelayConfig, speed: Array) -> Array:
+    """tau_i = mean x speed_i: the fixed part of a computation (``compute="constant"``), the
+    mean of the others; float32, computed as :func:`compute_times` computes a constant draw
+    (so a draw without noise equals it bitwise)."""
+    return (jnp.full(speed.shape, cfg.mean, jnp.float32) * speed).astype(jnp.float32)
+
+
+def noise_draw(cfg: DelayConfig, key: Array, nominal: Array) -> Array:
+    r"""The random extra time :math:`\eta_i` of each computation (float32, ``nominal``'s shape).
+
+    With :math:`s` = ``noise_scale``, :math:`p` = ``noise_p``, :math:`\alpha` = ``noise_alpha``
+    and :math:`\tau_i` = ``nominal``:
+
+    * ``exponential``: :math:`\eta \sim \mathrm{Exp}` with mean :math:`s`;
+    * ``infinite_bernoulli``: :math:`\eta = 0` with probability :math:`p`, else
+      :math:`\infty` (the worker never returns);
+    * ``alpha_bernoulli``: :math:`\eta = 0` with probability :math:`p`, else
+      :math:`(\alpha - 1)\tau_i` (the computation takes :math:`\alpha\tau_i`);
+    * ``cauchy``: :math:`s\,|C|`, :math:`C` standard Cauchy;
+    * ``levy``: :math:`s / Z^2`, :math:`Z \sim N(0, 1)` (the Levy law of scale :math:`s`).
+
+    The laws of Maranjyan, Omar & Richtarik, "MindFlayer SGD" (arXiv 2410.04285, Section 2
+    and the experiments); one law for every worker, drawn independently per computation.
+    """
+    shape = nominal.shape
+    s, p = cfg.noise_scale, cfg.noise_p
+    if cfg.noise == "exponential":
+        return (s * jax.random.exponential(key, shape)).astype(jnp.float32)
+    if cfg.noise in ("infinite_bernoulli", "alpha_bernoulli"):
+        late = jax.random.uniform(key, shape) >= p
+        extra = jnp.inf if cfg.noise == "infinite_bernoulli" else (cfg.noise_alpha - 1.0) * nominal
+        return jnp.where(late, extra, 0.0).astype(jnp.float32)
+    if cfg.noise == "cauchy":
+        return (s * jnp.abs(jax.random.cauchy(key, shape))).astype(jnp.float32)
+    if cfg.noise == "levy":
+        z = jax.random.normal(key, shape)
+        return (s / jnp.maximum(z * z, jnp.finfo(jnp.float32).tiny)).astype(jnp.float32)
+    raise ValueError(f"delay.noise={cfg.noise!r}: unknown; choose one of {', '.join(NOISES)}")
+
+
+def computation(cfg: DelayConfig, key: Array, speed: Array, slack: Array | None
+                ) -> tuple[Array, Array | None]:
+    r"""``(duration, stopped)`` of new computations: a :func:`compute_times` draw, stopped at
+    ``nominal + slack`` when longer (a timeout the algorithm set, e.g. MindFlayer's clipping
+    time :math:`t_i = \tau_i + s_i`); ``slack`` None: no timeouts (``stopped`` None)."""
+    draw = compute_times(cfg, key, speed)
+    if slack is None:
+        return draw, None
+    limit = nominal_times(cfg, speed) + slack
+    stopped = draw > limit
+    return jnp.where(stopped, limit, draw), stopped
+
+
+def clip_success(cfg: DelayConfig, nominal: Array, slack: Array) -> Array:
+    r"""P(a computation ends within ``nominal + slack``): float32, ``nominal``'s shape.
+
+    Exact for ``compute="constant"`` with any noise (P(eta <= slack)), and for the exponential
+    and log-normal laws without noise. MindFlayer's :math:`p_i` (arXiv 2410.04285, Algorithm
+    1: the estimator is divided by :math:`\sum_i B_i p_i`).
+    """
+    slack = jnp.asarray(slack, jnp.float32)
+    if cfg.compute != "constant":
+        if cfg.noise != "none":
+            raise ValueError(f"delay.noise={cfg.noise!r} with delay.compute={cfg.compute!r}: "
+                             "the probability of a timeout is known for compute=constant only")
+        if cfg.compute == "exponential":
+            return 1.0 - jnp.exp(-(1.0 + slack / nominal))
+        z = (jnp.log1p(slack / nominal) + 0.5 * cfg.sigma**2) / max(cfg.sigma, 1e-30)
+        return jax.scipy.stats.norm.cdf(z)
+    s, p = cfg.noise_scale, cfg.noise_p
+    finite = jnp.isfinite(slack)
+    if cfg.noise == "none":
+        return jnp.ones_like(nominal)
+    if cfg.noise == "exponential":
+        return jnp.where(finite, 1.0 - jnp.exp(-slack / s), 1.0) * jnp.ones_like(nominal)
+    if cfg.noise == "infinite_bernoulli":
+        return jnp.full(nominal.shape, p, jnp.float32)
+    if cfg.noise == "alpha_bernoulli":
+        return p + (1.0 - p) * ((cfg.noise_alpha - 1.0) * nominal <= slack)
+    if cfg.noise == "cauchy":
+        return (2.0 / math.pi) * jnp.arctan(slack / s) * jnp.ones_like(nominal)
+    # levy: P(s / Z^2 <= t) = P(|Z| >= sqrt(s / t)) = erfc(sqrt(s / (2 t)))
+    safe = jnp.maximum(slack, jnp.finfo(jnp.float32).tiny)
+    return jnp.where(slack > 0, jax.scipy.special.erfc(jnp.sqrt(s / (2.0 * safe))), 0.0
+                     ) * jnp.ones_like(nominal)
+
+
+def fixed_staleness_bound(cfg: DelayConfig, num_workers: int, latency: float = 0.0
+                          ) -> int | None:
+    """The largest staleness fixed compute times allow (event model, compute=constant, no
+    noise or a Bernoulli law), or None when they allow any.
+
+    Worker j's arrivals are at least tau_j + 2 latency apart, so during one computation of at
+    most W = alpha tau_max + 2 latency at most floor(W / (tau_j + 2 latency)) + 1 of them land;
+    the sum over workers bounds the versions pushed in between (one version per step at most).
+    """
+    if cfg.kind != "event" or cfg.compute != "constant" or cfg.heterogeneity > 0:
+        return None
+    if cfg.noise not in ("none", "infinite_bernoulli", "alpha_bernoulli"):
+        return None
+    if cfg.times is not None:
+        tau = preset_times(cfg.times, num_workers, cfg.times_seed)
+    elif cfg.speeds is not None:
+        tau = np.asarray(cfg.speeds, np.float64)
+    else:
+        tau = np.ones(num_workers)
+    n_slow = int(math.ceil(cfg.straggler_fraction * num_workers))
+    tau = cfg.mean * np.where(np.arange(num_workers) < n_slow, tau * cfg.straggler_slowdown, tau)
+    stretch = cfg.noise_alpha if cfg.noise == "alpha_bernoulli" else 1.0
+    window = stretch * tau.max() + 2 * latency
+    # a margin for the float32 clock: an arrival time is a sum of float32 times, rounded
+    # relative to the clock (2^-24 of it per addition), so spacings may shrink a little
+    ratios = window / (tau + 2 * latency) * 1.01
+    return int(np.sum(np.floor(ratios) + 1)) + 1
 
 
 def truncated_mean(cfg: DelayConfig) -> float:

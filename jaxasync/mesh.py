@@ -76,7 +76,7 @@ def state_shardings(state: Any, mesh: Mesh, num_workers: int) -> Any:
         finish=worker(state.finish), worker_version=worker(state.worker_version),
         speed=worker(state.speed), ref_params=worker(state.ref_params),
         counts=replicated(state.counts), key=ns(P()), data_key=ns(P()),
-        draws=worker(state.draws),
+        draws=worker(state.draws), events=worker(state.events),
     )
 
 

@@ -115,6 +115,36 @@ def _ref_grad_dist_with_gradients(ctx: StepContext):
                                      ctx.x, ctx.y)
 
 
+def _event(ctx: StepContext) -> bool:
+    return ctx.sim.cfg.delay.kind == "event" and not ctx.synchronous
+
+
+def _inflight(ctx: StepContext):
+    """version - worker_version: how stale each worker's current computation already is
+    (zeros outside the event-driven model, where nothing is in flight)."""
+    st = ctx.state
+    if not _event(ctx):
+        return jnp.zeros_like(st.worker_version)
+    return st.version - st.worker_version
+
+
+def _compute_times(ctx: StepContext):
+    from jaxasync.delays import nominal_times
+
+    return nominal_times(ctx.sim.cfg.delay, ctx.state.speed)
+
+
+def _clip_success(ctx: StepContext):
+    from jaxasync.delays import clip_success
+    from jaxasync.transforms import worker_control
+
+    ctrl = worker_control(ctx.state.opt_state)
+    nominal = _compute_times(ctx)
+    if ctrl is None or not _event(ctx):
+        return jnp.ones_like(nominal)
+    return clip_success(ctx.sim.cfg.delay, nominal, ctrl.timeout).astype(jnp.float32)
+
+
 def _update_norms(ctx: StepContext):
     d = ctx.state.norms.shape[0]
     return ctx.state.norms[(ctx.state.ring.head - jnp.arange(d)) % d]
@@ -143,6 +173,13 @@ SIDE_INFO: dict[str, Side] = {
                           reference=True, with_gradients=_ref_grad_dist_with_gradients),
     "loss": Side(lambda c: c.loss_w, "float32[W]",
                  "each row's minibatch loss at its stale iterate"),
+    "inflight": Side(_inflight, "int32[M]",
+                     "version - worker_version: the staleness each worker's computation has "
+                     "already gathered (event model; zeros otherwise)"),
+    "compute_times": Side(_compute_times, "float32[M]",
+                          "each worker's nominal time per gradient, tau_i = mean x speed_i"),
+    "clip_success": Side(_clip_success, "float32[M]",
+                         "P(a computation ends within its timeout), p_i of MindFlayer"),
 }
 
 #: the names an algorithm may declare in ``register(..., needs=...)``

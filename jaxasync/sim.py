@@ -42,14 +42,16 @@ from jaxasync import delays as dl
 from jaxasync import side_info
 from jaxasync.algorithms import AlgorithmSpec
 from jaxasync.transforms import (
+    Control,
     algorithm_metrics,
     bit_parts,
     communication,
     compress_rows,
     keep_decisions,
     last_decisions,
+    worker_control,
 )
-from jaxasync.trees import repeat_rows, tree_norm
+from jaxasync.trees import dense_bits, repeat_rows, tree_norm
 
 PyTree = Any
 
@@ -149,6 +151,26 @@ class SimCounts(NamedTuple):
     batch_loss_n: Array
 
 
+class EventState(NamedTuple):
+    """The event-driven model's bookkeeping beyond each worker's finish time and version.
+
+    Attributes:
+      block_min: float32[ceil(M / b)] the earliest finish time in each block of ``b =
+        ceil(sqrt M)`` workers (one arrival per step; empty otherwise): the next arrival is
+        found in O(sqrt M) instead of O(M) (:func:`next_arrival`).
+      clipped: bool[M] the worker's computation will be stopped at its timeout.
+      held: bool[M] the worker computes nothing (held by the algorithm's :class:`Control`).
+      stopped: int32[] computations dropped by a restart or a hold (wasted work).
+      timeouts: int32[] arrivals stopped at their timeout.
+    """
+
+    block_min: Array
+    clipped: Array
+    held: Array
+    stopped: Array
+    timeouts: Array
+
+
 class SimState(NamedTuple):
     params: PyTree
     opt_state: PyTree
@@ -164,6 +186,7 @@ class SimState(NamedTuple):
     key: Array
     data_key: Array         # constant per member: the epoch orders of sampling="epochs"
     draws: Array            # int32[M] minibatches each worker has drawn (sampling="epochs")
+    events: EventState      # arrival index, timeouts, holds, stops (event model)
 
 
 class Data(NamedTuple):
@@ -252,6 +275,58 @@ def epoch_position(key: Array, size: Array, q: Array) -> Array:
     return x.astype(jnp.int32)
 
 
+# ----------------------------------------------------------------------------- arrivals
+
+
+def block_size(m: int) -> int:
+    """b = ceil(sqrt(M)): the block length of the arrival index."""
+    return math.isqrt(max(m, 1) - 1) + 1
+
+
+def _first_min(v: Array) -> tuple[Array, Array]:
+    """``(index, value)`` of the first minimum of ``v``: two reductions, which XLA's CPU
+    backend runs several times faster than ``argmin``'s index-carrying reduction."""
+    low = jnp.min(v)
+    return jnp.min(jnp.where(v == low, jnp.arange(v.shape[0], dtype=jnp.int32),
+                             v.shape[0])), low
+
+
+def _block(finish: Array, j: Array, b: int) -> tuple[Array, Array]:
+    """Block ``j``'s finish times (``inf`` outside it) and the index of its first slot."""
+    start = jnp.minimum(j * b, finish.shape[0] - b)
+    row = jax.lax.dynamic_slice_in_dim(finish, start, b)
+    inside = start + jnp.arange(b) >= j * b
+    return jnp.where(inside, row, jnp.inf), start
+
+
+def block_minima(finish: Array) -> Array:
+    """The earliest finish time of every block (float32[ceil(M / b)])."""
+    m = finish.shape[0]
+    b = block_size(m)
+    nb = -(-m // b)
+    padded = jnp.concatenate([finish, jnp.full((nb * b - m,), jnp.inf, finish.dtype)])
+    return jnp.min(padded.reshape(nb, b), axis=1)
+
+
+def next_arrival(finish: Array, block_min: Array) -> Array:
+    """The worker that finishes first (the lowest index among ties, as ``lax.top_k`` orders
+    them), from the block minima: two reductions over sqrt(M) entries instead of a ``top_k``
+    over M. On the 2-core CPU at M = 10,000 a step's pick fell from ~35 us (``top_k``) to a
+    few (``benchmarks/async_bench.py``); an event heap would need log M dependent scalar
+    steps, which XLA runs one kernel at a time."""
+    j, _ = _first_min(block_min)
+    row, start = _block(finish, j, block_size(finish.shape[0]))
+    i, _ = _first_min(row)
+    return (start + i).astype(jnp.int32)
+
+
+def refresh_block(finish: Array, block_min: Array, i: Array) -> Array:
+    """``block_min`` after worker ``i``'s finish time changed (O(sqrt M))."""
+    b = block_size(finish.shape[0])
+    row, _ = _block(finish, i // b, b)
+    return block_min.at[i // b].set(jnp.min(row))
+
+
 class Simulator:
     """Runs one algorithm on one workload under one delay model.
 
@@ -310,9 +385,14 @@ class Simulator:
         opt_state = self.make_tx(hparams).init(params)
         speed = dl.worker_speeds(cfg.delay, k_speed, cfg.num_workers)
         m = cfg.num_workers
-        if cfg.delay.kind == "event" and not self.spec.synchronous:
-            finish = dl.compute_times(cfg.delay, k_first, speed) + cfg.network.seconds(
-                jnp.zeros((m,), jnp.float32))
+        events = self._events_init(m)
+        if self._event:
+            ctrl = worker_control(opt_state)
+            compute, clipped = dl.computation(cfg.delay, k_first, speed, self._slack(ctrl))
+            finish = compute + cfg.network.seconds(jnp.zeros((m,), jnp.float32))
+            events = events._replace(clipped=events.clipped if clipped is None else clipped)
+            if self.rows == 1:
+                events = events._replace(block_min=block_minima(finish))
         else:
             finish = jnp.zeros((m,), jnp.float32)
         d = cfg.ring_size
@@ -332,7 +412,26 @@ class Simulator:
             counts=counts, key=k_run,
             # (folded in, not split off: the other streams, and so old results, are unchanged)
             data_key=jax.random.fold_in(key, 0x5EED), draws=jnp.zeros((m,), jnp.int32),
+            events=events,
         )
+
+    @property
+    def _event(self) -> bool:
+        """Asynchronous workers racing in the event-driven model (finish times, versions)."""
+        return self.cfg.delay.kind == "event" and not self.spec.synchronous
+
+    @staticmethod
+    def _slack(ctrl: Control | None, ids: Array | None = None) -> Array | None:
+        """The timeouts of new computations (all workers, or rows ``ids``); None: none."""
+        if ctrl is None or ctrl.timeout is None:
+            return None
+        return ctrl.timeout if ids is None else ctrl.timeout[ids]
+
+    def _events_init(self, m: int) -> EventState:
+        zero = jnp.zeros((), jnp.int32)
+        false = jnp.zeros((m,), bool)
+        nb = -(-m // block_size(m)) if self._event and self.rows == 1 else 0
+        return EventState(jnp.full((nb,), jnp.inf, jnp.float32), false, false, zero, zero)
 
     def _arrivals(self, state: SimState, key: Array):
         """Which workers arrive, how stale they are, and the new server clock."""
@@ -348,13 +447,17 @@ class Simulator:
             return ids, tau, state.clock + 1.0
         k = self.rows
         if cfg.delay.kind == "event":
-            _, ids = jax.lax.top_k(-state.finish, k)
-            ids = ids.astype(jnp.int32)
+            if k == 1:
+                ids = next_arrival(state.finish, state.events.block_min)[None]
+            else:
+                _, ids = jax.lax.top_k(-state.finish, k)
+                ids = ids.astype(jnp.int32)
             now = jnp.max(state.finish[ids])
             tau = state.version - state.worker_version[ids]
         else:
             ids = jax.random.permutation(k_pick, m)[:k].astype(jnp.int32)
-            tau = dl.sample_delays(cfg.delay, k_tau, k, state.counts.iterations)
+            tau = dl.sample_delays(cfg.delay, k_tau, k, state.counts.iterations, ids=ids,
+                                   draws=state.draws[ids])
             # No gradient predates x_0: before version tau, a "tau-stale" gradient was
             # computed at x_0 (what the ring returns), which is `version` versions old.
             tau = jnp.minimum(tau, state.version)
@@ -395,13 +498,14 @@ class Simulator:
         extra = {name: side_info.SIDE_INFO[name].compute(ctx) for name in self.offered}
         updates, opt_state = self.make_tx(hparams).update(ctx.grads_w, state.opt_state,
                                                           state.params, **extra)
-        rows = last_decisions(opt_state)
-        params, ring, norms, version = self._apply(state, updates, rows)
-        now, finish, worker_version = self._clocks(state, ctx, rows, version, k_next)
+        rows, ctrl = last_decisions(opt_state), worker_control(opt_state)
+        params, ring, norms, version = self._apply(state, updates, rows, ctrl)
+        now, finish, worker_version, events = self._clocks(state, ctx, rows, version, k_next,
+                                                           ctrl)
         return SimState(params, opt_state, ring, version, norms, now, finish, worker_version,
                         state.speed, self._references(state, ctx, rows),
                         self._counted(state, ctx, rows), key, state.data_key,
-                        state.draws.at[ctx.ids].add(1))
+                        state.draws.at[ctx.ids].add(1), events)
 
     def _gather(self, state: SimState, data: Data, k_arr: Array, k_batch: Array,
                 k_tx: Array) -> side_info.StepContext:
@@ -409,6 +513,8 @@ class Simulator:
         d = self.cfg.ring_size
         ids, tau, now = self._arrivals(state, k_arr)   # synchronous + event: compute times
         live = tau < d                      # staler than the ring holds: dropped
+        if self._event:                     # stopped at a timeout, or never coming back
+            live = live & ~state.events.clipped[ids] & jnp.isfinite(now)
         x, y = self._batches(data, ids, k_batch, state)
         # synchronous rows are all at the current iterate (one params, unbatched)
         params_w = None if self.spec.synchronous else ring_read(state.ring, jnp.minimum(tau,
@@ -428,16 +534,17 @@ class Simulator:
         ctx.loss_w, ctx.grads_w = self.vmap_workers(jax.value_and_grad(self.workload.loss),
                                                     (axis, 0, 0))(base, ctx.x, ctx.y)
 
-    def _apply(self, state: SimState, updates: PyTree, rows):
+    def _apply(self, state: SimState, updates: PyTree, rows, ctrl: Control | None = None):
         """The new parameters, pushed into the ring, with the update's norm.
 
         A step that applies nothing (all rejected or dropped) makes no new version, so
-        staleness counts real updates. Without ``cond`` (vmap would turn it into a select over
-        the whole ring): when nothing advances, the head slot is rewritten with the same
+        staleness counts real updates; an algorithm that buffers rows says itself when its
+        iterate moves (``Control.advance``). Without ``cond`` (vmap would turn it into a select
+        over the whole ring): when nothing advances, the head slot is rewritten with the same
         parameters.
         """
         d = self.cfg.ring_size
-        advance = jnp.any(rows.applied)
+        advance = jnp.any(rows.applied) if ctrl is None else ctrl.advance
         new_params = jax.tree.map(lambda p, u: jnp.where(advance, p + u, p), state.params, updates)
         step_norm = jnp.where(advance, tree_norm(updates), 0.0)
         head = (state.ring.head + advance.astype(jnp.int32)) % d
@@ -446,22 +553,69 @@ class Simulator:
         norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
         return new_params, ring, norms, state.version + advance.astype(jnp.int32)
 
-    def _clocks(self, state: SimState, ctx, rows, version: Array, key: Array):
-        """The server clock, and when each arrival's next gradient arrives.
+    def _clocks(self, state: SimState, ctx, rows, version: Array, key: Array,
+                ctrl: Control | None = None):
+        """The server clock, when each worker's next gradient arrives, and the event state.
 
         Each arrival's exchange (its upload, the model download) delays its next gradient;
-        rejected and dropped workers start again from the new version too.
+        rejected and dropped workers start again from the new version too. An algorithm's
+        :class:`~jaxasync.transforms.Control` adds timeouts to new computations and restarts
+        or holds other workers (:meth:`_interrupt`).
         """
         cfg, now = self.cfg, ctx.now
         if self.spec.synchronous and cfg.delay.kind == "event":
             now = self._round_end(state.clock, now, rows)
-        finish, worker_version = state.finish, state.worker_version
-        if cfg.delay.kind == "event" and not self.spec.synchronous:
-            link = cfg.network.seconds(rows.bits_up) + cfg.network.seconds(rows.bits_down)
-            compute = dl.compute_times(cfg.delay, key, state.speed[ctx.ids])
+        finish, worker_version, ev = state.finish, state.worker_version, state.events
+        if self._event:
+            link = self._seconds(rows.bits_up, ctx.ids) + self._seconds(rows.bits_down, ctx.ids)
+            compute, clipped = dl.computation(cfg.delay, key, state.speed[ctx.ids],
+                                              self._slack(ctrl, ctx.ids))
             finish = finish.at[ctx.ids].set(now + link + compute)
             worker_version = worker_version.at[ctx.ids].set(version)
-        return now, finish, worker_version
+            if clipped is not None:
+                ended = jnp.sum(ev.clipped[ctx.ids].astype(jnp.int32))
+                ev = ev._replace(clipped=ev.clipped.at[ctx.ids].set(clipped),
+                                 timeouts=ev.timeouts + ended)
+            if ctrl is not None and (ctrl.restart is not None or ctrl.hold is not None):
+                finish, worker_version, ev = self._interrupt(
+                    state, ctx, ctrl, now, version, jax.random.fold_in(key, 1),
+                    finish, worker_version, ev)
+            elif self.rows == 1:
+                ev = ev._replace(block_min=refresh_block(finish, ev.block_min, ctx.ids[0]))
+        return now, finish, worker_version, ev
+
+    def _interrupt(self, state: SimState, ctx, ctrl: Control, now, version, key, finish,
+                   worker_version, ev: EventState):
+        """Carries out an algorithm's restarts and holds (O(M), only for algorithms that
+        expose them): a restarted worker drops its computation and starts one at the new
+        version after downloading the model; a held one drops it and idles. Dropped work
+        (of a worker that was busy and did not just arrive) is counted in ``stopped``."""
+        m = self.cfg.num_workers
+        false = jnp.zeros((m,), bool)
+        restart = false if ctrl.restart is None else ctrl.restart
+        hold = false if ctrl.hold is None else ctrl.hold
+        arrived = false.at[ctx.ids].set(True)
+        dropped = ~ev.held & ~arrived & (restart | hold)
+        fresh = restart & ~hold & ~arrived
+        compute, clipped = dl.computation(self.cfg.delay, key, state.speed, self._slack(ctrl))
+        download = self._seconds(jnp.float32(dense_bits(state.params)), jnp.arange(m))
+        finish = jnp.where(hold, jnp.inf, jnp.where(fresh, now + download + compute, finish))
+        worker_version = jnp.where(fresh, version, worker_version)
+        ev = ev._replace(
+            clipped=ev.clipped if clipped is None else jnp.where(fresh, clipped, ev.clipped),
+            held=hold | (ev.held & ~arrived & ~restart),
+            stopped=ev.stopped + jnp.sum(dropped.astype(jnp.int32)))
+        if self.rows == 1:
+            ev = ev._replace(block_min=block_minima(finish))
+        return finish, worker_version, ev
+
+    def _seconds(self, bits: Array, ids: Array) -> Array:
+        """Link time of a message of ``bits`` for workers ``ids``: the network's link, or each
+        worker's own bandwidth (``delay.bandwidths``, e.g. from a FedScale capacity file)."""
+        net, bw = self.cfg.network, self.cfg.delay.bandwidths
+        if bw is None:
+            return net.seconds(bits)
+        return jnp.float32(net.latency) + bits / jnp.asarray(bw, jnp.float32)[ids]
 
     def _references(self, state: SimState, ctx, rows) -> PyTree:
         """Each worker's last-upload iterate, advanced for the rows that uploaded."""
@@ -499,9 +653,9 @@ class Simulator:
         The upload costs what the row sent (a top-k message, a dense gradient), nothing
         for a worker that skipped its upload; every worker downloads the model.
         """
-        net = self.cfg.network
-        up = jnp.where(rows.bits_up > 0, net.seconds(rows.bits_up), 0.0)
-        return clock + jnp.max(compute + up + net.seconds(rows.bits_down))
+        ids = jnp.arange(self.cfg.num_workers)
+        up = jnp.where(rows.bits_up > 0, self._seconds(rows.bits_up, ids), 0.0)
+        return clock + jnp.max(compute + up + self._seconds(rows.bits_down, ids))
 
     # -- chunks, evaluation ----------------------------------------------------------------
 
@@ -520,12 +674,15 @@ class Simulator:
         if self.cfg.eval_grad_norm:
             out["train_grad_norm"] = full_gradient_norm(wl.loss, state.params, data.x_train,
                                                         data.y_train)
-        c = state.counts
+        c, ev = state.counts, state.events
         out["batch_loss"] = c.batch_loss_sum / jnp.maximum(1, c.batch_loss_n)
         comm = {**communication(state.opt_state), **bit_parts(state.opt_state)}
+        if worker_control(state.opt_state) is not None:
+            out.update({"stopped": ev.stopped, "timeouts": ev.timeouts})
         out.update({
             "step": c.iterations, "version": state.version, "time": state.clock,
-            "grads": c.grads, "wasted": c.wasted,
+            # a computation dropped by a restart or a hold is a gradient computed and wasted
+            "grads": c.grads + ev.stopped, "wasted": c.wasted + ev.stopped,
             "staleness_mean": c.staleness_sum / jnp.maximum(1, c.iterations * self.rows),
             "staleness_max": c.staleness_max,
         })

@@ -46,7 +46,8 @@ from jaxasync.trees import dense_bits, num_params, row_norms, select_rows, tree_
 PyTree = Any
 
 __all__ = [
-    "AggregateState", "CommCounts", "CompressState", "WorkerRows", "accept_if", "aggregate",
+    "AggregateState", "CommCounts", "CompressState", "Control", "WorkerRows", "accept_if",
+    "aggregate", "control", "worker_control",
     "algorithm_metrics", "as_rows", "communication", "compress_rows", "dense_bits",
     "find_states", "keep_decisions", "last_decisions", "num_params", "row_norms", "row_sum",
     "scale_by_staleness", "total_bits", "tree_sq_dist",
@@ -354,6 +355,60 @@ def keep_decisions(tx: optax.GradientTransformationExtraArgs, rows: int
         return jax.tree.map(fix, tx.init(params), is_leaf=lambda x: isinstance(x, AggregateState))
 
     return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
+# ----------------------------------------------------------------------------- worker control
+
+
+class Control(NamedTuple):
+    r"""What a server decides about the workers' computations, besides the rows it applies.
+
+    A transform that stops, holds or times out computations, or that buffers rows over several
+    steps, keeps one of these in its state (fixed shapes, ``M`` workers); the simulator reads it
+    after each update (:func:`worker_control`) and carries it out. Without one, the simulator
+    does what plain asynchronous SGD does: the iterate moves when a row is applied, the
+    arriving workers start again at the new iterate, nobody else is interrupted.
+
+    Attributes:
+      advance: bool[] the server iterate moves this step (a new version). A buffering server
+        (Rennala SGD) applies rows to its buffer without moving the iterate.
+      restart: bool[M] these workers drop what they compute and start again at the new
+        iterate now (Ringmaster ASGD's stops); the dropped work counts as wasted.
+      hold: bool[M] these workers compute nothing after this step (their current work, if
+        any, is dropped and counted as wasted) until a later step restarts them (MindFlayer's
+        finished trial budget, Naive Optimal ASGD's unused workers). ``hold`` wins over
+        ``restart``.
+      timeout: float32[M] slack :math:`s_i`: a computation that has not ended after the
+        worker's fixed time plus :math:`s_i` is stopped there and arrives without a gradient
+        (masked); ``inf``: never (MindFlayer's clipping times :math:`t_i = \tau_i + s_i`).
+    """
+
+    advance: Array
+    restart: Array
+    hold: Array
+    timeout: Array
+
+
+def control(num_workers: int, *, advance: Array | bool = True, restart: Array | None = None,
+            hold: Array | None = None, timeout: Array | float | None = None) -> Control:
+    """A :class:`Control` for ``num_workers`` workers; every field defaults to "do nothing"
+    (advance, no restart, no hold, no timeout)."""
+    false = jnp.zeros((num_workers,), bool)
+    return Control(
+        advance=jnp.asarray(advance, bool),
+        restart=false if restart is None else jnp.broadcast_to(restart, (num_workers,)),
+        hold=false if hold is None else jnp.broadcast_to(hold, (num_workers,)),
+        timeout=jnp.broadcast_to(jnp.asarray(jnp.inf if timeout is None else timeout,
+                                             jnp.float32), (num_workers,)),
+    )
+
+
+def worker_control(opt_state: PyTree) -> Control | None:
+    """The :class:`Control` an algorithm's state exposes, or None (at most one per chain)."""
+    states = find_states(opt_state, Control)
+    if len(states) > 1:
+        raise ValueError(f"expected at most one Control in the chain, found {len(states)}")
+    return states[0] if states else None
 
 
 # ----------------------------------------------------------------------------- row transforms
