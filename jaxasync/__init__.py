@@ -17,7 +17,16 @@ from jaxasync.algorithms import (
     staleness_aware,
     sync_sgd,
 )
-from jaxasync.baselines import dc_asgd, dc_asgd_adaptive, fedbuff, koloskova, picky
+from jaxasync.baselines import asgd_drop, dc_asgd, dc_asgd_adaptive, koloskova, picky
+from jaxasync.federated import fedasync, fedbuff
+from jaxasync.optimal import (
+    naive_optimal_asgd,
+    optimal_time,
+    rennala,
+    ringmaster,
+    ringmaster_stop,
+)
+from jaxasync.rounds import malenia, mindflayer
 from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
 from jaxasync.lazy import (
     LazyState,
@@ -34,15 +43,18 @@ from jaxasync.lazy import (
 )
 from jaxasync.compress import COMPRESSORS, register_compressor
 from jaxasync.transforms import (
+    Control,
     WorkerRows,
     accept_if,
     aggregate,
     communication,
     compress_rows,
+    control,
     keep_decisions,
     last_decisions,
     scale_by_staleness,
     total_bits,
+    worker_control,
 )
 
 __version__ = "0.1.0"
@@ -53,7 +65,9 @@ __all__ = [
     "keep_decisions", "last_decisions", "register", "register_compressor", "rules",
     "scale_by_staleness", "staleness_aware", "sync_sgd", "total_bits", "transforms",
     "ce_asgd", "ce_asgd_lite", "server_work",
-    "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky",
+    "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky", "asgd_drop",
+    "Control", "control", "worker_control", "fedasync", "malenia", "mindflayer",
+    "naive_optimal_asgd", "optimal_time", "rennala", "ringmaster", "ringmaster_stop",
     "LazyState", "lag", "lag_ps", "lag_wk", "lasg", "lazy_counters", "lazy_state", "lazy_upload",
     "sasg", "sgd_sum", "sparse",
 ]

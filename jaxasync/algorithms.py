@@ -54,6 +54,11 @@ class AlgorithmSpec:
       example: build arguments for the conformance tests (besides ``num_workers``, which
         they pass when the factory takes it): every registered algorithm is driven through
         the same contract tests built from these.
+      max_staleness: ``(params) -> int | None``: the largest staleness of a row the
+        algorithm can apply, given its parameters (``num_workers`` included; a traced
+        parameter's largest member value), or None (any). The experiment sizes the ring of
+        stored versions by it: a staler arrival is dropped unseen, which for such an
+        algorithm is what it would have done (Rennala: 0, Ringmaster: R - 1).
     """
 
     name: str
@@ -64,6 +69,7 @@ class AlgorithmSpec:
     own_messages: bool = False
     params: Mapping[str, hp.Param] = dataclasses.field(default_factory=dict)
     example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    max_staleness: Callable[[dict], int | None] | None = None
 
     def parameters(self) -> list[str]:
         """Keyword arguments the factory accepts."""
@@ -110,7 +116,8 @@ def required_workers(algorithm: str, num_workers: int | None) -> int:
 
 def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False,
              own_messages: bool = False, params: Mapping[str, hp.Param] | None = None,
-             static: tuple[str, ...] = (), example: Mapping[str, Any] | None = None):
+             static: tuple[str, ...] = (), example: Mapping[str, Any] | None = None,
+             max_staleness: Callable[[dict], int | None] | None = None):
     """Decorator adding a factory to :data:`ALGORITHMS` under ``name``.
 
     Args:
@@ -121,6 +128,7 @@ def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool 
         undeclared ones are derived from their defaults (:func:`jaxasync.hparams.derive`).
       static: names to treat as static whatever their declaration (shapes, branches).
       example: the conformance tests' build arguments, when the defaults do not build.
+      max_staleness: the largest staleness the algorithm applies (see :class:`AlgorithmSpec`).
 
     The decorated name is the factory with its arguments checked on every call, so
     ``ja.asgd(learning_rate=-1.0)`` raises ``ValueError`` naming ``learning_rate``.
@@ -138,7 +146,8 @@ def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool 
             declared[k] = dataclasses.replace(declared[k], static=True)
         fn = hp.checked(name, factory, declared)
         ALGORITHMS[name] = AlgorithmSpec(name, fn, frozenset(needs), arrivals, synchronous,
-                                         own_messages, declared, dict(example or {}))
+                                         own_messages, declared, dict(example or {}),
+                                         max_staleness)
         return fn
 
     return deco

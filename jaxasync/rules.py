@@ -53,6 +53,29 @@ def fedbuff_weight(tau: Array) -> Array:
     return 1.0 / jnp.sqrt(1.0 + tau.astype(jnp.float32))
 
 
+def polynomial_weight(tau: Array, exponent: float | Array, reference: float | Array = 0.0
+                      ) -> Array:
+    r"""Normalised polynomial staleness weight :math:`(1+\tau)^{-e} / (1+\bar\tau)^{-e}`.
+
+    :math:`\bar\tau = 0` is FedAsync's polynomial :math:`s_a(\tau) = (\tau+1)^{-a}` (Xie,
+    Koyejo & Gupta, "Asynchronous Federated Optimization", arXiv 1903.03934, Section 5.2);
+    with :math:`\bar\tau` the expected staleness it is FLSim's normalised weight, 1 at
+    :math:`\tau = \bar\tau` (``PolynomialStalenessWeight`` with ``avg_staleness``,
+    github.com/facebookresearch/FLSim, ``flsim/utils/async_trainer/async_staleness_weights.py``),
+    which FedBuff's experiments use (Nguyen et al., AISTATS 2022, arXiv 2106.06639).
+    """
+    t = tau.astype(jnp.float32)
+    e = jnp.asarray(exponent, jnp.float32)
+    return (1.0 + jnp.asarray(reference, jnp.float32)) ** e / (1.0 + t) ** e
+
+
+def hinge_weight(tau: Array, a: float | Array, b: float | Array) -> Array:
+    r"""FedAsync's hinge staleness function: 1 if :math:`\tau \le b`, else
+    :math:`1 / (a(\tau - b) + 1)` (Xie, Koyejo & Gupta, arXiv 1903.03934, Section 5.2)."""
+    t = tau.astype(jnp.float32)
+    return jnp.where(t <= b, 1.0, 1.0 / (a * (t - b) + 1.0))
+
+
 def koloskova_scale(
     tau: Array, concurrency: int | Array, smoothness: float | Array | None = None,
     learning_rate: float | Array = 1.0,
@@ -149,4 +172,6 @@ SCALERS = {
     "delay_adaptive": delay_adaptive,
     "fedbuff": fedbuff_weight,
     "koloskova": koloskova_scale,
+    "polynomial": polynomial_weight,
+    "hinge": hinge_weight,
 }

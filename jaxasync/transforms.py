@@ -369,6 +369,8 @@ class Control(NamedTuple):
     does what plain asynchronous SGD does: the iterate moves when a row is applied, the
     arriving workers start again at the new iterate, nobody else is interrupted.
 
+    ``restart``, ``hold`` and ``timeout`` may be None: never (see :func:`control`).
+
     Attributes:
       advance: bool[] the server iterate moves this step (a new version). A buffering server
         (Rennala SGD) applies rows to its buffer without moving the iterate.
@@ -389,18 +391,23 @@ class Control(NamedTuple):
     timeout: Array
 
 
-def control(num_workers: int, *, advance: Array | bool = True, restart: Array | None = None,
-            hold: Array | None = None, timeout: Array | float | None = None) -> Control:
-    """A :class:`Control` for ``num_workers`` workers; every field defaults to "do nothing"
-    (advance, no restart, no hold, no timeout)."""
-    false = jnp.zeros((num_workers,), bool)
-    return Control(
-        advance=jnp.asarray(advance, bool),
-        restart=false if restart is None else jnp.broadcast_to(restart, (num_workers,)),
-        hold=false if hold is None else jnp.broadcast_to(hold, (num_workers,)),
-        timeout=jnp.broadcast_to(jnp.asarray(jnp.inf if timeout is None else timeout,
-                                             jnp.float32), (num_workers,)),
-    )
+def control(num_workers: int | None = None, *, advance: Array | bool = True,
+            restart: Array | bool | None = None, hold: Array | bool | None = None,
+            timeout: Array | float | None = None) -> Control:
+    """A :class:`Control`; per-worker fields are broadcast to ``num_workers``.
+
+    A field left None is "never" (no restart, no hold, no timeout) and fixed so at trace
+    time: the simulator then does no per-worker work for it (a Rennala step stays O(1) in M).
+    """
+    def per_worker(x, dtype):
+        if x is None:
+            return None
+        if num_workers is None:
+            raise ValueError("control: num_workers is required for per-worker decisions")
+        return jnp.broadcast_to(jnp.asarray(x, dtype), (num_workers,))
+
+    return Control(advance=jnp.asarray(advance, bool), restart=per_worker(restart, bool),
+                   hold=per_worker(hold, bool), timeout=per_worker(timeout, jnp.float32))
 
 
 def worker_control(opt_state: PyTree) -> Control | None:

@@ -77,6 +77,10 @@ def _extra(spec, w, params, key, mask=None):
             out[name] = jax.random.uniform(k[i], (w,), minval=0.0, maxval=0.1)
         elif shape == "float32[D]":
             out[name] = jnp.full((16,), 0.01, jnp.float32)
+        elif shape == "int32[M]":
+            out[name] = jax.random.randint(k[i], (M,), 0, 4)
+        elif shape == "float32[M]":
+            out[name] = jax.random.uniform(k[i], (M,), minval=0.5, maxval=1.0)
         else:
             raise AssertionError(f"side information {name!r} of shape {shape!r}: teach "
                                  "_extra how to make one")
