@@ -71,11 +71,21 @@ NEUTRAL = {
     "run.eval_grad_norm": lambda v: not v,
     "algorithm.compressor": lambda v: v["name"] == "none",
     "workload.sampling": lambda v: v == "replacement",
+    "run.select": lambda v: v == "none",
+    "delay.times": lambda v: v is None,
+    "delay.times_seed": lambda v: v == 0,
+    "delay.noise": lambda v: v == "none",
+    "delay.noise_scale": lambda v: v == 1.0,
+    "delay.noise_p": lambda v: v == 0.5,
+    "delay.noise_alpha": lambda v: v == 2.0,
+    "delay.trace_columns": lambda v: v == 1,
+    "delay.bandwidths": lambda v: v is None,
 }
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT = 3  # bumped when what a checkpoint holds changes (2: SimState.data_key, draws;
-#            3: top-k error feedback keeps the sent vector and its selection)
+FORMAT = 4  # bumped when what a checkpoint holds changes (2: SimState.data_key, draws;
+#            3: top-k error feedback keeps the sent vector and its selection;
+#            4: SimState.events, the arrival index and the event-model counters)
 
 
 def config_hash(cfg: Config) -> str:

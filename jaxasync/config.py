@@ -137,6 +137,9 @@ class RunConf:
     distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
     checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
     resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
+    # report the grid value reaching the target first in this quantity (time, grads, step,
+    # uploads, bits_up), or lowest at the end; none: every value (the whole grid is kept)
+    select: str = "none"
 
 
 @dataclasses.dataclass

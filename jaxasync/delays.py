@@ -340,6 +340,22 @@ def clip_success(cfg: DelayConfig, nominal: Array, slack: Array) -> Array:
                      ) * jnp.ones_like(nominal)
 
 
+def known_times(cfg: DelayConfig, num_workers: int) -> np.ndarray | None:
+    """Each worker's nominal time tau_i = mean x speed_i (float64[M]) when it is known before
+    the run (a preset, given speeds, stragglers), None when drawn per run (heterogeneity)."""
+    if cfg.heterogeneity > 0 and cfg.times is None and cfg.speeds is None:
+        return None
+    if cfg.times is not None:
+        tau = preset_times(cfg.times, num_workers, cfg.times_seed)
+    elif cfg.speeds is not None:
+        tau = np.asarray(cfg.speeds, np.float64)
+    else:
+        tau = np.ones(num_workers)
+    n_slow = int(math.ceil(cfg.straggler_fraction * num_workers))
+    return cfg.mean * np.where(np.arange(num_workers) < n_slow, tau * cfg.straggler_slowdown,
+                               tau)
+
+
 def fixed_staleness_bound(cfg: DelayConfig, num_workers: int, latency: float = 0.0
                           ) -> int | None:
     """The largest staleness fixed compute times allow (event model, compute=constant, no
@@ -349,18 +365,11 @@ def fixed_staleness_bound(cfg: DelayConfig, num_workers: int, latency: float = 0
     most W = alpha tau_max + 2 latency at most floor(W / (tau_j + 2 latency)) + 1 of them land;
     the sum over workers bounds the versions pushed in between (one version per step at most).
     """
-    if cfg.kind != "event" or cfg.compute != "constant" or cfg.heterogeneity > 0:
+    tau = known_times(cfg, num_workers)
+    if cfg.kind != "event" or cfg.compute != "constant" or tau is None:
         return None
     if cfg.noise not in ("none", "infinite_bernoulli", "alpha_bernoulli"):
         return None
-    if cfg.times is not None:
-        tau = preset_times(cfg.times, num_workers, cfg.times_seed)
-    elif cfg.speeds is not None:
-        tau = np.asarray(cfg.speeds, np.float64)
-    else:
-        tau = np.ones(num_workers)
-    n_slow = int(math.ceil(cfg.straggler_fraction * num_workers))
-    tau = cfg.mean * np.where(np.arange(num_workers) < n_slow, tau * cfg.straggler_slowdown, tau)
     stretch = cfg.noise_alpha if cfg.noise == "alpha_bernoulli" else 1.0
     window = stretch * tau.max() + 2 * latency
     # a margin for the float32 clock: an arrival time is a sum of float32 times, rounded

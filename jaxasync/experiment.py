@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxasync import delays as dl
-from jaxasync import report
+from jaxasync import report, traces
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.config import Config, ConfigError, to_config
 from jaxasync.data import PARTITION_SCHEMES
@@ -46,14 +46,6 @@ def _delay_config(c: Config) -> dl.DelayConfig:
         raise ConfigError(f"delay.kind={d.kind!r}: unknown; choose one of: {', '.join(dl.KINDS)}")
     if d.compute not in dl.COMPUTE:
         raise ConfigError(f"delay.compute={d.compute!r}: unknown; choose one of: {', '.join(dl.COMPUTE)}")
-    trace: tuple[int, ...] = ()
-    if d.kind == "trace":
-        if not d.trace_file:
-            raise ConfigError("delay.trace_file: required when delay.kind=trace")
-        try:
-            trace = dl.read_trace(d.trace_file)
-        except (ValueError, FileNotFoundError) as e:
-            raise ConfigError(str(e)) from None
     checks = [
         ("delay.tau", d.tau, d.tau >= 0, ">= 0"),
         ("delay.low", d.low, 0 <= d.low, ">= 0"),
@@ -72,20 +64,77 @@ def _delay_config(c: Config) -> dl.DelayConfig:
     for key, val, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}={val!r}: must be {allowed}")
+    _check_declared(d)
     values = {f.name: getattr(d, f.name) for f in dataclasses.fields(dl.DelayConfig)
               if f.name != "trace"}
     # (lists in the schema are tuples here: the config is static and hashable)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dl.DelayConfig(**values, trace=trace)
+    _check_times(values, c.run.num_workers)
+    if d.kind == "trace":
+        values = _trace_values(values, d.trace_file, c)
+    return dl.DelayConfig(**{"trace": (), **values})
+
+
+def _check_declared(d) -> None:
+    """Every field of ``delay`` that declares its constraint (``metadata["param"]``)."""
+    for f in dataclasses.fields(dl.DelayConfig):
+        decl = f.metadata.get("param")
+        if decl is None or not hasattr(d, f.name):
+            continue
+        try:
+            decl.check(f"delay.{f.name}", getattr(d, f.name))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _check_times(values: dict, m: int) -> None:
+    """Fixed times: one source (a preset or speeds), per-worker links of the right length."""
+    if values["times"] is not None and values["speeds"] is not None:
+        raise ConfigError(f"delay.times={values['times']!r}: give delay.times or delay.speeds, "
+                          "not both")
+    if values["times"] is not None and values["heterogeneity"] > 0:
+        raise ConfigError(f"delay.times={values['times']!r}: fixed times; drop "
+                          f"delay.heterogeneity={values['heterogeneity']!r}")
+    bw = values["bandwidths"]
+    if bw is not None:
+        if len(bw) != m:
+            raise ConfigError(f"delay.bandwidths: has {len(bw)} entries; must have one per "
+                              f"worker (run.num_workers={m})")
+        bad = [v for v in bw if not (v > 0)]
+        if bad:
+            raise ConfigError(f"delay.bandwidths: entry {bad[0]!r} must be > 0 (bits/s)")
+
+
+def _trace_values(values: dict, path, c: Config) -> dict:
+    """``delay.kind=trace``: a per-worker staleness table (Wu et al.'s CSVs, or one sequence)
+    is replayed; FedScale's capacity pickle becomes the event-driven model with each worker's
+    fixed compute time and link (:mod:`jaxasync.traces`)."""
+    if not path:
+        raise ConfigError("delay.trace_file: required when delay.kind=trace")
+    try:
+        if traces.is_pickle(path):
+            compute, links = traces.read_fedscale(path, c.run.num_workers,
+                                                  c.workload.batch_size)
+            return {**values, "kind": "event", "compute": "constant", "mean": 1.0,
+                    "speeds": compute, "bandwidths": links}
+        table, columns = traces.read_delay_table(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    if len(table) % columns:
+        raise ConfigError(f"delay.trace_file {path}: {len(table)} entries do not fill rows of "
+                          f"{columns} columns")
+    return {**values, "trace": table, "trace_columns": columns}
 
 
 def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
     """``algorithm.params`` -> (static, traced): by the algorithm's declarations
     (:attr:`jaxasync.algorithms.AlgorithmSpec.params`), never by the YAML type.
 
-    A traced parameter may be one number or a list of numbers (the members of one vmapped
-    program, each checked here on its concrete value before anything is traced); a static
-    one takes one value (it fixes shapes or branches: sweep it with a Hydra multirun, ``-m``).
+    A traced parameter (a float, or an integer declared traced, such as Rennala's batch S,
+    which only enters comparisons) may be one number or a list of numbers (the members of one
+    vmapped program, each checked here on its concrete value before anything is traced); a
+    static one takes one value (it fixes shapes or branches: sweep it with a Hydra multirun,
+    ``-m``).
 
     Raises:
       ConfigError: an unknown name, a value its declaration refuses, a list for a static one.
@@ -98,7 +147,8 @@ def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
             raise ConfigError(f"{key}: unknown for algorithm {spec.name!r}; accepted: "
                               f"{', '.join(spec.parameters()) or '(none)'}")
         listed = isinstance(v, list | tuple)
-        if listed and (decl.static or decl.kind != "float"):
+        traced = not decl.static and decl.kind in ("float", "int")
+        if listed and not traced:
             raise ConfigError(f"{key}={list(v)!r}: takes one value (it is fixed when the "
                               f"program is compiled); sweep it with a Hydra multirun, -m")
         if listed and not v:
@@ -107,10 +157,10 @@ def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
             values = [decl.check(key, x) for x in (v if listed else [v])]
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if decl.static or decl.kind != "float" or values[0] is None:
+        if not traced or values[0] is None:
             static[k] = values[0]
-        else:
-            numeric[k] = [float(x) for x in values]
+        else:  # an integer that only enters comparisons (Rennala's S) is traced as well
+            numeric[k] = [int(x) if decl.kind == "int" else float(x) for x in values]
     return static, numeric
 
 
@@ -127,6 +177,9 @@ def _check_run(cfg: Config) -> None:
                           f"{jax.default_backend()} device(s) available")
     if r.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every={r.checkpoint_every!r}: must be >= 0 (0: off)")
+    if r.select not in report.SELECT:
+        raise ConfigError(f"run.select={r.select!r}: unknown; choose one of "
+                          f"{', '.join(report.SELECT)}")
     if r.eval_train_size < 1:
         raise ConfigError(f"run.eval_train_size={r.eval_train_size!r}: must be >= 1")
     if cfg.workload.shards_per_worker < 1:
@@ -308,24 +361,45 @@ def _check_values(cfg: Config) -> None:
                           f">= 0")
 
 
-def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict, rows: int) -> int:
-    """D: the versions the ring keeps (the delay bound + 1, or ``run.ring_size``), at least
-    the lazy algorithms' history window + 1."""
+def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict, rows: int,
+                numeric: dict | None = None) -> int:
+    """D: the versions the ring keeps, at least the lazy algorithms' history window + 1.
+
+    ``run.ring_size``, or what the run can use: the delay model's bound + 1 (a sampled
+    model's largest delay; fixed compute times' largest staleness,
+    :func:`jaxasync.delays.fixed_staleness_bound`), capped by the largest staleness the
+    algorithm applies + 1 (``max_staleness``: Rennala 0, Ringmaster R - 1; a staler arrival
+    is dropped unseen, as it would have been discarded); 8 M when neither bounds it.
+    """
     r, m = cfg.run, cfg.run.num_workers
     bound = 0 if spec.synchronous else delay.bound()
+    if bound is None and not spec.synchronous:
+        bound = dl.fixed_staleness_bound(delay, m, cfg.network.latency) \
+            if math.isinf(cfg.network.bandwidth) else None
+    used = _max_staleness(spec, static, numeric or {}, m)
     if r.ring_size is not None:
         if r.ring_size < 1:
             raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
-        if bound is not None and r.ring_size < bound + 1:
+        if bound is not None and delay.kind != "event" and r.ring_size < bound + 1:
             raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
                               f"{bound + 1} (delay.kind={delay.kind})")
         ring = r.ring_size
-    elif bound is not None:
-        ring = bound + 1
+    elif bound is not None or used is not None:
+        ring = min(b + 1 for b in (bound, used) if b is not None)
     else:
         ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
     history = static.get("history", spec.defaults().get("history"))
     return max(ring, int(history or 0) + 1, 2)
+
+
+def _max_staleness(spec, static: dict, numeric: dict, m: int) -> int | None:
+    """The algorithm's ``max_staleness`` at this run's values (a traced parameter's largest
+    member value), or None."""
+    if spec.max_staleness is None:
+        return None
+    values = {**spec.defaults(), **static, "num_workers": m}
+    values.update({k: max(v) for k, v in numeric.items()})
+    return spec.max_staleness(values)
 
 
 def _steps(cfg: Config, rows: int) -> tuple[int, int]:
@@ -354,7 +428,7 @@ def resolve(cfg: Config) -> Resolved:
     arrivals, rows = _arrivals(cfg, spec)
     delay = _delay_config(cfg)
     static, numeric = split_params(spec, dict(cfg.algorithm.params))
-    ring = _ring_depth(cfg, spec, delay, static, rows)
+    ring = _ring_depth(cfg, spec, delay, static, rows, numeric)
     steps, every = _steps(cfg, rows)
     compressor = _compressor(spec, cfg.algorithm.compressor)
     _check_lr_decay(cfg.algorithm.lr_decay)
@@ -472,11 +546,16 @@ class Prepared:
 
 
 def _with_smoothness(res: Resolved, smoothness: float | None) -> dict:
-    """The static kwargs, plus the workload's L for a factory taking ``smoothness`` (CE-ASGD's
-    threshold kappa * L, Koloskova's 1/(4 L tau)); None where unknown."""
+    """The static kwargs, plus what the run knows that a factory may take: the workload's L
+    (``smoothness``: CE-ASGD's threshold kappa * L, Koloskova's 1/(4 L tau); None where
+    unknown) and the workers' fixed times (``worker_times``: Naive Optimal ASGD's selection),
+    when known before the run."""
     static = dict(res.static)
     if "smoothness" in res.spec.params and "smoothness" not in static | res.numeric:
         static["smoothness"] = smoothness
+    if "worker_times" in res.spec.params and "worker_times" not in static:
+        times = dl.known_times(res.delay, res.cfg.run.num_workers)
+        static["worker_times"] = None if times is None else tuple(float(t) for t in times)
     return static
 
 

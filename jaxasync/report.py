@@ -54,6 +54,61 @@ def reached(history: list[dict], metric: str, value: float, mode: str) -> dict |
     return None
 
 
+# ----------------------------------------------------------------------------- selection
+
+#: ``run.select``: which member of a grid a run reports (``none``: all, pooled per value)
+SELECT = ("none",) + TO_TARGET
+
+
+def _group_final(ms: list[dict], target: dict) -> float:
+    """The mean final target metric of a group, as a cost (lower is better; a diverged or
+    non-finite member makes it inf)."""
+    sign = 1.0 if target["mode"] == "min" else -1.0
+    vals = []
+    for m in ms:
+        v = m["history"][-1].get(target["metric"])
+        if m["status"] != "ok" or v is None or not math.isfinite(v):
+            return math.inf
+        vals.append(sign * v)
+    return float(np.mean(vals))
+
+
+def select_members(members: list[dict], target: dict | None, by: str) -> dict | None:
+    """The grid value whose members reach the target first, measured in ``by`` (a
+    :data:`TO_TARGET` quantity, mean over seeds; a value counts only if every seed reaches
+    it), or, where none reaches it, the one with the best final target metric.
+
+    Returns ``{"by", "params", "members" (indices), "value" (mean cost to target or None),
+    "reached"}``; None without a target or for ``by="none"``.
+    """
+    if by == "none" or target is None or not members:
+        return None
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault(json.dumps(m["params"], sort_keys=True), []).append(i)
+    best = None
+    for key, idx in groups.items():
+        ms = [members[i] for i in idx]
+        hits = [reached(m["history"], target["metric"], target["value"], target["mode"])
+                for m in ms]
+        done = all(h is not None and by in h for h in hits)
+        cost = float(np.mean([h[by] for h in hits])) if done else math.inf
+        rank = (cost, _group_final(ms, target))
+        if best is None or rank < best[0]:
+            best = (rank, key, idx, done)
+    (cost, _), key, idx, done = best
+    return {"by": by, "params": json.loads(key), "members": idx,
+            "value": cost if done else None, "reached": done}
+
+
+def selected_members(record: dict) -> list[dict]:
+    """The members a record reports: the selected grid value's (``run.select``), or all."""
+    sel = record.get("selected")
+    if not sel:
+        return record["members"]
+    return [record["members"][i] for i in sel["members"]]
+
+
 def _target_of(workload) -> dict | None:
     t = getattr(workload, "target", None)
     if t is None:
@@ -82,6 +137,7 @@ def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
             "history": hist,
         })
     comp = prep.sim_config.compressor
+    selected = select_members(members, target, prep.cfg.run.select)
     return {
         "algorithm": prep.cfg.algorithm.name,
         # the table's and plots' name: the algorithm, and the compressor in front of it
@@ -100,6 +156,7 @@ def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
                           "factor": prep.sim_config.lr_factor} if prep.lr_boundaries else None),
         },
         "target": target,
+        **({"selected": selected} if selected is not None else {}),
         "members": members,
         "timing": {"compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds,
                    "wall_seconds": wall_seconds},
@@ -317,7 +374,16 @@ def load_records(root: Path) -> list[dict]:
 
 
 def summary_rows(record: dict) -> list[dict[str, str]]:
-    """Table rows of a record: one per distinct swept-parameter value (seeds pooled)."""
+    """Table rows of a record: one per distinct swept-parameter value (seeds pooled), or the
+    selected value's only (``run.select``; the row says how many values it was chosen
+    from)."""
+    sel = record.get("selected")
+    if sel:
+        n_values = len({json.dumps(m["params"], sort_keys=True) for m in record["members"]})
+        row = summary_row({**record, "members": selected_members(record)})
+        row["params"] = (", ".join(f"{k}={v:g}" for k, v in sel["params"].items())
+                         + f" (best {sel['by']} of {n_values})")
+        return [row]
     groups: dict[str, list[dict]] = {}
     for m in record["members"]:
         groups.setdefault(json.dumps(m["params"], sort_keys=True), []).append(m)

@@ -156,7 +156,7 @@ def summarize(record: dict, name: str, target: dict | None = None) -> Summary:
     """Quantity ``name`` over the members of ``record`` (target: the entry's, else the record's)."""
     q = quantity(name)
     t = target if target is not None else record.get("target")
-    return Summary(tuple(q.fn(m, t) for m in record["members"]), q.worst)
+    return Summary(tuple(q.fn(m, t) for m in report.selected_members(record)), q.worst)
 
 
 # ============================================================================ formatting
