@@ -80,6 +80,7 @@ NEUTRAL = {
     "delay.noise_alpha": lambda v: v == 2.0,
     "delay.trace_columns": lambda v: v == 1,
     "delay.bandwidths": lambda v: v is None,
+    "workload.init": lambda v: v == "flax",
 }
 
 CHECKPOINT_DIR = "checkpoint"
