@@ -23,7 +23,8 @@ Stochastic gradients, as that code's ``StochasticTridiagonalQuadraticFunction``:
 
 The random draws come from a pool of ``pool`` pre-drawn (normal, uniform) pairs that every
 worker samples from (``workload.partition=shared``): the simulator's minibatches are rows of a
-dataset. :math:`f^*` and :math:`x^*` are computed in float64 (a tridiagonal solve).
+dataset. :math:`f^*` and :math:`x^*` are computed in float64 (a tridiagonal solve) for the
+coefficients rounded to float32, the problem the simulator solves.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ def worst_case_terms(dim: int, smoothness: float = 1.0, strong_convexity: float 
     """
     s = smoothness / 4.0
     lmin = 2.0 * s * (1.0 - math.cos(math.pi / (dim + 1)))
-    diag = np.full(dim, 2.0 * s) - lmin + strong_convexity
-    off = np.full(max(dim - 1, 0), -s)
+    # the coefficients rounded to float32, as the simulator computes with them: x* and f* are
+    # exact for that problem (in float64 arithmetic: A's smallest eigenvalue mu is ~1e-5, and
+    # the float32 rounding of the diagonal moves it by ~0.5%, which for small d moves x*)
+    f32 = lambda v: np.asarray(v, np.float32).astype(np.float64)  # noqa: E731
+    diag = f32(np.full(dim, 2.0 * s) - lmin + strong_convexity)
+    off = f32(np.full(max(dim - 1, 0), -s))
     b = np.zeros(dim)
-    b[0] = -s
+    b[0] = f32(-s)
     x_star = tridiagonal_solve(diag, off, b)
     f_star = -0.5 * float(b @ x_star)
     lmax = 2.0 * s * (1.0 - math.cos(dim * math.pi / (dim + 1))) - lmin + strong_convexity
