@@ -81,9 +81,11 @@ def worst_case_terms(dim: int, smoothness: float = 1.0, strong_convexity: float 
 
 
 def _matvec(diag, off, x):
-    """A x for the symmetric tridiagonal A (float32, shifts: no d x d matrix)."""
-    ax = diag * x
-    return ax.at[1:].add(off * x[:-1]).at[:-1].add(off * x[1:])
+    """A x for the symmetric tridiagonal A (float32, shifted copies: no d x d matrix)."""
+    zero = jnp.zeros((1,), x.dtype)
+    below = jnp.concatenate([zero, off * x[:-1]])
+    above = jnp.concatenate([off * x[1:], zero])
+    return diag * x + below + above
 
 
 def _surrogate(value, grad, x):

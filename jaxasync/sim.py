@@ -86,6 +86,26 @@ def ring_read(ring: Ring, lag: Array) -> PyTree:
     return jax.tree.map(lambda r: r[slot], ring.versions)
 
 
+def read_rows(ring: Ring, lag: Array, always: Array) -> PyTree:
+    """:func:`ring_read` into buffers of their own: the read is a branch of a ``lax.cond`` on
+    ``always`` (True, but only known when the program runs), which XLA cannot fuse into the
+    read's consumers.
+
+    Why: when a reduction of the stale row (the minibatch loss, the update's norm) is fused
+    with the read, XLA's CPU backend copies the whole ring every step before writing the new
+    version in place. A workload whose loss is elementwise in the parameters (the worst-case
+    quadratic) then ran at ~200 steps/s with 2,048 versions of d = 1,000 instead of ~30,000;
+    one whose parameters meet a matrix product first (least squares: the row is a ``dot``
+    operand, read once) never showed it.
+    """
+    def zeros(r, g):
+        del g
+        return jax.tree.map(lambda v: jnp.zeros(jnp.shape(lag) + v.shape[1:], v.dtype),
+                            r.versions)
+
+    return jax.lax.cond(always, ring_read, zeros, ring, lag)
+
+
 # ----------------------------------------------------------------------------- config & state
 
 
@@ -517,8 +537,8 @@ class Simulator:
             live = live & ~state.events.clipped[ids] & jnp.isfinite(now)
         x, y = self._batches(data, ids, k_batch, state)
         # synchronous rows are all at the current iterate (one params, unbatched)
-        params_w = None if self.spec.synchronous else ring_read(state.ring, jnp.minimum(tau,
-                                                                                        d - 1))
+        params_w = None if self.spec.synchronous else read_rows(
+            state.ring, jnp.minimum(tau, d - 1), data.shard_size[0] >= 0)
         ctx = side_info.StepContext(self, state, ids, tau, live, params_w, x, y, k_tx)
         ctx.now = now
         return ctx
