@@ -63,7 +63,8 @@ import numpy as np
 from jaxasync.config import Config, ConfigError
 
 #: config keys that cannot change a run's result (left out of the hash)
-UNHASHED = ("out_dir", "plot", "traceback", "run.checkpoint_every", "run.resume")
+UNHASHED = ("out_dir", "plot", "traceback", "logger", "run.checkpoint_every", "run.resume",
+            "run.quiet", "run.compile_cache", "run.compile_cache_dir")
 #: keys added after result files existed, left out of the hash while they change nothing, so
 #: those results (and their hashes) stay valid: key -> "this value changes nothing"
 NEUTRAL = {
@@ -71,6 +72,7 @@ NEUTRAL = {
     "run.eval_grad_norm": lambda v: not v,
     "algorithm.compressor": lambda v: v["name"] == "none",
     "workload.sampling": lambda v: v == "replacement",
+    "target": lambda v: v is None,
 }
 
 CHECKPOINT_DIR = "checkpoint"

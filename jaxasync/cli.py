@@ -1,9 +1,11 @@
 """The Hydra command line: ``jaxasync [group=option ...] [key=value ...]``.
 
-Every job writes ``run.json``, ``metrics.csv`` and ``metrics.png`` into its Hydra output
-directory and prints a summary table; a multirun (``-m``, or the default comparison)
+Every job writes ``run.json``, ``metrics.csv`` and ``metrics.png``/``.pdf`` into its Hydra
+output directory and logs its progress and a summary table (:mod:`jaxasync.progress`:
+Hydra's job log file holds the same lines); a multirun (``-m``, or the default comparison)
 ends with a table over all its jobs, ``summary.md``, ``summary.csv`` and
-``comparison.png`` in the sweep directory.
+``comparison.png``/``.pdf`` in the sweep directory (:mod:`jaxasync.tables`,
+:mod:`jaxasync.plots`).
 
 A bad config value, a misspelled key or an unknown config option exits with status 2
 and a one-line message naming the key, the value and what is allowed, before any job
@@ -43,7 +45,6 @@ def _job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from jaxasync import report
     from jaxasync.experiment import run_experiment
 
     if cfg.run.get("distributed"):
@@ -57,9 +58,24 @@ def _job(cfg: Any) -> None:
     except ConfigError as e:
         _fail(str(e), bool(cfg.get("traceback")))
         return
-    print()
-    print(report.format_table(report.summary_rows(record)))
-    print(f"\nwrote {Path(out_dir) / 'run.json'}, metrics.csv, metrics.png", flush=True)
+    show_job(record, Path(out_dir))
+
+
+def files_line(directory: Path, names: list[str]) -> str:
+    """``files in DIR: a, b`` naming only those of ``names`` that exist there."""
+    have = [n for n in names if (Path(directory) / n).is_file()]
+    return f"files in {directory}: {', '.join(have) or '(none)'}"
+
+
+def show_job(record: dict, out_dir: Path) -> None:
+    """A finished job's table and files, logged (so Hydra's job log has them too)."""
+    import logging
+
+    from jaxasync import tables
+
+    log = logging.getLogger("jaxasync")
+    log.info("\n" + tables.build([record]).text())
+    log.info(files_line(out_dir, ["run.json", "metrics.csv", "metrics.png", "metrics.pdf"]))
 
 
 try:
@@ -68,38 +84,36 @@ except ImportError:  # pragma: no cover - hydra < 1.1
     Callback = object  # type: ignore[misc,assignment]
 
 
+def write_summary(records: list[dict], directory: Path, plot: bool = True,
+                  show_table: bool = True) -> None:
+    """``summary.md``, ``summary.csv`` and ``comparison.png``/``.pdf`` of ``records`` in
+    ``directory``; prints the table (unless ``show_table``) and the files written."""
+    from jaxasync import plots, report, tables
+
+    table = tables.build(records)
+    if show_table:
+        print("\n" + table.text(), flush=True)
+    report.atomic_write(directory / "summary.md", table.text() + "\n")
+    report.atomic_write(directory / "summary.csv", table.csv())
+    if plot:
+        plots.plot_records(records, directory / "comparison.png")
+    print(files_line(directory, ["summary.md", "summary.csv", "comparison.png",
+                                 "comparison.pdf"]), flush=True)
+
+
 class SummaryCallback(Callback):
-    """At the end of a multirun: one table over all jobs, and a comparison plot."""
+    """At the end of a multirun: one table over all jobs (a single job's was printed by the
+    job), ``summary.md``, ``summary.csv`` and a comparison plot."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from jaxasync import report
 
         sweep = Path(config.hydra.sweep.dir)
-        records = report.load_records(sweep)
+        records = report.load_records(sweep) if sweep.is_dir() else []
         if not records:
             return
-        rows = [row for r in records for row in report.summary_rows(r)]
-        table = report.format_table(rows)
-        print("\n" + table, flush=True)
-        report.atomic_write(sweep / "summary.md", table + "\n")
-        report.atomic_write(sweep / "summary.csv", _rows_csv(rows))
-        if any(r["config"].get("plot", True) for r in records):
-            report.plot_records(records, sweep / "comparison.png")
-        print(f"\nwrote {sweep}/summary.md, summary.csv, comparison.png", flush=True)
-
-
-def _rows_csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+        write_summary(records, sweep, plot=any(r["config"].get("plot", True) for r in records),
+                      show_table=len(records) > 1)
 
 
 # ----------------------------------------------------------------------------- checking first

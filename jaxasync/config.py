@@ -122,6 +122,32 @@ class RunConf:
     distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
     checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
     resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
+    quiet: bool = False           # no progress lines and no bar (tables still print)
+    compile_cache: bool = True    # JAX's persistent compilation cache (a rerun loads, not compiles)
+    compile_cache_dir: str | None = None  # None: $JAXASYNC_COMPILE_CACHE_DIR or the user cache
+
+
+@dataclasses.dataclass
+class TargetConf:
+    """``target``: what "reached" means, in place of the workload's target (AlgoPerf style):
+    the first evaluation with ``metric`` >= ``value`` (mode ``max``) or <= (``min``)."""
+
+    metric: str = MISSING
+    value: float = MISSING
+    mode: str = "min"
+
+
+@dataclasses.dataclass
+class LoggerConf:
+    """``logger/``: where metrics go besides run.json: ``none``, ``tensorboard`` or ``wandb``
+    (see :mod:`jaxasync.trackers`)."""
+
+    name: str = "none"
+    dir: str | None = None        # tensorboard: the log directory (None: <job dir>/tensorboard)
+    project: str = "jaxasync"     # wandb
+    entity: str | None = None     # wandb
+    mode: str | None = None       # wandb: online | offline | disabled (None: $WANDB_MODE)
+    tags: list[str] = field(default_factory=list)  # wandb
 
 
 @dataclasses.dataclass
@@ -131,6 +157,8 @@ class Config:
     delay: DelayConf = field(default_factory=DelayConf)
     network: NetworkConf = field(default_factory=NetworkConf)
     run: RunConf = field(default_factory=RunConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    target: TargetConf | None = None   # None: the workload's target
     out_dir: str | None = None
     plot: bool = True
     traceback: bool = False      # show the full traceback of a config error
@@ -146,6 +174,7 @@ def register_configs() -> None:
     cs.store(group="workload", name="schema", node=WorkloadConf)
     cs.store(group="delay", name="schema", node=DelayConf)
     cs.store(group="network", name="schema", node=NetworkConf)
+    cs.store(group="logger", name="schema", node=LoggerConf)
 
 
 # ----------------------------------------------------------------------------- resolving

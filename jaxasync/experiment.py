@@ -152,6 +152,7 @@ def _check_run(cfg: Config) -> None:
         bad = [v for v in speeds if not (v > 0 and math.isfinite(v))]
         if bad:
             raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
+    report.check_target(cfg)
 
 
 def _check_workload(name: str, options: dict) -> None:
@@ -514,21 +515,6 @@ def provenance() -> dict:
     }
 
 
-def _progress_printer(name: str, stream=sys.stdout):
-    t0 = time.perf_counter()
-
-    def show(done: int, total: int, last: list[dict]):
-        h = last[0]
-        acc = h.get("test_accuracy")
-        metric = f"acc {np.mean([x['test_accuracy'] for x in last]):.3f}" if acc is not None else \
-            f"loss {np.mean([x['train_loss'] for x in last]):.4g}"
-        print(f"[{name}] chunk {done}/{total}  step {h['step']}  grads {h['grads']}  "
-              f"{metric}  up {h['bits_up']:.3g} bits  {time.perf_counter() - t0:.1f}s",
-              file=stream, flush=True)
-
-    return show
-
-
 def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
                    progress: bool = True, workload_factory: Callable | None = None) -> dict:
     """Validates, runs all members as one program, writes outputs, returns the run record.
@@ -542,25 +528,28 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     resumed, and ``run.checkpoint_every = N > 0`` saves the state every N chunks.
     """
     from jaxasync import checkpoint as ckpt
+    from jaxasync import compile_cache, trackers
+    from jaxasync.progress import Progress
 
     t_start = time.perf_counter()
     cfg_obj = to_config(cfg)
     name = cfg_obj.algorithm.name
+    shown = Progress(name, quiet=not progress or cfg_obj.run.quiet)
+    compile_cache.configure_run(cfg_obj.run)
     digest = ckpt.config_hash(cfg_obj)
     if out_dir is not None and cfg_obj.run.resume:
         done = ckpt.finished_record(Path(out_dir), digest)
         if done is not None:
-            if progress:
-                print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
-                      f"skipped", flush=True)
+            shown.info(f"{out_dir}: finished run of this config (hash {digest}) found; skipped")
             return done
     elif out_dir is not None:
         ckpt.discard(Path(out_dir))
+    tracker = trackers.open_tracker(cfg_obj, None if out_dir is None else Path(out_dir),
+                                    Path(out_dir).name if out_dir is not None else name)
     prep = prepare(cfg_obj, workload_factory)
-    if progress:
-        print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
-              f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
-              f"members={len(prep.members)} delay={prep.delay.kind}", flush=True)
+    shown.info(f"{prep.workload.name}: M={prep.sim_config.num_workers} "
+               f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
+               f"members={len(prep.members)} delay={prep.delay.kind}")
     keys, hparams = prep.keys(), prep.hparams()
     checkpoints, state, history = None, None, None
     every = cfg_obj.run.checkpoint_every
@@ -569,25 +558,34 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
         checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
                                        math.ceil(sc.steps / sc.eval_every))
         state, history = checkpoints.restore(prep.simulator, keys, hparams)
-        if state is not None and progress:
-            print(f"[{name}] resuming from {checkpoints.directory} after chunk "
-                  f"{checkpoints.chunks_done(history)}", flush=True)
+        if state is not None:
+            shown.info(f"resuming from {checkpoints.directory} after chunk "
+                       f"{checkpoints.chunks_done(history)}")
     resumed = checkpoints.chunks_done(history) if history is not None else None
     data = put_data(prep.workload, prep.index, prep.size)
+    record = None
     try:
-        result = run(prep.simulator, data, keys, hparams,
-                     progress=_progress_printer(name) if progress else None,
-                     state=state, history=history,
-                     on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
-                     mesh=prep.mesh)
+        if tracker is not None:
+            tracker.start(report.plain_config(cfg_obj), prep.members)
+            shown.on_chunk = tracker.log
+        shown.compiling()
+        try:
+            result = run(prep.simulator, data, keys, hparams, progress=shown,
+                         state=state, history=history,
+                         on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
+                         mesh=prep.mesh)
+        finally:
+            shown.close()
+            if checkpoints is not None:
+                checkpoints.close()
+        record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
+        record["config_hash"] = digest
+        record["timing"]["resumed_after_chunk"] = resumed
+        if out_dir is not None:
+            report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
+            if checkpoints is not None:
+                checkpoints.remove()
     finally:
-        if checkpoints is not None:
-            checkpoints.close()
-    record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
-    record["config_hash"] = digest
-    record["timing"]["resumed_after_chunk"] = resumed
-    if out_dir is not None:
-        report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
-        if checkpoints is not None:
-            checkpoints.remove()
+        if tracker is not None:
+            tracker.finish(record)
     return record
