@@ -136,16 +136,19 @@ def _clip_divergence(ax, curves: Sequence[Curve], y: str) -> None:
 
 
 def _log_ticks(ax, axis) -> None:
-    """Log ticks over less than a decade: a few plain numbers (``0.46``, ``0.48``), where
-    matplotlib would label every minor tick ``4.6×10^-1``; otherwise matplotlib's."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+    """Log ticks over less than two decades: plain numbers (``0.5``, ``1``, ``2``) at 1, 2, 5
+    times powers of ten, or at a few even steps within one decade, where matplotlib would
+    label minor ticks ``6×10^-1``; over more, matplotlib's ``10^k``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     lo, hi = ax.get_xlim() if axis is ax.xaxis else ax.get_ylim()
-    if lo > 0 and hi / lo < 10:
-        axis.set_major_locator(MaxNLocator(nbins=4))
-        axis.set_major_formatter(_count_formatter() if axis is ax.xaxis else
-                                 FuncFormatter(lambda v, _pos: f"{v:.3g}"))
-        axis.set_minor_formatter(NullFormatter())
+    if not lo > 0 or hi / lo >= 100:
+        return
+    axis.set_major_locator(MaxNLocator(nbins=4) if hi / lo < 10 else
+                           LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(_count_formatter() if axis is ax.xaxis else
+                             FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def delay_histogram(ax, curves: Sequence[Curve], num_workers: int | None = None) -> bool:
@@ -182,8 +185,9 @@ def legend_title(curves: Sequence[Curve]) -> str:
     ns = sorted({len(c.members) for c in curves if c.members})
     if ns == [1]:
         return "one seed per line"
-    seeds = f"{ns[0]} seeds" if len(ns) == 1 else "its seeds (n in the label)"
-    return f"line: mean over {seeds}; band: {BAND}"
+    if len(ns) == 1:
+        return f"line: mean over {ns[0]} seeds; band: {BAND}"
+    return f"line: mean over a run's seeds ({ns[0]}–{ns[-1]}); band: {BAND} (where 2 or more)"
 
 
 def figure_legend(fig, axes, curves: Sequence[Curve]) -> None:
@@ -194,8 +198,10 @@ def figure_legend(fig, axes, curves: Sequence[Curve]) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
+    if handles:   # as many columns as fit across the figure (8-point text)
+        fit = int(fig.get_size_inches()[0] * 13 / (max(len(lab) for lab in labels) + 6))
+        fig.legend(handles, labels, loc="outside lower center",
+                   ncol=max(1, min(len(labels), 4, fit)),
                    fontsize=8, title=legend_title(curves), title_fontsize=8, frameon=False)
 
 
@@ -222,10 +228,10 @@ def default_panels(curves: Sequence[Curve]) -> tuple[list[str], list[str]]:
     return ys, [*xs, "bits_up"]
 
 
-def plot_curves(curves: Sequence[Curve], path: Path, *, title: str = "",
-                target: dict | None = None, num_workers: int | None = None) -> list[Path]:
+def curves_figure(curves: Sequence[Curve], *, title: str = "", target: dict | None = None,
+                  num_workers: int | None = None):
     """The standard figure of runs and sweeps: a row per metric, a column per x axis, the
-    delay histogram on the right where any arrival was stale; saved as PNG and PDF."""
+    delay histogram on the right where any arrival was stale (None: nothing to draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +239,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str = "",
 
     curves = [c for c in curves if c.members]
     if not curves:
-        return []
+        return None
     ys, xs = default_panels(curves)
     stale = any(sum((m.get("staleness_hist") or [0])[1:]) > 0 for c in curves for m in c.members)
     ncols = len(xs) + (1 if stale else 0)
@@ -250,7 +256,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str = "",
     figure_legend(fig, axes, curves)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def save_figure(fig, path: Path) -> list[Path]:
@@ -272,14 +278,20 @@ def save_figure(fig, path: Path) -> list[Path]:
     return written
 
 
-def plot_records(records: Sequence[dict], path: Path) -> list[Path]:
+def records_figure(records: Sequence[dict]):
     """The standard figure of run records (``run.json``): a curve per group of
-    :func:`jaxasync.tables.groups`, titled with what the runs share."""
+    :func:`jaxasync.tables.groups`, titled with what the runs share (None: no history)."""
     from jaxasync import tables
 
     gs = tables.groups(records)
     targets = [r["target"] for r in records if r.get("target")]
     ms = {(r.get("resolved") or {}).get("num_workers") for r in records}
-    return plot_curves([Curve(g.label, g.members) for g in gs], path,
-                       title=tables.title(records), target=targets[0] if targets else None,
-                       num_workers=next(iter(ms)) if len(ms) == 1 else None)
+    return curves_figure([Curve(g.label, g.members) for g in gs], title=tables.title(records),
+                         target=targets[0] if targets else None,
+                         num_workers=next(iter(ms)) if len(ms) == 1 else None)
+
+
+def plot_records(records: Sequence[dict], path: Path) -> list[Path]:
+    """:func:`records_figure` saved as ``path`` (PNG) and PDF; returns the files written."""
+    fig = records_figure(records)
+    return [] if fig is None else save_figure(fig, path)

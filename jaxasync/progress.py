@@ -41,15 +41,13 @@ def ensure_logging() -> None:
 def _metric(last: list[dict]) -> str:
     h = last[0]
     mean = lambda k: float(np.nanmean([x.get(k, np.nan) for x in last]))  # noqa: E731
-    if h.get("test_accuracy") is not None:
-        out = f"acc {mean('test_accuracy'):.3f}  loss {mean('train_loss'):.3g}"
-    elif h.get("train_gap") is not None:
-        out = f"F-F* {mean('train_gap'):.3g}"
-    else:
-        out = f"loss {mean('train_loss'):.3g}"
     if h.get("train_grad_norm") is not None:
-        out += f"  |grad F| {mean('train_grad_norm'):.3g}"
-    return out
+        return f"|grad F| {mean('train_grad_norm'):.3g}"
+    if h.get("train_gap") is not None:
+        return f"F-F* {mean('train_gap'):.3g}"
+    if h.get("test_accuracy") is not None:
+        return f"acc {mean('test_accuracy'):.3f}  loss {mean('train_loss'):.3g}"
+    return f"loss {mean('train_loss'):.3g}"
 
 
 def _seconds(s: float) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 #: config keys that never tell runs apart (where outputs go, how they are shown)
 NOT_LABELS = ("out_dir", "plot", "traceback", "logger", "run.checkpoint_every", "run.resume",
+              "run.seeds",  # what a row averages over: its n column, and summary.csv
               "run.quiet", "run.compile_cache", "run.compile_cache_dir")
 #: key prefixes whose keys differ with their group's name: kept as labels only where two runs
 #: with the same name differ in them
@@ -132,8 +133,11 @@ def groups(records: Sequence[dict], explained: bool = False) -> list[Group]:
                          if f"algorithm.params.{k}" in vary or k in swept or len(by_params) > 1})
             out.append(Group(r, ms, keys))
     columns = _union([g.keys for g in out])
-    for g in out:
-        g.keys = {c: g.keys.get(c, "-") for c in columns}
+    for g in out:   # a swept parameter another run has as one number: that number
+        flat = flatten(g.record.get("config") or {})
+        fill = {short(f"algorithm.params.{k}"): text(flat[f"algorithm.params.{k}"])
+                for k in swept if f"algorithm.params.{k}" in flat}
+        g.keys = {c: g.keys.get(c, fill.get(c, "-")) for c in columns}
         parts = ", ".join(f"{k}={v}" for k, v in g.keys.items())
         name = g.record.get("label") or g.record["algorithm"]
         g.label = f"{name} {parts}" if parts else name
@@ -259,14 +263,18 @@ _TARGET = lambda need=None, never=None: (   # noqa: E731
     lambda kinds, finals: bool(finals) and (need is None or need in kinds)
     and (never is None or never not in kinds))
 
+def _convex(finals: list) -> bool:
+    return any("train_gap" in x or "train_grad_norm" in x for x in finals)
+
+
 COLUMNS = (
-    Column("test acc (%)", "test_accuracy_pct", _final("test_accuracy", 100), _has("test_accuracy"),
-           "p"),
+    Column("test acc (%)", "test_accuracy_pct", _final("test_accuracy", 100),
+           lambda k, f: _has("test_accuracy")(k, f) and not _convex(f), "p"),
     Column("top-5 (%)", "test_top5_pct", _final("test_top5", 100), _has("test_top5"), "p"),
-    Column("F − F*", "train_gap", _final("train_gap"), _has("train_gap")),
+    Column("F − F*", "train_gap", _final("train_gap"),
+           lambda k, f: _has("train_gap")(k, f) and not _has("train_grad_norm")(k, f)),
     Column("‖∇F‖", "train_grad_norm", _final("train_grad_norm"), _has("train_grad_norm")),
-    Column("train loss", "train_loss", _final("train_loss"),
-           lambda k, f: not any("train_gap" in x or "train_grad_norm" in x for x in f)),
+    Column("train loss", "train_loss", _final("train_loss"), lambda k, f: not _convex(f)),
     Column("test loss", "test_loss", _final("test_loss")),
     Column("sim s to target", "time_to_target_s", _hit("time"), _TARGET(never="lazy")),
     Column("grads to target", "grads_to_target", _hit("grads"), _TARGET(never="lazy"), "i"),
@@ -288,16 +296,24 @@ COLUMNS = (
 
 
 def number(v: float | None, fmt: str = "g") -> str:
-    """3 significant digits (``0.0123``, ``4.57e+09``), integers below 1e6 whole."""
+    """3 significant digits (``0.0123``, ``4.57e+09``); whole numbers from 1000 to 1e6
+    (``1003``, not ``1e+03``)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if not math.isfinite(v):
         return str(v)
     if fmt == "p":
         return f"{v:.1f}"
-    if fmt == "i" or (float(v).is_integer() and abs(v) < 1e6):
+    if fmt == "i" or (float(v).is_integer() and abs(v) < 1e6) or 1e3 <= abs(v) < 1e6:
         return f"{v:.0f}" if abs(v) < 1e6 else f"{v:.3g}"
     return f"{v:.3g}"
+
+
+def _sd(v: float, fmt: str) -> str:
+    """A standard deviation: two significant digits (one decimal for percentages)."""
+    if fmt == "p":
+        return f"{v:.1f}"
+    return f"{v:.0f}" if 100 <= abs(v) < 1e6 else f"{v:.2g}"
 
 
 def mean_sd(vals: Sequence[float | None], fmt: str = "g") -> tuple[str, float | None, float | None]:
@@ -309,7 +325,7 @@ def mean_sd(vals: Sequence[float | None], fmt: str = "g") -> tuple[str, float | 
     if len(vs) == 1:
         return number(m, fmt), m, None
     sd = float(np.std(vs, ddof=1))
-    return f"{number(m, fmt)} ± {number(sd, 'g' if fmt == 'i' else fmt)}", m, sd
+    return f"{number(m, fmt)} ± {_sd(sd, fmt)}", m, sd
 
 
 @dataclasses.dataclass

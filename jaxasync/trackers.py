@@ -46,14 +46,18 @@ def hyperparameters(config: dict) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for k, v in flatten(config).items():
-        out[k] = v if isinstance(v, bool | int | float | str) else str(v)
+        finite = not isinstance(v, float) or math.isfinite(v)   # inf bandwidth: text
+        out[k] = v if isinstance(v, bool | int | float | str) and finite else str(v)
     return out
 
 
-def _member_name(member: dict) -> str:
-    from jaxasync.report import member_label
-
-    return member_label(member)
+def member_names(members: list[dict]) -> list[str]:
+    """``seed0``, ``seed1_learning_rate=0.1``: the seed and the parameters that differ
+    between the members."""
+    varying = {k for m in members for k, v in m["params"].items()
+               if len({x["params"].get(k) for x in members}) > 1}
+    return ["_".join([f"seed{m['seed']}"] + [f"{k}={v:g}" for k, v in sorted(m["params"].items())
+                                            if k in varying]) for m in members]
 
 
 class Tracker:
@@ -86,7 +90,7 @@ class TensorBoard(Tracker):
         else:
             raise ConfigError("logger.dir: required for logger=tensorboard without an out_dir")
         self.dirs = ([root] if len(members) == 1 else
-                     [root / f"{i:03d}_{_member_name(m)}" for i, m in enumerate(members)])
+                     [root / f"{i:03d}_{n}" for i, n in enumerate(member_names(members))])
         self.hparams = hyperparameters(config)
         self.writers = [SummaryWriter(logdir=str(d)) for d in self.dirs]
         text = "```\n" + yaml.safe_dump(config, sort_keys=False) + "```"
@@ -123,8 +127,7 @@ class WandB(Tracker):
         where = self.conf.dir or (str(self.out_dir) if self.out_dir is not None else None)
         if where:
             Path(where).mkdir(parents=True, exist_ok=True)
-        self.prefixes = ([""] if len(members) == 1 else
-                         [f"{_member_name(m)}/" for m in members])
+        self.prefixes = [""] if len(members) == 1 else [f"{n}/" for n in member_names(members)]
         self.run = wandb.init(project=self.conf.project, entity=self.conf.entity,
                               mode=self.conf.mode, tags=list(self.conf.tags) or None,
                               name=self.run_name, dir=where, config=hyperparameters(config))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import ToyData, ToyWorkload
 
-from jaxasync import experiment, report
+from jaxasync import experiment, report, tables
 from jaxasync.sim import put_data, run
 
 
@@ -55,7 +55,8 @@ def test_divergence_stops_at_the_end_of_its_chunk_and_keeps_the_history(tmp_path
     record = report.make_record(prep, result, {}, 0.0)
     assert [m["status"] for m in record["members"]] == ["diverged", "diverged"]
     assert [m["diverged_at_step"] for m in record["members"]] == [30, 60]
-    assert report.summary_row(record)["status"] == "diverged (2/2, step 30)"
+    assert [r["status"] for r in tables.build([record]).rows] == [
+        "diverged 1/1 (step 30)", "diverged 1/1 (step 60)"]   # one row per learning rate
     report.write_outputs(record, tmp_path, plot=True)     # NaN histories plot and serialise
     back = json.loads((tmp_path / "run.json").read_text())
     assert back["members"][1]["diverged_at_step"] == 60
