@@ -106,16 +106,20 @@ def draw_panel(ax, curves: Sequence[Curve], x: str, y: str, *, xscale: str | Non
         if len(c.members) > 1:
             ax.fill_between(xm, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0,
                             gid="band")
-    ax.set_xscale(xscale)
-    ax.set_yscale(yscale)
-    if xscale == "linear":
+    drawn = [ln for ln in ax.lines if ln.get_gid() == "curve"]
+    for name, scale, data in (("x", xscale, [ln.get_xdata() for ln in drawn]),
+                              ("y", yscale, [ln.get_ydata() for ln in drawn])):
+        vals = np.concatenate([np.asarray(d, float) for d in data]) if data else np.zeros(0)
+        if scale != "log" or np.any(np.isfinite(vals) & (vals > 0)):  # else: nothing to log
+            getattr(ax, f"set_{name}scale")(scale)
+    if ax.get_xscale() == "linear":
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.xaxis.set_major_formatter(_count_formatter())
     if ylim:   # [lo, hi]: keeps a diverging run from flattening the others
         ax.set_ylim(*ylim)
-    elif yscale == "log":
+    elif ax.get_yscale() == "log":
         _clip_divergence(ax, curves, y)
-    for axis, scale in ((ax.xaxis, xscale), (ax.yaxis, yscale)):
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
         if scale == "log":
             _log_ticks(ax, axis)
     if target and target.get("metric") == y:
