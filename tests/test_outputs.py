@@ -188,7 +188,8 @@ def test_identical_configs_from_two_directories_get_distinct_labels():
 
 
 @pytest.mark.parametrize("v, fmt, text", [(0.000287258, "g", "0.000287"), (15997.0, "g", "15997"),
-                                          (7.79e9, "g", "7.79e+09"), (64.84, "p", "64.8"), (1003.4, "g", "1003"),
+                                          (7.79e9, "g", "7.79e+09"), (64.84, "p", "64.8"),
+                                          (1003.4, "g", "1003"),
                                           (None, "g", "-"), (math.nan, "g", "-")])
 def test_number_format(v, fmt, text):
     assert tables.number(v, fmt) == text

@@ -115,7 +115,7 @@ def test_wandb_offline_run_holds_config_history_and_summary(tmp_path, monkeypatc
                for r in records if r.WhichOneof("record_type") == "history"]
     steps = [h["_step"] for h in history]
     assert steps == [20, 40, 60, 80, 100]
-    for i, m in enumerate(rec["members"]):
+    for m in rec["members"]:
         got = [h[f"seed{m['seed']}/train_gap"] for h in history]
         assert got == pytest.approx([h["train_gap"] for h in m["history"][1:]], rel=1e-6)
     summary = {}
