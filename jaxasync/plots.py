@@ -22,7 +22,8 @@ import numpy as np
 
 #: axis labels, with units
 AXIS = {
-    "step": "server steps", "grads": "gradients computed", "uploads": "uploads (rounds)",
+    "step": "iterations (server steps)", "grads": "gradients computed",
+    "uploads": "communication rounds (uploads)",
     "bits_up": "uplink bits", "time": "simulated time (s)", "test_accuracy": "test accuracy",
     "test_top5": "test top-5 accuracy", "train_gap": "F(x) − F*", "train_loss": "train loss",
     "test_loss": "test loss", "train_grad_norm": "‖∇F(x)‖ (whole training set)",

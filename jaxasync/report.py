@@ -222,10 +222,3 @@ def load_records(root: Path) -> list[dict]:
     paths = sorted(p for p in Path(root).rglob("run.json")
                    if "members" not in p.relative_to(root).parts)
     return [{**json.loads(p.read_text()), "_source": str(p.parent)} for p in paths]
-
-
-def save_figure(fig, path: Path) -> list[Path]:
-    """:func:`jaxasync.plots.save_figure` (the leaderboard's name for it)."""
-    from jaxasync import plots
-
-    return plots.save_figure(fig, path)
