@@ -297,3 +297,34 @@ def test_compare_a_directory_without_runs_is_a_one_line_error(tmp_path, capsys):
     assert compare.main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "empty: no runs" in err
+
+
+# ----------------------------------------------------------------------------- target key
+
+
+TINY = {"algorithm": {"name": "asgd", "params": {"learning_rate": 0.05}},
+        "workload": {"name": "least_squares", "batch_size": 8, "options": {"n": 64, "d": 4}},
+        "run": {"num_workers": 2, "steps": 20, "eval_every": 10}, "plot": False}
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"metric": "acc", "value": 1.0}, "target.metric='acc': unknown; choose one of: "),
+    ({"metric": "train_loss", "value": 1.0, "mode": "up"}, "target.mode='up': choose min or max"),
+    ({"metric": "train_grad_norm", "value": 1e-5},
+     "target.metric=train_grad_norm: needs run.eval_grad_norm=true")])
+def test_target_key_errors_name_the_key(target, message):
+    from jaxasync.config import ConfigError
+    from jaxasync.experiment import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate({**TINY, "target": target})
+    assert str(e.value).startswith(message)
+
+
+def test_target_key_replaces_the_workloads_target(tmp_path):
+    from jaxasync.experiment import run_experiment
+
+    rec = run_experiment({**TINY, "target": {"metric": "train_loss", "value": 1e9}}, None,
+                         progress=False)
+    assert rec["target"] == {"metric": "train_loss", "value": 1e9, "mode": "min"}
+    assert rec["members"][0]["target_reached"]["step"] == 0   # met before the first step
