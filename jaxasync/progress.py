@@ -108,7 +108,8 @@ class Progress:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self._stack.enter_context(logging_redirect_tqdm(loggers=[logging.root, log]))
+        mine = [log] if log.handlers else []      # ensure_logging's handler (no Hydra)
+        self._stack.enter_context(logging_redirect_tqdm(loggers=[logging.root, *mine]))
         self.bar = self._stack.enter_context(
             tqdm(total=total, initial=done, desc=f"[{self.name}]", unit="chunk", leave=False,
                  dynamic_ncols=True, file=sys.stderr))
