@@ -159,20 +159,27 @@ def _log_ticks(ax, axis) -> None:
 def delay_histogram(ax, curves: Sequence[Curve], num_workers: int | None = None) -> bool:
     """The fraction of arrivals at each delay τ (log scale), one step line per curve that
     has stale arrivals, and a dotted line at τ = M. False if no curve has any."""
-    drawn = False
+    fractions = {}
     for i, c in enumerate(curves):
         hs = [np.asarray(m.get("staleness_hist") or [0], float) for m in c.members]
         if not hs or sum(h.sum() for h in hs) == 0 or sum(h[1:].sum() for h in hs) == 0:
             continue
         n = max(len(h) for h in hs)
         h = np.sum([np.pad(x, (0, n - len(x))) for x in hs], axis=0)
-        p = h / h.sum()
+        fractions[i] = h / h.sum()
+    if not fractions:
+        return False
+    first = next(iter(fractions.values()))
+    if len(fractions) > 1 and all(len(p) == len(first) and np.array_equal(p, first)
+                                  for p in fractions.values()):
+        fractions = {-1: first}      # the same delays in every run: one black line
+    for i, p in fractions.items():
         top = int(np.flatnonzero(p)[-1]) + 1
         ax.step(np.arange(top), np.where(p[:top] > 0, p[:top], np.nan), where="mid",
-                label=c.label, color=f"C{i % 10}", linewidth=1, gid="curve")
-        drawn = True
-    if not drawn:
-        return False
+                color="black" if i < 0 else f"C{i % 10}", linewidth=1, gid="curve")
+    if -1 in fractions:
+        ax.text(0.97, 0.97, "the same in every run", transform=ax.transAxes, fontsize=7,
+                ha="right", va="top")
     if num_workers:
         ax.axvline(num_workers, color="grey", linestyle=":", linewidth=1, gid="target")
         ax.text(num_workers, 0.97, f" M={num_workers}", fontsize=7, va="top",
