@@ -178,7 +178,8 @@ def delay_histogram(ax, curves: Sequence[Curve], num_workers: int | None = None)
         ax.step(np.arange(top), np.where(p[:top] > 0, p[:top], np.nan), where="mid",
                 color="black" if i < 0 else f"C{i % 10}", linewidth=1, gid="curve")
     if -1 in fractions:
-        ax.text(0.97, 0.97, "the same in every run", transform=ax.transAxes, fontsize=7,
+        ax.text(0.97, 0.97, "the same in every run with stale arrivals", transform=ax.transAxes,
+                fontsize=7,
                 ha="right", va="top")
     if num_workers:
         ax.axvline(num_workers, color="grey", linestyle=":", linewidth=1, gid="target")
