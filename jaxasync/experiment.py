@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,45 +33,26 @@ import numpy as np
 from jaxasync import delays as dl
 from jaxasync import report
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
-from jaxasync.config import Config, ConfigError, to_config
-from jaxasync.data import PARTITION_SCHEMES
+from jaxasync.config import INT32_MAX, Config, ConfigError, check_values, to_config
 from jaxasync.sim import SimConfig, Simulator, put_data, run
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _delay_config(c: Config) -> dl.DelayConfig:
+    """``delay`` as the simulator takes it (every value checked by its declaration in
+    :class:`jaxasync.delays.DelayConfig`); a trace is read from ``delay.trace_file``."""
     d = c.delay
-    if d.kind not in dl.KINDS:
-        raise ConfigError(f"delay.kind={d.kind!r}: unknown; choose one of: {', '.join(dl.KINDS)}")
-    if d.compute not in dl.COMPUTE:
-        raise ConfigError(f"delay.compute={d.compute!r}: unknown; choose one of: {', '.join(dl.COMPUTE)}")
     trace: tuple[int, ...] = ()
     if d.kind == "trace":
         if not d.trace_file:
             raise ConfigError("delay.trace_file: required when delay.kind=trace")
         try:
             trace = dl.read_trace(d.trace_file)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:
             raise ConfigError(str(e)) from None
-    checks = [
-        ("delay.tau", d.tau, d.tau >= 0, ">= 0"),
-        ("delay.low", d.low, 0 <= d.low, ">= 0"),
-        ("delay.high", d.high, d.high >= d.low, f">= delay.low={d.low}"),
-        ("delay.p", d.p, 0 < d.p <= 1, "in (0, 1]"),
-        ("delay.alpha", d.alpha, d.alpha > 0, "> 0"),
-        ("delay.scale", d.scale, d.scale > 0, "> 0"),
-        ("delay.mean", d.mean, d.mean > 0, "> 0"),
-        ("delay.sigma", d.sigma, d.sigma >= 0, ">= 0"),
-        ("delay.heterogeneity", d.heterogeneity, d.heterogeneity >= 0, ">= 0"),
-        ("delay.straggler_fraction", d.straggler_fraction, 0 <= d.straggler_fraction <= 1, "in [0, 1]"),
-        ("delay.straggler_slowdown", d.straggler_slowdown, d.straggler_slowdown >= 1, ">= 1"),
-    ]
-    if d.max_delay is not None:
-        checks.append(("delay.max_delay", d.max_delay, d.max_delay >= 0, ">= 0"))
-    for key, val, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{key}={val!r}: must be {allowed}")
+    if d.high < d.low:
+        raise ConfigError(f"delay.high={d.high!r}: must be >= delay.low={d.low}")
     values = {f.name: getattr(d, f.name) for f in dataclasses.fields(dl.DelayConfig)
               if f.name != "trace"}
     # (lists in the schema are tuples here: the config is static and hashable)
@@ -115,69 +96,66 @@ def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
 
 
 def _check_run(cfg: Config) -> None:
-    """Run-level values that need no data: mesh, checkpoints, evaluation, speeds."""
+    """Run-level relations between values (each value alone is checked by its declaration):
+    the mesh against the workers and devices, the speeds against the workers, the seeds."""
     r, m = cfg.run, cfg.run.num_workers
-    mesh = r.mesh_workers
-    if not isinstance(mesh, int) or mesh < 1:
-        raise ConfigError(f"run.mesh_workers={mesh!r}: must be an integer >= 1")
-    if m % mesh:
-        raise ConfigError(f"run.mesh_workers={mesh}: must divide run.num_workers={m}")
-    if mesh > jax.device_count():
-        raise ConfigError(f"run.mesh_workers={mesh}: larger than the {jax.device_count()} "
-                          f"{jax.default_backend()} device(s) available")
-    if r.checkpoint_every < 0:
-        raise ConfigError(f"run.checkpoint_every={r.checkpoint_every!r}: must be >= 0 (0: off)")
-    if r.eval_train_size < 1:
-        raise ConfigError(f"run.eval_train_size={r.eval_train_size!r}: must be >= 1")
-    if cfg.workload.shards_per_worker < 1:
-        raise ConfigError(f"workload.shards_per_worker={cfg.workload.shards_per_worker!r}: "
-                          f"must be >= 1")
+    if m % r.mesh_workers:
+        raise ConfigError(f"run.mesh_workers={r.mesh_workers}: must divide run.num_workers={m}")
+    if r.mesh_workers > jax.device_count():
+        raise ConfigError(f"run.mesh_workers={r.mesh_workers}: larger than the "
+                          f"{jax.device_count()} {jax.default_backend()} device(s) available")
     speeds = cfg.delay.speeds
-    if speeds is not None:
-        if len(speeds) != m:
-            raise ConfigError(f"delay.speeds: has {len(speeds)} entries; must have one per "
-                              f"worker (run.num_workers={m})")
-        bad = [v for v in speeds if not (v > 0 and math.isfinite(v))]
-        if bad:
-            raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
+    if speeds is not None and len(speeds) != m:
+        raise ConfigError(f"delay.speeds: has {len(speeds)} entries; must have one per "
+                          f"worker (run.num_workers={m})")
+    if not r.seeds:
+        raise ConfigError("run.seeds: must list at least one seed")
+    if len(set(r.seeds)) != len(r.seeds):
+        dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
+        raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
 
 
-def _check_workload(name: str, options: dict) -> None:
-    """Workload name, option names and data directory, without loading anything."""
+def _check_workload(name: str, options: dict) -> dict:
+    """Workload name, option names and values (their declarations) and the data directory,
+    without loading anything; returns the checked options."""
     import difflib
 
-    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS
+    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS, check_options, options_of
 
     if name not in WORKLOADS:
         close = difflib.get_close_matches(str(name), WORKLOADS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"workload.name={name!r}: unknown{hint}; choose one of: "
                           f"{', '.join(WORKLOADS)}")
-    allowed = inspect.signature(WORKLOADS[name]).parameters
+    allowed = options_of(name)
     for k in options:
         if k not in allowed:
             raise ConfigError(f"workload.options.{k}: unknown option for workload {name!r}; "
                               f"allowed: {', '.join(allowed)}")
+    try:
+        options = check_options(name, options, prefix="workload.options.")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if name not in OFFLINE_WORKLOADS and "data_dir" in allowed:
-        d = options.get("data_dir", allowed["data_dir"].default)
-        if d is not None and not os.path.isdir(os.path.expanduser(os.fspath(d))):
-            raise ConfigError(f"workload.options.data_dir={os.fspath(d)!r}: no such directory "
-                              f"(workload {name!r} reads its files from there)")
+        d = options.get("data_dir", inspect.signature(WORKLOADS[name]).parameters["data_dir"]
+                        .default)
+        if d is not None:
+            path = os.path.expanduser(d)
+            if not os.path.isdir(path):
+                what = "is a file, not a directory" if os.path.exists(path) else \
+                    "no such directory"
+                raise ConfigError(f"workload.options.data_dir={d!r}: {what} (workload "
+                                  f"{name!r} reads its files from there)")
+    return options
 
 
 def _check_lr_decay(dec) -> None:
-    """``algorithm.lr_decay`` values that need no data: the factor and the boundary lists."""
+    """``algorithm.lr_decay``: epochs or steps, each list increasing (each value is checked
+    by its declaration in :class:`jaxasync.config.LrDecayConf`)."""
     if dec.epochs and dec.steps:
         raise ConfigError(f"algorithm.lr_decay: give epochs or steps, not both "
                           f"(epochs={list(dec.epochs)}, steps={list(dec.steps)})")
-    if not (math.isfinite(dec.factor) and dec.factor > 0):
-        raise ConfigError(f"algorithm.lr_decay.factor={dec.factor!r}: must be a finite number > 0")
-    for key, values, least in (("epochs", list(dec.epochs), "> 0"),
-                               ("steps", list(dec.steps), ">= 1")):
-        for v in values:
-            if not math.isfinite(v) or (v <= 0 if key == "epochs" else v < 1):
-                raise ConfigError(f"algorithm.lr_decay.{key}={values}: entry {v!r} must be "
-                                  f"finite and {least}")
+    for key, values in (("epochs", list(dec.epochs)), ("steps", list(dec.steps))):
         if any(b <= a for a, b in itertools.pairwise(values)):
             raise ConfigError(f"algorithm.lr_decay.{key}={values}: must be strictly increasing")
 
@@ -250,6 +228,7 @@ class Resolved:
     steps: int
     eval_every: int
     compressor: tuple | None
+    ring_depth: RingDepth | None = None   # D with the key that sets it (size messages)
 
 
 def _algorithm(cfg: Config):
@@ -273,67 +252,65 @@ def _arrivals(cfg: Config, spec) -> tuple[int, int]:
 
 
 def _check_values(cfg: Config) -> None:
-    """Run, workload and network values that need neither data nor the algorithm."""
-    r, w = cfg.run, cfg.workload
-    if isinstance(r.num_workers, bool) or not isinstance(r.num_workers, int) or r.num_workers < 1:
-        raise ConfigError(f"run.num_workers={r.num_workers!r}: must be an integer >= 1")
+    """Every declared value (:func:`jaxasync.config.check_values`), and the relations
+    between run and workload values that need neither data nor the algorithm."""
+    check_values(cfg)
     _check_run(cfg)
-    if not r.seeds:
-        raise ConfigError("run.seeds: must list at least one seed")
-    if len(set(r.seeds)) != len(r.seeds):
-        dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
-        raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
-    for key, value, least in (("run.evals", r.evals, 1), ("run.eval_every", r.eval_every, 1),
-                              ("run.steps", r.steps, 1), ("run.gradients", r.gradients, 1),
-                              ("workload.batch_size", w.batch_size, 1)):
-        if value is not None and value < least:
-            raise ConfigError(f"{key}={value!r}: must be >= {least}")
-    if w.partition not in PARTITION_SCHEMES:
-        raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
-                          f"{', '.join(PARTITION_SCHEMES)}")
-    if w.sampling not in ("replacement", "epochs"):
-        raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
-                          f"or epochs")
-    if w.sampling == "epochs" and w.full_batch:
+    if cfg.workload.sampling == "epochs" and cfg.workload.full_batch:
         raise ConfigError("workload.sampling=epochs: has no effect with "
                           "workload.full_batch=true (each batch is the whole shard)")
-    if not (w.dirichlet_alpha > 0 and math.isfinite(w.dirichlet_alpha)):
-        raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be a finite "
-                          f"number > 0")
-    if not cfg.network.bandwidth > 0:      # (inf: free; NaN fails)
-        raise ConfigError(f"network.bandwidth={cfg.network.bandwidth!r}: must be > 0 (inf: "
-                          f"free)")
-    if not (cfg.network.latency >= 0 and math.isfinite(cfg.network.latency)):
-        raise ConfigError(f"network.latency={cfg.network.latency!r}: must be a finite number "
-                          f">= 0")
 
 
-def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict, rows: int) -> int:
+class RingDepth(NamedTuple):
+    """D, the versions the ring keeps, with the key that sets it and how (for messages)."""
+
+    depth: int
+    key: str                      # "delay.tau", "run.ring_size", "algorithm.params.history"...
+    why: str                      # "the delay bound 1000 + 1"
+
+
+#: the key holding each sampled delay model's bound
+_BOUND_KEYS = {"constant": "delay.tau", "uniform": "delay.high", "trace": "delay.trace_file",
+               "geometric": "delay.max_delay", "pareto": "delay.max_delay"}
+
+
+def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict) -> RingDepth:
     """D: the versions the ring keeps (the delay bound + 1, or ``run.ring_size``), at least
     the lazy algorithms' history window + 1."""
     r, m = cfg.run, cfg.run.num_workers
     bound = 0 if spec.synchronous else delay.bound()
     if r.ring_size is not None:
-        if r.ring_size < 1:
-            raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
         if bound is not None and r.ring_size < bound + 1:
             raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
                               f"{bound + 1} (delay.kind={delay.kind})")
-        ring = r.ring_size
+        ring = RingDepth(r.ring_size, "run.ring_size", "set by run.ring_size")
     elif bound is not None:
-        ring = bound + 1
+        key = _BOUND_KEYS.get(delay.kind, "delay.kind")
+        ring = RingDepth(bound + 1, key, f"the delay bound {bound} + 1, delay.kind={delay.kind}"
+                         + (", the largest delay in the file" if delay.kind == "trace" else ""))
     else:
-        ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
-    history = static.get("history", spec.defaults().get("history"))
-    return max(ring, int(history or 0) + 1, 2)
+        ring = RingDepth(max(16, 8 * m), "run.num_workers",
+                         f"8 M for M={m} workers (delay.kind={delay.kind} has no bound; set "
+                         f"run.ring_size to choose D)")
+    history = int(static.get("history", spec.defaults().get("history")) or 0)
+    if history + 1 > ring.depth:
+        ring = RingDepth(history + 1, "algorithm.params.history",
+                         f"the history window {history} + 1")
+    return ring if ring.depth >= 2 else RingDepth(2, ring.key, "at least 2")
 
 
 def _steps(cfg: Config, rows: int) -> tuple[int, int]:
     """``(steps, eval_every)``. The last chunk is shorter when ``eval_every`` does not divide
-    the steps: steps are never added."""
+    the steps: steps are never added. The simulator counts gradients in int32: steps x rows
+    must fit."""
     r = cfg.run
     steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
     every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
+    if steps * rows > INT32_MAX:
+        key = ("run.steps", r.steps) if r.steps is not None else ("run.gradients", r.gradients)
+        raise ConfigError(f"{key[0]}={key[1]}: {steps} steps x {rows} gradient rows = "
+                          f"{steps * rows} gradients, more than the simulator's int32 "
+                          f"counters hold ({INT32_MAX})")
     return steps, min(every, steps)
 
 
@@ -354,14 +331,14 @@ def resolve(cfg: Config) -> Resolved:
     arrivals, rows = _arrivals(cfg, spec)
     delay = _delay_config(cfg)
     static, numeric = split_params(spec, dict(cfg.algorithm.params))
-    ring = _ring_depth(cfg, spec, delay, static, rows)
+    ring = _ring_depth(cfg, spec, delay, static)
     steps, every = _steps(cfg, rows)
     compressor = _compressor(spec, cfg.algorithm.compressor)
     _check_lr_decay(cfg.algorithm.lr_decay)
     _check_schedule(spec, cfg.algorithm.lr_decay)
     network = dl.Network(cfg.network.bandwidth, cfg.network.latency)
-    return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring, steps,
-                    every, compressor)
+    return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring.depth,
+                    steps, every, compressor, ring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,16 +358,31 @@ def _workload(cfg: Config, workload_factory: Callable | None):
     w = cfg.workload
     wopts = dict(w.options)
     if workload_factory is None:
-        _check_workload(w.name, wopts)
+        wopts = _check_workload(w.name, wopts)
     try:
         return (workload_factory or get_workload)(w.name, **wopts)
-    except ValueError as e:
-        opt = next((k for k in wopts if str(e).startswith(f"{k}=")), None)
-        if opt is not None:
-            raise ConfigError(f"workload.options.{e}") from None
-        raise ConfigError(f"workload.name={w.name!r}: {e}") from None
-    except FileNotFoundError as e:
-        raise ConfigError(f"workload.options.data_dir: {e}") from None
+    except (ValueError, OSError) as e:
+        raise _workload_error(w.name, wopts, e) from None
+
+
+def _workload_error(name: str, options: dict, e: Exception) -> ConfigError:
+    """A workload factory's error as a one-line :class:`ConfigError` naming the key: the
+    option its message starts with, else the data directory for a file-based workload (the
+    message names the file and the field), else the workload."""
+    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS, options_of
+
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    declared = options_of(name) if name in WORKLOADS else options
+    opt = next((k for k in declared if msg.startswith(f"{k}=")), None)
+    if opt is not None:
+        return ConfigError(f"workload.options.{msg}")
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: cannot be read ({e.strerror})"
+    if name in WORKLOADS and name not in OFFLINE_WORKLOADS and "data_dir" in declared:
+        d = options.get("data_dir", inspect.signature(WORKLOADS[name]).parameters["data_dir"]
+                        .default)
+        return ConfigError(f"workload.options.data_dir={d!r}: {msg}")
+    return ConfigError(f"workload.name={name!r}: {msg}")
 
 
 def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
@@ -462,6 +454,10 @@ class Prepared:
                 worker_axis = {"spmd_axis_name": "workers"}
         self.simulator = Simulator(self.spec, self.static, self.workload, self.sim_config,
                                    worker_axis)
+        if res.ring_depth is not None:
+            from jaxasync.resources import check_run_fits
+
+            check_run_fits(self, res.ring_depth)
 
     def hparams(self) -> dict:
         names = self.members[0]["params"].keys()
