@@ -59,7 +59,8 @@ def _job(cfg: Any) -> None:
         return
     print()
     print(report.format_table(report.summary_rows(record)))
-    print(f"\nwrote {Path(out_dir) / 'run.json'}, metrics.csv, metrics.png", flush=True)
+    where = record.get("written_to") or out_dir   # (a fallback when out_dir failed)
+    print(f"\nwrote {Path(where) / 'run.json'}, metrics.csv, metrics.png", flush=True)
 
 
 try:

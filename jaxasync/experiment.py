@@ -517,7 +517,10 @@ def validate(cfg: Any) -> Config:
     or broken data file), which :func:`prepare` makes before compiling. The CLI runs it
     on every job of a sweep before starting any.
     """
+    from jaxasync.outputs_dir import as_path
+
     c = to_config(cfg)
+    as_path(c.out_dir)
     res = resolve(c)
     _check_workload(c.workload.name, dict(c.workload.options))
     # the factory's own checks; the workload's L and the decay's steps need the data, so a
@@ -578,44 +581,75 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     resolved config, per-member metric histories, counters, targets reached, the
     staleness histogram, versions, device, git revision and timings.
 
-    With ``out_dir`` (see :mod:`jaxasync.checkpoint`): a finished ``run.json`` of the
-    same config is reused (the run is skipped), a checkpoint of the same config is
-    resumed, and ``run.checkpoint_every = N > 0`` saves the state every N chunks.
+    With ``out_dir`` (see :mod:`jaxasync.checkpoint` and :mod:`jaxasync.outputs_dir`): a
+    finished ``run.json`` of the same config is reused (the run is skipped), a checkpoint of
+    the same config is resumed, and ``run.checkpoint_every = N > 0`` saves the state every N
+    chunks. The config is checked completely (data and memory included) before the directory
+    is touched; then it is created, locked against a second run and probed for writing, all
+    before anything compiles. ``run.resume=false`` moves an earlier result aside until this
+    run writes its first result. Outputs that cannot be written there go to a fallback
+    directory (one line says where).
     """
     from jaxasync import checkpoint as ckpt
+    from jaxasync.outputs_dir import OutputDir, as_path
 
     t_start = time.perf_counter()
     cfg_obj = to_config(cfg)
-    name = cfg_obj.algorithm.name
+    out = as_path(out_dir)
     digest = ckpt.config_hash(cfg_obj)
-    if out_dir is not None and cfg_obj.run.resume:
-        done = ckpt.finished_record(Path(out_dir), digest)
+    name = cfg_obj.algorithm.name
+    if out is not None and cfg_obj.run.resume:
+        done = _finished(out, digest, name, progress)
         if done is not None:
-            if progress:
-                print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
-                      f"skipped", flush=True)
             return done
-    elif out_dir is not None:
-        ckpt.discard(Path(out_dir))
     prep = prepare(cfg_obj, workload_factory)
+    if out is None:
+        return _execute(prep, None, digest, progress, t_start)
+    with OutputDir(out, progress=progress) as target:
+        if cfg_obj.run.resume:   # (finished meanwhile, or an earlier result put back)
+            done = _finished(out, digest, name, progress)
+            if done is not None:
+                return done
+        else:
+            target.set_aside()
+        return _execute(prep, target, digest, progress, t_start)
+
+
+def _finished(out: Path, digest: str, name: str, progress: bool) -> dict | None:
+    from jaxasync import checkpoint as ckpt
+
+    done = ckpt.finished_record(out, digest)
+    if done is not None and progress:
+        print(f"[{name}] {out}: finished run of this config (hash {digest}) found; skipped",
+              flush=True)
+    return done
+
+
+def _execute(prep: Prepared, target, digest: str, progress: bool, t_start: float) -> dict:
+    """Runs a prepared experiment (resuming and saving checkpoints in ``target``, an open
+    :class:`jaxasync.outputs_dir.OutputDir`, if given) and writes its outputs there."""
+    from jaxasync import checkpoint as ckpt
+
+    cfg, name = prep.cfg, prep.cfg.algorithm.name
     if progress:
         print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
               f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
               f"members={len(prep.members)} delay={prep.delay.kind}", flush=True)
     keys, hparams = prep.keys(), prep.hparams()
     checkpoints, state, history = None, None, None
-    every = cfg_obj.run.checkpoint_every
-    if out_dir is not None and (every > 0 or ckpt.Checkpoints.exists(out_dir)):
-        sc = prep.sim_config
-        checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
-                                       math.ceil(sc.steps / sc.eval_every))
-        state, history = checkpoints.restore(prep.simulator, keys, hparams)
-        if state is not None and progress:
-            print(f"[{name}] resuming from {checkpoints.directory} after chunk "
-                  f"{checkpoints.chunks_done(history)}", flush=True)
-    resumed = checkpoints.chunks_done(history) if history is not None else None
-    data = put_data(prep.workload, prep.index, prep.size)
+    every = cfg.run.checkpoint_every
     try:
+        if target is not None and (every > 0 or ckpt.Checkpoints.exists(target.path)):
+            sc = prep.sim_config
+            checkpoints = ckpt.Checkpoints(target.path, digest, every, sc.eval_every,
+                                           math.ceil(sc.steps / sc.eval_every),
+                                           on_first_save=target.first_result)
+            state, history = checkpoints.restore(prep.simulator, keys, hparams)
+            if state is not None and progress:
+                print(f"[{name}] resuming from {checkpoints.directory} after chunk "
+                      f"{checkpoints.chunks_done(history)}", flush=True)
+        resumed = checkpoints.chunks_done(history) if history is not None else None
+        data = put_data(prep.workload, prep.index, prep.size)
         result = run(prep.simulator, data, keys, hparams,
                      progress=_progress_printer(name) if progress else None,
                      state=state, history=history,
@@ -627,8 +661,11 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
     record["config_hash"] = digest
     record["timing"]["resumed_after_chunk"] = resumed
-    if out_dir is not None:
-        report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
-        if checkpoints is not None:
+    if target is not None:
+        where = target.write(lambda d: report.write_outputs(record, d, plot=cfg.plot),
+                             label=f"{name}-{digest}")
+        if where != target.path:
+            record["written_to"] = str(where)
+        elif checkpoints is not None:
             checkpoints.remove()
     return record
