@@ -232,6 +232,8 @@ def to_config(cfg: Any) -> Config:
         raise ConfigError(f"config={shown}: must be a dict of config keys (or an OmegaConf "
                           f"DictConfig, or a jaxasync.config.Config), not "
                           f"{type(cfg).__name__}")
+    if not isinstance(cfg, Config | DictConfig):
+        _check_groups(cfg, Config, "")
     try:
         node = (OmegaConf.structured(cfg) if isinstance(cfg, Config) else
                 OmegaConf.merge(OmegaConf.structured(Config),
@@ -242,6 +244,24 @@ def to_config(cfg: Any) -> Config:
         raise config_error(e) from None
     check_values(out)
     return out
+
+
+def _check_groups(given: Any, cls: type, prefix: str) -> None:
+    """A key that is a group of keys in the schema (``run``, ``algorithm.params``...) must be
+    given a mapping: one line naming it (OmegaConf's merge error names none)."""
+    from collections.abc import Mapping
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in given:
+            continue
+        value, typ, key = given[f.name], hints[f.name], prefix + f.name
+        group = dataclasses.is_dataclass(typ) or typing.get_origin(typ) is dict
+        if group and not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value!r}: must be a mapping (a group of keys), not "
+                              f"{type(value).__name__}")
+        if dataclasses.is_dataclass(typ):
+            _check_groups(value, typ, key + ".")
 
 
 def _plain_numbers(obj: Any) -> Any:
@@ -345,7 +365,8 @@ def config_error(e: Exception) -> ConfigError:
     value = getattr(e, "value", None)
     param = declaration(key)
     m = re.search(r"could not be converted to (\w+)", first)
-    if (m or "is not Optional" in first or "is not a valid bool" in first) and param:
+    refused = ("is not Optional", "is not a valid bool", "Incompatible value")
+    if (m or any(r in first for r in refused)) and param:
         first = f"must be {param.allowed()}"
         if value is None:
             return ConfigError(f"{key}=None: {first}")

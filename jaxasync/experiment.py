@@ -398,11 +398,21 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
                               f"workload; {w.name!r} is regression (use iid or shared)")
         labels = np.zeros(labels.shape[0], np.int32)
     try:
+        if w.partition == "shared":  # every worker indexes the whole set: M x n int32
+            from jaxasync.resources import check_host_bytes
+
+            check_host_bytes(4 * m * labels.shape[0], "num_workers", m,
+                             f"the shard index of partition=shared ({m} workers x "
+                             f"{labels.shape[0]} examples, int32)")
         index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
                                 shards_per_worker=w.shards_per_worker,
                                 seed=int(dict(w.options).get("seed", 0)))
     except ValueError as e:
-        raise ConfigError(f"workload.partition: {e}") from None
+        msg = str(e)
+        for arg, key in (("num_workers=", "run."), ("alpha=", "workload.dirichlet_")):
+            if msg.startswith(arg):
+                raise ConfigError(f"{key}{msg} (workload.partition={w.partition})") from None
+        raise ConfigError(f"workload.partition={w.partition!r}: {msg}") from None
     if w.full_batch and int(np.min(size)) != int(np.max(size)):
         raise ConfigError(f"workload.full_batch=true: needs equal shards; partition "
                           f"{w.partition!r} gives sizes {int(np.min(size))}..{int(np.max(size))}")

@@ -40,9 +40,9 @@ RESULT_NAMES = ("run.json", "metrics.csv", "metrics.png", "members", "checkpoint
 FALLBACK_ENV = "JAXASYNC_FALLBACK_DIR"
 
 
-def as_path(out_dir: Any) -> Path | None:
+def as_path(out_dir: Any, key: str = "out_dir") -> Path | None:
     """``out_dir`` as a :class:`~pathlib.Path` (None stays None), checked to be usable as a
-    directory without touching anything.
+    directory without touching anything; errors name ``key``.
 
     Raises:
       ConfigError: not a path, empty, a regular file, or below a regular file.
@@ -50,18 +50,18 @@ def as_path(out_dir: Any) -> Path | None:
     if out_dir is None:
         return None
     if isinstance(out_dir, bool) or not isinstance(out_dir, str | os.PathLike):
-        raise ConfigError(f"out_dir={out_dir!r}: must be a directory path (a string or "
+        raise ConfigError(f"{key}={out_dir!r}: must be a directory path (a string or "
                           f"os.PathLike), not {type(out_dir).__name__}")
     text = os.fspath(out_dir)
     if isinstance(text, bytes) or not text.strip():
-        raise ConfigError(f"out_dir={out_dir!r}: must be a non-empty directory path")
+        raise ConfigError(f"{key}={out_dir!r}: must be a non-empty directory path")
     path = Path(text).expanduser()
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 what = "is a file" if p == path else f"lies under the file {str(p)!r}"
-                raise ConfigError(f"out_dir={text!r}: {what}, not a directory; choose "
-                                  f"another out_dir")
+                raise ConfigError(f"{key}={text!r}: {what}, not a directory; choose "
+                                  f"another {key}")
             break
     return path
 

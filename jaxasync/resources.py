@@ -12,8 +12,8 @@ naming the key that drives the size when the total exceeds the memory available:
 * the **parameters** themselves;
 * the **gradient rows** of one step (rows x parameters for the gradients, the stale parameters
   gathered from the ring and the messages, per member);
-* the **data** on the device (train and test arrays, the shard index), on a CPU once more on
-  the host;
+* the **data** on the device (train and test arrays) and the **shard index** (M x the
+  largest shard), on a CPU once more on the host;
 * the **metric history** kept on the host (evaluation points x members).
 
 Everything but the history and the data is per member: the vmapped members multiply it. The
@@ -111,9 +111,11 @@ def run_parts(prep: Any, ring: Any) -> list[Part]:
     n_params = sum(int(math.prod(x.shape[1:])) for x in jax.tree.leaves(state.params))
     d = ring.depth
     data = prep.workload.data
-    data_bytes = sum(int(np.asarray(a).nbytes) for a in data) + int(prep.index.nbytes)
+    data_bytes = sum(int(np.asarray(a).nbytes) for a in data)
+    index_bytes = int(prep.index.nbytes)
     if jax.devices()[0].platform == "cpu":
-        data_bytes *= 2  # the host's NumPy arrays and their device copies share the RAM
+        # the host's NumPy arrays and their device copies share the RAM
+        data_bytes, index_bytes = 2 * data_bytes, 2 * index_bytes
     sc = prep.sim_config
     chunks = math.ceil(sc.steps / sc.eval_every) + 1
     rows_key = ("run.num_workers", m) if prep.spec.synchronous else \
@@ -135,8 +137,11 @@ def run_parts(prep: Any, ring: Any) -> list[Part]:
              3 * rows * param_bytes * members, *rows_key, f"lower {rows_key[0]}"),
         Part(f"the parameters ({n_params}) x {members} member(s)", tree_bytes(state.params),
              "workload.name", cfg.workload.name, "use a smaller model, or fewer members"),
-        Part("the data on the device (train, test, shard index)", data_bytes,
+        Part("the data on the device (train and test sets)", data_bytes,
              "workload.name", cfg.workload.name, "use a smaller data set"),
+        Part(f"the shard index of M = {m} workers x {prep.index.shape[1]} examples "
+             f"(workload.partition={cfg.workload.partition})", index_bytes,
+             "run.num_workers", m, "use fewer workers"),
         Part(f"the metric history ({chunks} evaluation points x {members} member(s))",
              chunks * members * HISTORY_ROW_BYTES,
              *(("run.eval_every", cfg.run.eval_every) if cfg.run.eval_every is not None
