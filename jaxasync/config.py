@@ -105,6 +105,8 @@ class WorkloadConf:
     dirichlet_alpha: float = hp.field(hp.positive("label skew of partition=dirichlet",
                                                   static=True), 0.5)
     shards_per_worker: int = hp.field(_count(1, "label shards per worker (partition=shards)"), 2)
+    init: str = hp.field(_text("jaxasync.models.INITS: flax (LeCun normal, zero bias) | "
+                               "torch (U(+-1/sqrt(fan_in)))"), "flax")
     options: dict[str, Any] = hp.field(hp.Param("any", doc="the workload factory's arguments "
                                                            "(its own declarations)"),
                                        default_factory=dict)

@@ -254,8 +254,13 @@ def _arrivals(cfg: Config, spec) -> tuple[int, int]:
 def _check_values(cfg: Config) -> None:
     """Every declared value (:func:`jaxasync.config.check_values`), and the relations
     between run and workload values that need neither data nor the algorithm."""
+    from jaxasync.models import INITS  # (the models' module: flax, not imported by config)
+
     check_values(cfg)
     _check_run(cfg)
+    if cfg.workload.init not in INITS:
+        raise ConfigError(f"workload.init={cfg.workload.init!r}: unknown; choose one of: "
+                          f"{', '.join(INITS)}")
     if cfg.workload.sampling == "epochs" and cfg.workload.full_batch:
         raise ConfigError("workload.sampling=epochs: has no effect with "
                           "workload.full_batch=true (each batch is the whole shard)")
@@ -389,8 +394,12 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
     """Loads the workload and partitions it over the workers (data-dependent checks)."""
     from jaxasync.data import partition
 
+    from jaxasync.models import with_init
+
     cfg, w, m = res.cfg, res.cfg.workload, res.cfg.run.num_workers
     workload = _workload(cfg, workload_factory)
+    if w.init != "flax":
+        workload = dataclasses.replace(workload, init=with_init(workload.init, w.init))
     labels = np.asarray(workload.data.y_train)
     if workload.num_classes is None:
         if w.partition not in ("iid", "shared"):
