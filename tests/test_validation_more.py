@@ -420,6 +420,40 @@ def test_memory_refusal_names_the_part_that_drives_the_size(earlier, monkeypatch
     assert snapshot(path) == before
 
 
+# ----------------------------------------------------------------------------- out_dir
+
+OUT_DIR_CASES = [  # (id, key set on the command line, the path, the words the line holds)
+    ("out-dir-a-regular-file", "out_dir", "FILES/inf.txt", "is a file"),
+    ("out-dir-under-a-file", "out_dir", "FILES/inf.txt/run", "lies under the file"),
+    ("hydra-run-dir-a-regular-file", "hydra.run.dir", "FILES/inf.txt", "is a file"),
+]
+
+
+@pytest.mark.parametrize("case", OUT_DIR_CASES, ids=lambda c: c[0])
+def test_an_output_directory_that_cannot_be_one_is_refused_before_anything_runs(
+        case, files, capsys, monkeypatch, tmp_path):
+    """The issue's ``out_dir=<a regular file>``: refused first (the whole run used to be
+    computed, then lost), on the command line and in Python; the file is untouched."""
+    _, key, path, words = case
+    path = _fill(path, files)
+    before = (files / "inf.txt").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["jaxasync"])
+    monkeypatch.setattr("jaxasync.experiment.prepare", lambda *a, **k: pytest.fail("prepared"))
+    if key == "out_dir":
+        with pytest.raises(ConfigError) as err:
+            run_experiment(BASE, path, progress=False)
+        assert_one_line(str(err.value), f"out_dir={path!r}", (words,))
+    extra = [] if key != "out_dir" else [f"hydra.run.dir={tmp_path / 'hydra'}"]
+    with pytest.raises(SystemExit) as ex:
+        cli.main([*BASE_CLI, f"{key}={path}", *extra])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert_one_line(err, f"jaxasync: error: {key}={path!r}", (words,))
+    assert (files / "inf.txt").read_bytes() == before
+
+
 # ----------------------------------------------------------------------------- API
 
 
@@ -580,6 +614,7 @@ def test_table_counts_by_class():
     counts = dict.fromkeys(CLASSES, 0)
     for c in CASES:   # the API and the command line count separately
         counts[c[1]] += (c[2] is not None) + (c[3] is not None)
+    counts["lost work"] += 2 * len(OUT_DIR_CASES) - 1   # (hydra.run.dir: the CLI only)
     counts["API"] += len(API_CASES)
     counts["transforms"] += len(TRANSFORM_CASES)
     counts["leaderboard"] += len(LEADERBOARD_CASES)
