@@ -54,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,10 @@ def config_hash(cfg: Config) -> str:
             node.pop(last, None)
     trace = cfg.delay.trace_file
     if cfg.delay.kind == "trace" and trace and Path(trace).is_file():
-        d["delay"]["trace_sha256"] = hashlib.sha256(Path(trace).read_bytes()).hexdigest()
+        try:
+            d["delay"]["trace_sha256"] = hashlib.sha256(Path(trace).read_bytes()).hexdigest()
+        except OSError:  # unreadable: resolving the config says so, naming the key
+            pass
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -129,13 +133,6 @@ def finished_record(out_dir: Path, digest: str) -> dict | None:
     return record
 
 
-def discard(out_dir: Path) -> None:
-    """Removes a previous result and checkpoint from ``out_dir`` (``run.resume=false``)."""
-    out_dir = Path(out_dir)
-    (out_dir / "run.json").unlink(missing_ok=True)
-    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-
-
 def _quiet_orbax() -> None:
     import logging
 
@@ -154,13 +151,16 @@ class Checkpoints:
       n_chunks: chunks in the whole run (the last one is not saved: ``run.json`` follows).
     """
 
-    def __init__(self, out_dir: Path, digest: str, every: int, eval_every: int, n_chunks: int):
+    def __init__(self, out_dir: Path, digest: str, every: int, eval_every: int, n_chunks: int,
+                 on_first_save: Callable[[], None] | None = None):
         import orbax.checkpoint as ocp
 
         _quiet_orbax()
         self.directory = Path(out_dir).absolute() / CHECKPOINT_DIR
         self.digest, self.every = digest, every
         self.eval_every, self.n_chunks = eval_every, n_chunks
+        self._on_first_save = on_first_save
+        self._manager = None
         self._ocp = ocp
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -232,15 +232,39 @@ class Checkpoints:
         host = jax.device_get(state)
         meta = {"format": FORMAT, "config_hash": self.digest, "chunks": done,
                 "history": history}
-        self._manager.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(_plain(meta))))
+        try:
+            self._manager.save(done, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(_plain(meta))))
+            if self._on_first_save is not None:  # once: wait until it is complete on disk
+                self._manager.wait_until_finished()
+                self._on_first_save()
+                self._on_first_save = None
+        except Exception as e:  # a full disk, a permission changed: the run goes on
+            self._give_up(e, f"after chunk {done}")
+
+    def _give_up(self, e: Exception, which: str) -> None:
+        """A checkpoint could not be written: say so in one line and save no more (the run
+        itself goes on; its outputs are written, or go to a fallback directory)."""
+        import sys
+
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"jaxasync: the checkpoint {which} in {self.directory} could not be "
+              f"written ({type(e).__name__}: {why[:200]}); the run goes on without "
+              f"checkpoints", file=sys.stderr, flush=True)
+        self.every = 0
 
     def close(self) -> None:
-        """Waits for a save in flight (idempotent)."""
-        if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
-            self._manager = None
+        """Waits for a save in flight and closes the orbax manager (idempotent; called on
+        every path, so no orbax thread outlives the run)."""
+        manager, self._manager = self._manager, None
+        if manager is None:
+            return
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # an asynchronous save that failed
+            self._give_up(e, "in flight")
+        finally:
+            manager.close()
 
     def remove(self) -> None:
         """Deletes the checkpoints (once ``run.json`` is written)."""

@@ -58,7 +58,7 @@ def _job(cfg: Any) -> None:
     except ConfigError as e:
         _fail(str(e), bool(cfg.get("traceback")))
         return
-    show_job(record, Path(out_dir))
+    show_job(record, Path(record.get("written_to") or out_dir))  # (a fallback when out_dir failed)
 
 
 def files_line(directory: Path, names: list[str]) -> str:
@@ -149,6 +149,24 @@ def _composition_message(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def _check_hydra_dirs(base: Any, multirun: bool, fail) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must be usable as directories (Hydra's own
+    error for a file there is a traceback)."""
+    from omegaconf import OmegaConf
+
+    from jaxasync.outputs_dir import as_path
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        path = OmegaConf.select(base, key)
+    except Exception:  # an interpolation only Hydra resolves (${now:...} is resolved here)
+        return
+    try:
+        as_path(path, key)
+    except ConfigError as e:
+        fail(str(e), e)
+
+
 def _precheck(argv: list[str]) -> None:
     """Composes and validates every job of the command before Hydra runs any.
 
@@ -209,6 +227,7 @@ def _precheck(argv: list[str]) -> None:
         except Exception as e:
             fail(_composition_message(e), e)
         multirun = args.multirun or str(base.hydra.mode).endswith("MULTIRUN")
+        _check_hydra_dirs(base, multirun, fail)
         sweeps = {k: v for k, v in cmd.items() if len(v) > 1}
         if sweeps and not multirun:
             key = next(iter(sweeps))

@@ -70,10 +70,6 @@ def check_target(cfg) -> None:
     if t.metric not in TARGET_METRICS:
         raise ConfigError(f"target.metric={t.metric!r}: unknown; choose one of: "
                           f"{', '.join(TARGET_METRICS)}")
-    if t.mode not in ("min", "max"):
-        raise ConfigError(f"target.mode={t.mode!r}: choose min or max")
-    if not math.isfinite(t.value):
-        raise ConfigError(f"target.value={t.value!r}: must be a finite number")
     if t.metric == "train_grad_norm" and not cfg.run.eval_grad_norm:
         raise ConfigError("target.metric=train_grad_norm: needs run.eval_grad_norm=true")
 

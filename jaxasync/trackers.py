@@ -152,9 +152,9 @@ class WandB(Tracker):
         run.finish(exit_code=0 if record is not None else 1)
 
 
-def open_tracker(cfg, out_dir: Path | None, run_name: str) -> Tracker | None:
-    """The tracker ``cfg.logger`` names (None for ``none``), its package imported now so that
-    a missing extra stops the job before it compiles."""
+def tracker_class(cfg) -> type[Tracker] | None:
+    """The tracker class ``cfg.logger`` names (None for ``none``), its package imported now so
+    that a missing extra stops the job before anything is written or compiled."""
     import importlib
 
     name = cfg.logger.name
@@ -168,4 +168,10 @@ def open_tracker(cfg, out_dir: Path | None, run_name: str) -> Tracker | None:
     except ImportError:
         raise ConfigError(f"logger={name}: needs the {module} package; "
                           f"pip install \"jaxasync[{extra}]\"") from None
-    return {"tensorboard": TensorBoard, "wandb": WandB}[name](cfg.logger, run_name, out_dir)
+    return {"tensorboard": TensorBoard, "wandb": WandB}[name]
+
+
+def open_tracker(cfg, out_dir: Path | None, run_name: str) -> Tracker | None:
+    """The tracker ``cfg.logger`` names (None for ``none``); see :func:`tracker_class`."""
+    cls = tracker_class(cfg)
+    return None if cls is None else cls(cfg.logger, run_name, out_dir)

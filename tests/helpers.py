@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -117,3 +118,49 @@ def write_tiny_mnist(folder, train: int, test: int, seed: int = 0) -> None:
     for split, n in (("train", train), ("t10k", test)):
         write(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
         write(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n), 2049)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+#: a tiny valid experiment (least squares, 4 workers)
+BASE = {
+    "algorithm": {"name": "asgd", "params": {"learning_rate": 0.05}},
+    "workload": {"name": "least_squares", "batch_size": 8, "options": {"n": 200, "d": 5}},
+    "delay": {"kind": "uniform", "low": 0, "high": 3},
+    "run": {"num_workers": 4, "steps": 20, "eval_every": 10},
+    "plot": False,
+}
+#: the same on the command line
+BASE_CLI = ["hydra.mode=RUN", "algorithm=asgd", "workload=least_squares", "workload.batch_size=8",
+            "+workload.options.n=200", "+workload.options.d=5", "delay=uniform", "delay.low=0",
+            "delay.high=3", "run.num_workers=4", "run.steps=20", "run.eval_every=10", "plot=false"]
+
+
+def merge_config(base: dict, delta: dict) -> dict:
+    """``base`` updated by ``delta``, recursively; a key ending in ``!`` replaces."""
+    out = copy.deepcopy(base)
+    for k, v in delta.items():
+        if k.endswith("!"):
+            out[k[:-1]] = v
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under ``root`` with its content (to assert that nothing changed)."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def assert_one_line(msg: str, key: str, also=()) -> None:
+    """A one-line error that starts with ``key`` and contains each of ``also``."""
+    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
+    assert msg.startswith(key), (key, msg)
+    for word in also:
+        assert word in msg, (word, msg)

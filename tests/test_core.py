@@ -278,7 +278,7 @@ def test_read_trace(tmp_path):
     f.write_text("0 3, 2\n5")
     assert dl.read_trace(f) == (0, 3, 2, 5)
     f.write_text("1 -2")
-    with pytest.raises(ValueError, match="entry 1"):
+    with pytest.raises(ValueError, match="line 1, entry 2 = '-2'"):   # (counted from 1)
         dl.read_trace(f)
     f.write_text("1 2.5")
     with pytest.raises(ValueError, match="non-negative integer"):

@@ -316,7 +316,8 @@ TINY = {"algorithm": {"name": "asgd", "params": {"learning_rate": 0.05}},
 
 @pytest.mark.parametrize("target, message", [
     ({"metric": "acc", "value": 1.0}, "target.metric='acc': unknown; choose one of: "),
-    ({"metric": "train_loss", "value": 1.0, "mode": "up"}, "target.mode='up': choose min or max"),
+    ({"metric": "train_loss", "value": 1.0, "mode": "up"}, "target.mode='up': must be one of min, max"),
+    ({"metric": "train_loss", "value": float("nan")}, "target.value=nan: must be "),
     ({"metric": "train_grad_norm", "value": 1e-5},
      "target.metric=train_grad_norm: needs run.eval_grad_norm=true")])
 def test_target_key_errors_name_the_key(target, message):

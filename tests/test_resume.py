@@ -157,11 +157,19 @@ def test_output_directory_of_another_config_is_refused_unless_resume_false(tmp_p
     def stop(*args, **kwargs):  # the run itself is the ordinary path: stop before compiling
         raise Stop
 
+    before = (tmp_path / "run.json").read_text()
     monkeypatch.setattr(experiment, "prepare", stop)
-    with pytest.raises(Stop):
+    with pytest.raises(Stop):  # run.resume=false checks the new config before touching the old
         experiment.run_experiment({**other, "run": {**other["run"], "resume": False}}, tmp_path,
                                   progress=False)
-    assert not (tmp_path / "run.json").exists() and not (tmp_path / "checkpoint").exists()
+    assert (tmp_path / "run.json").read_text() == before and (tmp_path / "checkpoint").is_dir()
+    monkeypatch.undo()
+    # a run that passes its checks replaces it (moved aside, removed once it has written)
+    record = experiment.run_experiment({**other, "run": {**other["run"], "resume": False}},
+                                       tmp_path, progress=False)
+    assert json.loads((tmp_path / "run.json").read_text())["config_hash"] == \
+        record["config_hash"] != digest
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / ".replaced").exists()
 
 
 def test_atomic_write_never_leaves_a_half_written_file(tmp_path, monkeypatch):

@@ -142,5 +142,5 @@ def test_missing_package_is_a_one_line_error_naming_the_extra(tmp_path, monkeypa
 
 
 def test_unknown_logger_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="logger=mlflow: unknown; choose one of: none, "):
+    with pytest.raises(ConfigError, match="logger.name='mlflow': must be one of none, tensorboard, wandb"):
         run_experiment(_with_logger(name="mlflow"), tmp_path / "job", progress=False)

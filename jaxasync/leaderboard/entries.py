@@ -164,7 +164,19 @@ def load_entries(path: str | os.PathLike = ENTRIES_FILE) -> list[Entry]:
     except FileNotFoundError:
         raise EntryError(f"entries file {str(path)!r} not found") from None
     except yaml.YAMLError as e:
-        raise EntryError(f"entries file {str(path)!r}: not valid YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise EntryError(f"entries file {str(path)!r}: not valid YAML{at} ({what})") from None
+    except UnicodeDecodeError as e:
+        raise EntryError(f"entries file {str(path)!r}: binary content (byte "
+                         f"{e.object[e.start]:#04x} at offset {e.start}); expected YAML text"
+                         ) from None
+    except IsADirectoryError:
+        raise EntryError(f"entries file {str(path)!r}: is a directory, not a file") from None
+    except OSError as e:
+        raise EntryError(f"entries file {str(path)!r}: cannot be read ({e.strerror or e})"
+                         ) from None
     return parse_entries(raw)
 
 
