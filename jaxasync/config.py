@@ -1,6 +1,6 @@
 """Structured config: the Hydra schemas, and their conversion to plain numbers.
 
-Config stops here (DESIGN.md, item 8): everything below takes plain numbers. The same
+Config stops here: everything below it takes plain numbers. The same
 :func:`validate` runs for the CLI and for the Python API, so both raise the same
 :class:`ConfigError`, a one-line message naming the key, the bad value and what is
 allowed.
@@ -105,35 +105,56 @@ class NetworkConf:
     latency: float = 0.0          # seconds per message
 
 
+def _key(default: Any = MISSING, *, factory: Any = None, help: str) -> Any:
+    """A schema field with its one-line description (``jaxasync --help`` prints it)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class RunConf:
-    """How long, how many workers, which seeds."""
+    """``run.*``: how long, how many workers, which seeds (each key's help is ``--help``'s)."""
 
-    num_workers: int = 16
-    gradients: int = 16000        # budget in worker gradients (steps = gradients / arrivals)
-    steps: int | None = None      # server steps; overrides `gradients`
-    evals: int = 20               # evaluation points (when eval_every is None)
-    eval_every: int | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    ring_size: int | None = None  # D; None: enough for the delay model (event: 8 M)
-    eval_train_size: int = 4096
-    eval_grad_norm: bool = False  # report train_grad_norm = ||grad F(x)|| over the whole train set
-    mesh_workers: int = 1         # devices along the worker axis; must divide num_workers
-    distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
-    checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
-    resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
+    num_workers: int = _key(16, help="M, the number of simulated workers")
+    gradients: int = _key(16000, help="budget in worker gradients (server steps = gradients / "
+                                      "arrivals)")
+    steps: int | None = _key(None, help="server steps; overrides run.gradients")
+    evals: int = _key(20, help="evaluation points over the run (when run.eval_every is null)")
+    eval_every: int | None = _key(None, help="server steps between evaluations (one compiled "
+                                             "chunk each); overrides run.evals")
+    seeds: list[int] = _key(factory=lambda: [0], help="seeds, run as members of one vmapped "
+                                                      "program")
+    ring_size: int | None = _key(None, help="D, stored past versions; null: enough for the "
+                                            "delay model (event-driven: 8 M)")
+    eval_train_size: int = _key(4096, help="training examples the train metrics are "
+                                           "evaluated on")
+    eval_grad_norm: bool = _key(False, help="also report train_grad_norm, ||grad F(x)|| over "
+                                            "the whole training set")
+    mesh_workers: int = _key(1, help="devices along the worker axis; must divide "
+                                     "run.num_workers")
+    distributed: bool = _key(False, help="multi-host: jax.distributed.initialize() (Slurm, "
+                                         "Open MPI)")
+    checkpoint_every: int = _key(0, help="save the state to <out_dir>/checkpoint every N "
+                                         "chunks; 0: never")
+    resume: bool = _key(True, help="reuse a finished run.json and resume a checkpoint of the "
+                                   "same config and code; false: start afresh")
 
 
 @dataclasses.dataclass
 class Config:
+    """The whole config (``config.yaml`` composes its groups onto it)."""
+
     algorithm: AlgorithmConf = field(default_factory=AlgorithmConf)
     workload: WorkloadConf = field(default_factory=WorkloadConf)
     delay: DelayConf = field(default_factory=DelayConf)
     network: NetworkConf = field(default_factory=NetworkConf)
     run: RunConf = field(default_factory=RunConf)
-    out_dir: str | None = None
-    plot: bool = True
-    traceback: bool = False      # show the full traceback of a config error
+    imports: list[str] = _key(factory=list, help="modules to import first, e.g. your own "
+                                                 "algorithms: imports=[my_algos]")
+    out_dir: str | None = _key(None, help="the job's output directory (default: Hydra's)")
+    plot: bool = _key(True, help="write metrics.png and comparison.png")
+    traceback: bool = _key(False, help="show the full traceback of a config error")
 
 
 def register_configs() -> None:

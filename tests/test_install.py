@@ -8,6 +8,7 @@ files of a directory added that way, so the editable install of the checkout sta
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,10 +28,29 @@ def _run(cmd, cwd, timeout=600, env=None):
     return out
 
 
+def _source_copy(dest: Path) -> Path:
+    """The repository's files without build leftovers (a stale ``build/`` would leak into the
+    wheel): the tracked ones in a git checkout, else all but the usual outputs."""
+    ignore = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "runs",
+                                    "__pycache__", "results")
+    if (ROOT / ".git").exists():
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                               check=True).stdout.split(b"\0")
+        for name in filter(None, files):
+            src = ROOT / name.decode()
+            if src.is_file():
+                (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / name.decode())
+    else:
+        shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(dist)],
+    src = _source_copy(tmp_path_factory.mktemp("src"))
+    _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(dist)],
          cwd=dist)
     (whl,) = dist.glob("jaxasync-*.whl")
     return whl
