@@ -547,8 +547,10 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     cfg_obj = to_config(cfg)
     name = cfg_obj.algorithm.name
     digest = ckpt.config_hash(cfg_obj)
+    code = ckpt.code_identity(name)
+    say = (lambda line: print(f"[{name}] {line}", flush=True)) if progress else None
     if out_dir is not None and cfg_obj.run.resume:
-        done = ckpt.finished_record(Path(out_dir), digest)
+        done = ckpt.finished_record(Path(out_dir), digest, code, say)
         if done is not None:
             if progress:
                 print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
@@ -567,7 +569,7 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     if out_dir is not None and (every > 0 or ckpt.Checkpoints.exists(out_dir)):
         sc = prep.sim_config
         checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
-                                       math.ceil(sc.steps / sc.eval_every))
+                                       math.ceil(sc.steps / sc.eval_every), code, say)
         state, history = checkpoints.restore(prep.simulator, keys, hparams)
         if state is not None and progress:
             print(f"[{name}] resuming from {checkpoints.directory} after chunk "
@@ -585,6 +587,7 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
             checkpoints.close()
     record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
     record["config_hash"] = digest
+    record["code"] = code
     record["timing"]["resumed_after_chunk"] = resumed
     if out_dir is not None:
         report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
