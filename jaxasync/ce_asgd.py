@@ -9,7 +9,7 @@ only the *norm* of its stale gradient; the server accepts the gradient when
 :math:`\|g\| / \|x_{global} - x_{local}\|` exceeds a threshold; with a proper threshold the
 rate matches synchronous SGD independently of the staleness; a simplified variant lowers
 the server's computation without losing the rate. The protocol below (and the meaning of
-"simplified variant") is our reading, fixed in ``ALGORITHMS.md``:
+"simplified variant") is our reading, fixed here:
 
 Per arrival of worker :math:`i` with a gradient :math:`g_i` computed at :math:`x_{t-\tau_i}`:
 

@@ -3,7 +3,7 @@
 Shape letters: ``S`` members (seeds x hyperparameters, vmapped), ``M`` workers,
 ``K`` arrivals per server step (rows ``W = K``), ``D`` ring depth, ``B`` batch.
 
-One server step (DESIGN.md, item 4):
+One server step:
 
 1. pick the K arriving workers (sampled model: K distinct workers at random, each with
    a sampled delay; event model: the K that finish first; synchronous algorithms: all M

@@ -524,7 +524,7 @@ def test_the_full_mnist_preset_runs_as_is_on_idx_files(tmp_path):
         cfg = OmegaConf.to_container(compose("config", overrides=[
             "experiment=sasg_mnist_full", "algorithm=sasg", f"workload.options.data_dir={tmp_path}",
             "run.steps=30", "run.eval_every=15", "run.seeds=[1]", "plot=false"]), resolve=True)
-    # the protocol of TARGETS.md, unchanged by the preset's composition
+    # the authors' protocol (Deng et al., arXiv 2112.04088), unchanged by the composition
     assert cfg["run"]["num_workers"] == 10 and cfg["workload"]["batch_size"] == 10
     assert cfg["algorithm"]["params"]["learning_rate"] == 0.005
     rec = run_experiment(cfg, tmp_path / "out", progress=False)
