@@ -78,7 +78,7 @@ M, BATCH, HISTORY, DENSITY, ALPHA = 10, 10, 10, 0.01, 0.005
 #: MNIST, target 98%)
 PAPER = {
     "sgd_sum": {"label": "SGD", "rounds": 61000, "final": 98.19, "skipped": None},
-    "topk_ef": {"label": "Sparse", "rounds": 62200, "final": 98.17, "skipped": None},
+    "sparse": {"label": "Sparse", "rounds": 62200, "final": 98.17, "skipped": None},
     "lasg": {"label": "LASG", "rounds": 34269, "final": 98.12, "skipped": 48.4},
     "sasg": {"label": "SASG", "rounds": 23775, "final": 98.18, "skipped": 65.1},
 }
@@ -100,7 +100,7 @@ def _setup(workload_name: str):
 #: the protocol's algorithms and their static settings (``{method}``: the top-k variant)
 FAMILY = {
     "sasg": {"topk_method": "{method}", "history": HISTORY, "density": DENSITY},
-    "topk_ef": {"topk_method": "{method}", "density": DENSITY},
+    "sparse": {"topk_method": "{method}", "density": DENSITY},
     "lasg": {"history": HISTORY},
     "sgd_sum": {},
 }
@@ -206,16 +206,16 @@ def speed(args) -> None:
     calls = {f"sasg[{m}]": runs[m][0] for m in methods}
     family = [a for a in args.family.split(",") if a]
     for alg in family:
-        calls[f"{alg}[exact]" if alg == "topk_ef" else alg] = sasg_run(
+        calls[f"{alg}[exact]" if alg == "sparse" else alg] = sasg_run(
             wl, data, "exact", args.steps, args.warmup, alg)[0]
     if args.dense_memory:
         # the same algorithms with a dense error memory and dense stored messages
         with _plain_top_k():
             calls["sasg[exact] dense memory"] = sasg_run(wl, data, "exact", args.steps,
                                                         args.warmup)[0]
-            if "topk_ef" in family:
+            if "sparse" in family:
                 calls["topk_ef[exact] dense memory"] = sasg_run(
-                    wl, data, "exact", args.steps, args.warmup, "topk_ef")[0]
+                    wl, data, "exact", args.steps, args.warmup, "sparse")[0]
     if args.formed:
         # the skip test's distance from two formed gradients (any model's generic path)
         calls["sasg[exact] formed"] = sasg_run(
@@ -270,7 +270,7 @@ def speed(args) -> None:
         print("# the protocol's algorithms, same harness (top-k: exact)")
         print(f"{'algorithm':<14} {'it/s':>6} {'wall ms':>8} {'cpu ms':>7}")
         for name in [f"sasg[{m}]" for m in methods if m == "exact"] + [
-                f"{a}[exact]" if a == "topk_ef" else a for a in family]:
+                f"{a}[exact]" if a == "sparse" else a for a in family]:
             print(f"{name:<14} {1e3 / med[name]:>6.1f} {med[name]:>8.2f} {cpu_med[name]:>7.2f}")
     if args.dense_memory and "exact" in methods:
         for name in ("sasg[exact]", "topk_ef[exact]"):
@@ -308,7 +308,7 @@ def _records(root: Path) -> dict[str, dict]:
     out = {}
     for rec in report.load_records(root):
         out[rec["algorithm"] + ("[" + rec["config"]["algorithm"]["params"].get("topk_method", "")
-                                + "]" if rec["algorithm"] in ("sasg", "topk_ef") else "")] = rec
+                                + "]" if rec["algorithm"] in ("sasg", "sparse") else "")] = rec
     return out
 
 
@@ -332,7 +332,7 @@ def table(args) -> None:
             "paper skipped %")
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
-    order = ("sgd_sum", "topk_ef", "lasg", "sasg")
+    order = ("sgd_sum", "sparse", "lasg", "sasg")
     for name in sorted(recs, key=lambda n: (order.index(n.split("[")[0]) if n.split("[")[0]
                                             in order else 9, n)):
         rec = recs[name]

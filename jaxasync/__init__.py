@@ -6,10 +6,7 @@ Import the optax transforms of the algorithms directly::
     tx = ja.delay_adaptive(learning_rate=0.1, num_workers=16)
 """
 
-# Load the compressors module first: importing a submodule sets the package attribute of
-# the same name, and `jaxasync.compress` must stay the optax transform bound below.
-from jaxasync import compress as _compressors_module  # noqa: F401
-from jaxasync import rules, transforms
+from jaxasync import compress, hparams, rules, transforms
 from jaxasync.algorithms import (
     ALGORITHMS,
     AlgorithmSpec,
@@ -21,7 +18,7 @@ from jaxasync.algorithms import (
     sync_sgd,
 )
 from jaxasync.baselines import dc_asgd, dc_asgd_adaptive, fedbuff, koloskova, picky
-from jaxasync.ce_asgd import ce_asgd, ce_asgd_lite, server_work
+from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
 from jaxasync.lazy import (
     LazyState,
     lag,
@@ -33,16 +30,19 @@ from jaxasync.lazy import (
     lazy_upload,
     sasg,
     sgd_sum,
-    topk_ef,
+    sparse,
 )
+from jaxasync.compress import COMPRESSORS, register_compressor
 from jaxasync.transforms import (
     WorkerRows,
     accept_if,
     aggregate,
     communication,
-    compress,
+    compress_rows,
+    keep_decisions,
     last_decisions,
     scale_by_staleness,
+    total_bits,
 )
 
 
@@ -66,11 +66,12 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "ALGORITHMS", "AlgorithmSpec", "WorkerRows", "accept_if", "aggregate", "asgd",
-    "communication", "compress", "delay_adaptive", "get_algorithm", "last_decisions", "register",
-    "rules", "scale_by_staleness", "staleness_aware", "sync_sgd", "transforms",
+    "ALGORITHMS", "AlgorithmSpec", "COMPRESSORS", "WorkerRows", "accept_if", "aggregate", "asgd",
+    "communication", "compress", "compress_rows", "delay_adaptive", "get_algorithm", "hparams",
+    "keep_decisions", "last_decisions", "register", "register_compressor", "rules",
+    "scale_by_staleness", "staleness_aware", "sync_sgd", "total_bits", "transforms",
     "ce_asgd", "ce_asgd_lite", "server_work",
     "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky",
     "LazyState", "lag", "lag_ps", "lag_wk", "lasg", "lazy_counters", "lazy_state", "lazy_upload",
-    "sasg", "sgd_sum", "topk_ef",
+    "sasg", "sgd_sum", "sparse",
 ]

@@ -12,25 +12,25 @@ anyone's training loop::
     params = optax.apply_updates(params, updates)
 
 The registry (:data:`ALGORITHMS`) tells the simulator what each algorithm needs beyond
-the cheap side information (``needs``: ``drift_norm``, ``drift``, ``ref_grads``,
-``ref_grad_dist``, ``update_norms``), how many arrivals a server step waits for by default,
-and whether it runs synchronous rounds. Adding an algorithm never needs a change in the
-simulator: decorate its factory with :func:`register`.
+the cheap side information (``needs``: keys of :data:`jaxasync.side_info.SIDE_INFO`), how
+many arrivals a server step waits for by default, whether it runs synchronous rounds, and what
+each argument may be (:mod:`jaxasync.hparams`: type, range, static or traced). Adding an
+algorithm never needs a change in the simulator: decorate its factory with :func:`register`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import optax
 
+from jaxasync import hparams as hp
 from jaxasync import rules
+from jaxasync.side_info import KNOWN_NEEDS
 from jaxasync.transforms import aggregate, scale_by_staleness
-
-#: side information the simulator can compute on request (see :mod:`jaxasync.transforms`)
-KNOWN_NEEDS = frozenset({"drift_norm", "drift", "ref_grads", "ref_grad_dist", "update_norms"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +39,21 @@ class AlgorithmSpec:
 
     Attributes:
       name: registry name (the Hydra ``algorithm=`` option).
-      factory: ``(**numbers) -> optax.GradientTransformationExtraArgs``.
-      needs: extra args beyond ``staleness, mask, worker_ids, key``.
+      factory: ``(**numbers) -> optax.GradientTransformationExtraArgs``, checking its
+        arguments against ``params`` on every call.
+      needs: extra args beyond the ones every algorithm gets (``staleness, mask,
+        worker_ids, key``): names of :data:`jaxasync.side_info.SIDE_INFO`.
       arrivals: default arrivals per server step: an int, or ``"all"`` (= M).
       synchronous: every step all M workers compute at the current version
         (synchronous SGD, LAG/LASG/SASG); no delay model applies.
       own_messages: the algorithm decides what a worker sends (an acceptance test before
         the upload, a lazy skip, its own compression), so a generic compressor
         (``algorithm.compressor``) cannot be put in front of it.
+      params: every keyword argument with its :class:`jaxasync.hparams.Param` (type, range,
+        static or traced, schedule allowed).
+      example: build arguments for the conformance tests (besides ``num_workers``, which
+        they pass when the factory takes it): every registered algorithm is driven through
+        the same contract tests built from these.
     """
 
     name: str
@@ -55,20 +62,37 @@ class AlgorithmSpec:
     arrivals: int | str = 1
     synchronous: bool = False
     own_messages: bool = False
+    params: Mapping[str, hp.Param] = dataclasses.field(default_factory=dict)
+    example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def parameters(self) -> list[str]:
         """Keyword arguments the factory accepts."""
-        return list(inspect.signature(self.factory).parameters)
+        return list(self.params)
+
+    def static(self) -> frozenset[str]:
+        """The parameters fixed at trace time (one value per compiled program)."""
+        return hp.static_names(self.params)
+
+    def defaults(self) -> dict[str, Any]:
+        """The factory's keyword defaults (a default config for an algorithm without YAML)."""
+        sig = inspect.signature(self.factory)
+        return {k: p.default for k, p in sig.parameters.items()
+                if k in self.params and p.default is not inspect.Parameter.empty}
+
+    def takes_schedule(self) -> bool:
+        """Whether ``learning_rate`` may be an optax schedule (step decay)."""
+        lr = self.params.get("learning_rate")
+        return lr is not None and lr.schedule
+
+    def example_kwargs(self, num_workers: int = 4) -> dict[str, Any]:
+        """The conformance tests' build arguments: :attr:`example`, plus ``num_workers``."""
+        kw = dict(self.example)
+        if "num_workers" in self.params:
+            kw.setdefault("num_workers", num_workers)
+        return kw
 
     def build(self, **kwargs) -> optax.GradientTransformationExtraArgs:
-        """Calls the factory with the kwargs it accepts; an unknown kwarg is an error."""
-        accepted = self.parameters()
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ValueError(
-                f"algorithm {self.name!r}: unknown parameter {unknown[0]!r}; "
-                f"accepted: {', '.join(accepted)}"
-            )
+        """Calls the factory; an unknown or bad argument is a ``ValueError`` naming it."""
         return self.factory(**kwargs)
 
 
@@ -81,24 +105,41 @@ def required_workers(algorithm: str, num_workers: int | None) -> int:
     if num_workers is None:
         raise ValueError(f"{algorithm}: num_workers (M) is required; the simulator passes "
                          "the run's, a direct call must give it")
-    # (an array passes: optax.inject_hyperparams hands numbers over as arrays)
-    if isinstance(num_workers, (bool, float, str)) or (isinstance(num_workers, int)
-                                                       and num_workers < 1):
-        raise ValueError(f"{algorithm}: num_workers={num_workers!r}: must be an integer >= 1")
-    return num_workers
+    return hp.NUM_WORKERS.check(f"{algorithm}: num_workers", num_workers)
 
 
 def register(name: str, *, needs=(), arrivals: int | str = 1, synchronous: bool = False,
-             own_messages: bool = False):
-    """Decorator adding a factory to :data:`ALGORITHMS` under ``name``."""
+             own_messages: bool = False, params: Mapping[str, hp.Param] | None = None,
+             static: tuple[str, ...] = (), example: Mapping[str, Any] | None = None):
+    """Decorator adding a factory to :data:`ALGORITHMS` under ``name``.
+
+    Args:
+      needs: side information the transform needs (keys of
+        :data:`jaxasync.side_info.SIDE_INFO`).
+      arrivals, synchronous, own_messages: see :class:`AlgorithmSpec`.
+      params: declarations of the factory's arguments (:class:`jaxasync.hparams.Param`);
+        undeclared ones are derived from their defaults (:func:`jaxasync.hparams.derive`).
+      static: names to treat as static whatever their declaration (shapes, branches).
+      example: the conformance tests' build arguments, when the defaults do not build.
+
+    The decorated name is the factory with its arguments checked on every call, so
+    ``ja.asgd(learning_rate=-1.0)`` raises ``ValueError`` naming ``learning_rate``.
+    """
     unknown = set(needs) - KNOWN_NEEDS
     if unknown:
-        raise ValueError(f"register({name!r}): unknown needs {sorted(unknown)}")
+        raise ValueError(f"register({name!r}): unknown needs {sorted(unknown)}; known: "
+                         f"{', '.join(sorted(KNOWN_NEEDS))}")
 
     def deco(factory):
-        ALGORITHMS[name] = AlgorithmSpec(name, factory, frozenset(needs), arrivals, synchronous,
-                                         own_messages)
-        return factory
+        declared = hp.derive(factory, params)
+        for k in static:
+            if k not in declared:
+                raise ValueError(f"register({name!r}): static={k!r} is not an argument")
+            declared[k] = dataclasses.replace(declared[k], static=True)
+        fn = hp.checked(name, factory, declared)
+        ALGORITHMS[name] = AlgorithmSpec(name, fn, frozenset(needs), arrivals, synchronous,
+                                         own_messages, declared, dict(example or {}))
+        return fn
 
     return deco
 

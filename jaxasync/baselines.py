@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jaxasync import hparams as hp
 from jaxasync import rules
 from jaxasync.algorithms import register, required_workers
 from jaxasync.transforms import accept_if, aggregate, as_rows, scale_by_staleness
@@ -68,8 +69,7 @@ def delay_compensate(lam: float | Array = 0.04, *, adaptive: bool = False,
         return DelayCompensationState(ms, jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, drift, mask=None, **extra):
-        del params, extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, {**extra, "drift": drift})
         live = rows.applied
         n_live = jnp.sum(live.astype(jnp.float32))
         if adaptive:
@@ -95,7 +95,7 @@ def delay_compensate(lam: float | Array = 0.04, *, adaptive: bool = False,
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-@register("dc_asgd", needs={"drift"})
+@register("dc_asgd", needs={"drift"}, params={"lam": hp.non_negative("lambda")})
 def dc_asgd(learning_rate: float = 0.05, lam: float = 0.04
             ) -> optax.GradientTransformationExtraArgs:
     r"""DC-ASGD-c: ASGD with delay compensation at a constant :math:`\lambda`.
@@ -119,7 +119,10 @@ def dc_asgd(learning_rate: float = 0.05, lam: float = 0.04
     return optax.chain(delay_compensate(lam), aggregate("mean"), optax.sgd(learning_rate))
 
 
-@register("dc_asgd_adaptive", needs={"drift"})
+@register("dc_asgd_adaptive", needs={"drift"}, params={
+    "lam0": hp.non_negative("lambda_0"),
+    "ms_decay": hp.Param("float", low=0.0, high=1.0, high_open=True, doc="m"),
+    "eps": hp.positive("epsilon")})
 def dc_asgd_adaptive(learning_rate: float = 0.05, lam0: float = 2.0, ms_decay: float = 0.95,
                      eps: float = 1e-7) -> optax.GradientTransformationExtraArgs:
     r"""DC-ASGD-a: delay compensation with an adaptive, elementwise :math:`\lambda_t`.
@@ -152,7 +155,10 @@ def dc_asgd_adaptive(learning_rate: float = 0.05, lam0: float = 2.0, ms_decay: f
 KOLOSKOVA_MODES = ("drop", "shrink")
 
 
-@register("koloskova")
+@register("koloskova", params={
+    "concurrency": hp.integer(0, optional=True, doc="tau_C; default M"),
+    "mode": hp.one_of(*KOLOSKOVA_MODES),
+    "smoothness": hp.positive("L", optional=True)})
 def koloskova(learning_rate: float = 0.05, num_workers: int | None = None,
               concurrency: int | None = None,
               mode: str = "drop", smoothness: float | None = None
@@ -187,6 +193,9 @@ def koloskova(learning_rate: float = 0.05, num_workers: int | None = None,
     if mode not in KOLOSKOVA_MODES:
         raise ValueError(f"koloskova mode={mode!r}: unknown; choose one of "
                          f"{', '.join(KOLOSKOVA_MODES)}")
+    if mode == "shrink" and callable(learning_rate):
+        raise ValueError("koloskova: learning_rate: mode='shrink' takes only a number (its rule "
+                         "is min(lr, 1/(4 L tau))), not a schedule; use mode='drop'")
     if mode == "shrink" and smoothness is None:
         raise ValueError("koloskova mode='shrink': needs the smoothness L (this workload has "
                          "none); use mode='drop'")
@@ -202,7 +211,9 @@ def koloskova(learning_rate: float = 0.05, num_workers: int | None = None,
 # ----------------------------------------------------------------------------- PickySGD
 
 
-@register("picky", needs={"drift_norm"})
+@register("picky", needs={"drift_norm"}, example={"threshold": 1.0}, params={
+    "threshold": hp.threshold("rho"), "epsilon": hp.positive("epsilon", optional=True),
+    "smoothness": hp.positive("L", optional=True)})
 def picky(learning_rate: float = 0.05, threshold: float | None = None,
           epsilon: float | None = None, smoothness: float | None = None
           ) -> optax.GradientTransformationExtraArgs:

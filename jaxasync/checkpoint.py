@@ -85,6 +85,7 @@ NEUTRAL = {
     "run.eval_grad_norm": lambda v: not v,
     "algorithm.compressor": lambda v: v["name"] == "none",
     "workload.sampling": lambda v: v == "replacement",
+    "workload.init": lambda v: v == "flax",
 }
 
 CHECKPOINT_DIR = "checkpoint"

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import field
 from typing import Any
 
 from omegaconf import MISSING
+
+from jaxasync.delays import DelayConfig
 
 
 class ConfigError(ValueError):
@@ -72,29 +76,41 @@ class WorkloadConf:
     partition: str = "iid"        # iid | dirichlet | shards | shared (every worker: all examples)
     dirichlet_alpha: float = 0.5
     shards_per_worker: int = 2
+    init: str = "flax"            # flax (LeCun normal, zero bias) | torch (U(+-1/sqrt(fan_in)))
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclasses.dataclass
-class DelayConf:
-    """``delay/``: see :class:`jaxasync.delays.DelayConfig`."""
+def _as_list_type(t: Any) -> Any:
+    """``tuple[X, ...]`` -> ``list[X]`` (also inside ``| None``): OmegaConf has lists."""
+    if typing.get_origin(t) is tuple:
+        return list[typing.get_args(t)[0]]
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return typing.Optional[_as_list_type(next(a for a in typing.get_args(t)  # noqa: UP045
+                                                   if a is not type(None)))]
+    return t
 
-    kind: str = "event"
-    tau: int = 0
-    low: int = 0
-    high: int = 0
-    p: float = 0.5
-    alpha: float = 2.0
-    scale: float = 1.0
-    max_delay: int | None = None
-    trace_file: str | None = None
-    compute: str = "exponential"
-    mean: float = 1.0
-    sigma: float = 0.5
-    speeds: list[float] | None = None
-    heterogeneity: float = 0.0
-    straggler_fraction: float = 0.0
-    straggler_slowdown: float = 1.0
+
+def _schema_of(cls: type, name: str, replace: dict[str, tuple[str, Any, Any]], doc: str) -> type:
+    """A Hydra schema (a dataclass OmegaConf takes) with ``cls``'s fields, types and defaults,
+    so the two cannot drift apart; ``replace`` maps a field to ``(name, type, default)``."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        key, typ, default = replace.get(f.name, (f.name, _as_list_type(hints[f.name]),
+                                                 f.default))
+        fields.append((key, typ, field(default=default)))
+    schema = dataclasses.make_dataclass(name, fields)
+    schema.__doc__ = doc
+    schema.__module__ = __name__
+    return schema
+
+
+#: ``delay/``: :class:`jaxasync.delays.DelayConfig`'s fields, except that a delay trace is
+#: named by its file (``trace_file``), read and checked when the run is prepared
+DelayConf = _schema_of(
+    DelayConfig, "DelayConf", {"trace": ("trace_file", typing.Optional[str], None)},  # noqa: UP045
+    "``delay/``: the fields of :class:`jaxasync.delays.DelayConfig` (``trace`` given as "
+    "``trace_file``).")
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from jaxasync import report
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.config import Config, ConfigError, to_config
 from jaxasync.data import PARTITION_SCHEMES
-from jaxasync.sim import Data, SimConfig, Simulator, put_data, run
+from jaxasync.sim import SimConfig, Simulator, put_data, run
 
 # ----------------------------------------------------------------------------- validation
 
@@ -72,58 +72,46 @@ def _delay_config(c: Config) -> dl.DelayConfig:
     for key, val, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}={val!r}: must be {allowed}")
-    return dl.DelayConfig(
-        kind=d.kind, tau=d.tau, low=d.low, high=d.high, p=d.p, alpha=d.alpha, scale=d.scale,
-        max_delay=d.max_delay, trace=trace, compute=d.compute, mean=d.mean, sigma=d.sigma,
-        speeds=tuple(d.speeds) if d.speeds is not None else None, heterogeneity=d.heterogeneity,
-        straggler_fraction=d.straggler_fraction, straggler_slowdown=d.straggler_slowdown,
-    )
+    values = {f.name: getattr(d, f.name) for f in dataclasses.fields(dl.DelayConfig)
+              if f.name != "trace"}
+    # (lists in the schema are tuples here: the config is static and hashable)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dl.DelayConfig(**values, trace=trace)
 
 
-#: numeric parameters that fix array shapes (top-k's k = max(1, floor(density * d))): kept
-#: static (one compiled program per value), never traced or swept inside one program
-_SHAPING = ("density",)
+def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
+    """``algorithm.params`` -> (static, traced): by the algorithm's declarations
+    (:attr:`jaxasync.algorithms.AlgorithmSpec.params`), never by the YAML type.
 
+    A traced parameter may be one number or a list of numbers (the members of one vmapped
+    program, each checked here on its concrete value before anything is traced); a static
+    one takes one value (it fixes shapes or branches: sweep it with a Hydra multirun, ``-m``).
 
-def _split_params(params: dict) -> tuple[dict, dict[str, list[float]]]:
-    """Static params (ints, strings, bools) vs numeric ones (floats, lists of floats: swept)."""
+    Raises:
+      ConfigError: an unknown name, a value its declaration refuses, a list for a static one.
+    """
     static, numeric = {}, {}
     for k, v in params.items():
-        if isinstance(v, bool) or isinstance(v, str) or v is None:
-            static[k] = v
-        elif k in _SHAPING:
-            if not isinstance(v, int | float):
-                raise ConfigError(f"algorithm.params.{k}={v!r}: must be one number (it fixes "
-                                  "array shapes; sweep it with a Hydra multirun, -m)")
-            static[k] = v
-        elif isinstance(v, float):
-            numeric[k] = [v]
-        elif isinstance(v, int):
-            static[k] = v
-        elif isinstance(v, list | tuple) and v and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
-            numeric[k] = [float(x) for x in v]
+        key = f"algorithm.params.{k}"
+        decl = spec.params.get(k)
+        if decl is None:
+            raise ConfigError(f"{key}: unknown for algorithm {spec.name!r}; accepted: "
+                              f"{', '.join(spec.parameters()) or '(none)'}")
+        listed = isinstance(v, list | tuple)
+        if listed and (decl.static or decl.kind != "float"):
+            raise ConfigError(f"{key}={list(v)!r}: takes one value (it is fixed when the "
+                              f"program is compiled); sweep it with a Hydra multirun, -m")
+        if listed and not v:
+            raise ConfigError(f"{key}=[]: an empty list; give one or more numbers")
+        try:
+            values = [decl.check(key, x) for x in (v if listed else [v])]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if decl.static or decl.kind != "float" or values[0] is None:
+            static[k] = values[0]
         else:
-            raise ConfigError(f"algorithm.params.{k}={v!r}: must be a number, a list of numbers, a string or a bool")
+            numeric[k] = [float(x) for x in values]
     return static, numeric
-
-
-_POSITIVE = ("learning_rate", "density", "levels")
-_NON_NEGATIVE = ("threshold", "kappa", "lam", "lam0")
-
-
-def _check_params(numeric: dict, static: dict) -> None:
-    for k, vs in itertools.chain(numeric.items(), ((k, [v]) for k, v in static.items())):
-        for v in vs:
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                continue
-            if not math.isfinite(v):
-                raise ConfigError(f"algorithm.params.{k}={v!r}: must be a finite number")
-            if k in _POSITIVE and not v > 0:
-                raise ConfigError(f"algorithm.params.{k}={v!r}: must be > 0")
-            if k == "density" and not v <= 1:
-                raise ConfigError(f"algorithm.params.density={v!r}: must be in (0, 1]")
-            if k in _NON_NEGATIVE and not v >= 0:
-                raise ConfigError(f"algorithm.params.{k}={v!r}: must be >= 0")
 
 
 def _check_run(cfg: Config) -> None:
@@ -238,207 +226,250 @@ def _compressor(spec, conf) -> tuple | None:
     return conf.name, tuple(sorted(params.items())), bool(conf.error_feedback)
 
 
-def _takes_schedule(spec, static: dict, numeric: dict, sim_config: SimConfig) -> bool:
-    """Whether the algorithm, built with these parameters, runs with an optax schedule as its
-    learning rate: one server step traced (``jax.eval_shape``, nothing compiled) on a
-    two-parameter least-squares problem, with the schedule and, if that fails, without it.
-    (False only when the constant rate traces and the schedule does not; a failure of both
-    is left to the real run to report.)"""
-    import types
+# ----------------------------------------------------------------------------- the four stages
+#
+# prepare(cfg) = build(load(resolve(cfg))): resolve checks every value that needs no data and
+# fixes the sizes (arrivals, ring depth, steps, members); load reads the workload and
+# partitions it; build makes the simulator. validate(cfg) is resolve plus the workload's own
+# checks that need no data (its name, options, data directory).
 
-    probe = types.SimpleNamespace(
-        init=lambda key: {"w": jnp.zeros((2,), jnp.float32)},
-        loss=lambda p, x, y: 0.5 * jnp.mean(jnp.square(x @ p["w"] - y)), augment=None)
-    m = sim_config.num_workers
-    data = Data(jnp.zeros((1, 2)), jnp.zeros((1,)), jnp.zeros((1, 2)), jnp.zeros((1,)),
-                jnp.zeros((m, 1), jnp.int32), jnp.ones((m,), jnp.int32))
-    hp = {k: jnp.float32(v[0]) for k, v in numeric.items()}
-    if "smoothness" in spec.parameters() and static.get("smoothness") is None:
-        static = {**static, "smoothness": 1.0}   # a placeholder: only shapes are traced
 
-    def traces(boundaries: tuple[int, ...]) -> bool:
-        cfg = dataclasses.replace(sim_config, batch_size=1, full_batch=False,
-                                  lr_boundaries=boundaries, lr_factor=0.5)
-        sim = Simulator(spec, static, probe, cfg)
-        try:
-            jax.eval_shape(lambda: sim.step(sim.init(jax.random.PRNGKey(0), hp), data, hp))
-        except Exception:  # noqa: BLE001 -- any failure to trace means "not with this rate"
-            return False
-        return True
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A config whose every data-free value is checked, with the sizes it fixes."""
 
-    return traces((1,)) or not traces(())
+    cfg: Config
+    spec: Any                     # AlgorithmSpec
+    delay: dl.DelayConfig
+    network: dl.Network
+    static: dict                  # algorithm kwargs fixed at trace time
+    numeric: dict                 # traced algorithm kwargs: name -> member values
+    arrivals: int                 # K per server step
+    rows: int                     # gradient rows per step (M for synchronous algorithms)
+    ring: int                     # D, versions kept
+    steps: int
+    eval_every: int
+    compressor: tuple | None
+
+
+def _algorithm(cfg: Config):
+    try:
+        return get_algorithm(cfg.algorithm.name)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("algorithm ", "algorithm.name=", 1)) from None
+
+
+def _arrivals(cfg: Config, spec) -> tuple[int, int]:
+    """``(K, rows)``: arrivals per server step, and gradient rows per step."""
+    m, a = cfg.run.num_workers, cfg.algorithm
+    arrivals = a.arrivals if a.arrivals is not None else spec.arrivals
+    if arrivals == "all":
+        arrivals = m
+    if isinstance(arrivals, bool) or not isinstance(arrivals, int) or arrivals < 1:
+        raise ConfigError(f"algorithm.arrivals={a.arrivals!r}: must be an integer >= 1 or 'all'")
+    if arrivals > m:
+        raise ConfigError(f"algorithm.arrivals={arrivals}: must be <= run.num_workers={m}")
+    return arrivals, (m if spec.synchronous else arrivals)
+
+
+def _check_values(cfg: Config) -> None:
+    """Run, workload and network values that need neither data nor the algorithm."""
+    r, w = cfg.run, cfg.workload
+    if isinstance(r.num_workers, bool) or not isinstance(r.num_workers, int) or r.num_workers < 1:
+        raise ConfigError(f"run.num_workers={r.num_workers!r}: must be an integer >= 1")
+    _check_run(cfg)
+    if not r.seeds:
+        raise ConfigError("run.seeds: must list at least one seed")
+    if len(set(r.seeds)) != len(r.seeds):
+        dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
+        raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
+    for key, value, least in (("run.evals", r.evals, 1), ("run.eval_every", r.eval_every, 1),
+                              ("run.steps", r.steps, 1), ("run.gradients", r.gradients, 1),
+                              ("workload.batch_size", w.batch_size, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"{key}={value!r}: must be >= {least}")
+    if w.partition not in PARTITION_SCHEMES:
+        raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
+                          f"{', '.join(PARTITION_SCHEMES)}")
+    if w.sampling not in ("replacement", "epochs"):
+        raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
+                          f"or epochs")
+    from jaxasync.models import INITS
+
+    if w.init not in INITS:
+        raise ConfigError(f"workload.init={w.init!r}: unknown; choose one of: {', '.join(INITS)}")
+    if w.sampling == "epochs" and w.full_batch:
+        raise ConfigError("workload.sampling=epochs: has no effect with "
+                          "workload.full_batch=true (each batch is the whole shard)")
+    if not (w.dirichlet_alpha > 0 and math.isfinite(w.dirichlet_alpha)):
+        raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be a finite "
+                          f"number > 0")
+    if not cfg.network.bandwidth > 0:      # (inf: free; NaN fails)
+        raise ConfigError(f"network.bandwidth={cfg.network.bandwidth!r}: must be > 0 (inf: "
+                          f"free)")
+    if not (cfg.network.latency >= 0 and math.isfinite(cfg.network.latency)):
+        raise ConfigError(f"network.latency={cfg.network.latency!r}: must be a finite number "
+                          f">= 0")
+
+
+def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict, rows: int) -> int:
+    """D: the versions the ring keeps (the delay bound + 1, or ``run.ring_size``), at least
+    the lazy algorithms' history window + 1."""
+    r, m = cfg.run, cfg.run.num_workers
+    bound = 0 if spec.synchronous else delay.bound()
+    if r.ring_size is not None:
+        if r.ring_size < 1:
+            raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
+        if bound is not None and r.ring_size < bound + 1:
+            raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
+                              f"{bound + 1} (delay.kind={delay.kind})")
+        ring = r.ring_size
+    elif bound is not None:
+        ring = bound + 1
+    else:
+        ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
+    history = static.get("history", spec.defaults().get("history"))
+    return max(ring, int(history or 0) + 1, 2)
+
+
+def _steps(cfg: Config, rows: int) -> tuple[int, int]:
+    """``(steps, eval_every)``. The last chunk is shorter when ``eval_every`` does not divide
+    the steps: steps are never added."""
+    r = cfg.run
+    steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
+    every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
+    return steps, min(every, steps)
+
+
+def _check_schedule(spec, decay) -> None:
+    if not (decay.epochs or decay.steps):
+        return
+    if "learning_rate" not in spec.params:
+        raise ConfigError(f"algorithm.lr_decay: algorithm {spec.name!r} has no learning_rate")
+    if not spec.takes_schedule():
+        raise ConfigError(f"algorithm.lr_decay: algorithm {spec.name!r} takes only a constant "
+                          f"learning_rate; drop algorithm.lr_decay")
+
+
+def resolve(cfg: Config) -> Resolved:
+    """Checks every value that needs no data, and fixes the sizes the config implies."""
+    spec = _algorithm(cfg)
+    _check_values(cfg)
+    arrivals, rows = _arrivals(cfg, spec)
+    delay = _delay_config(cfg)
+    static, numeric = split_params(spec, dict(cfg.algorithm.params))
+    ring = _ring_depth(cfg, spec, delay, static, rows)
+    steps, every = _steps(cfg, rows)
+    compressor = _compressor(spec, cfg.algorithm.compressor)
+    _check_lr_decay(cfg.algorithm.lr_decay)
+    _check_schedule(spec, cfg.algorithm.lr_decay)
+    network = dl.Network(cfg.network.bandwidth, cfg.network.latency)
+    return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring, steps,
+                    every, compressor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """The workload's data, partitioned over the workers."""
+
+    workload: Any
+    index: np.ndarray             # int32[M, n_max] each worker's examples
+    size: np.ndarray              # int32[M]
+    steps_per_epoch: float
+    lr_boundaries: tuple[int, ...]
+
+
+def _workload(cfg: Config, workload_factory: Callable | None):
+    from jaxasync.workloads import get_workload
+
+    w = cfg.workload
+    wopts = dict(w.options)
+    if workload_factory is None:
+        _check_workload(w.name, wopts)
+    try:
+        return (workload_factory or get_workload)(w.name, **wopts)
+    except ValueError as e:
+        opt = next((k for k in wopts if str(e).startswith(f"{k}=")), None)
+        if opt is not None:
+            raise ConfigError(f"workload.options.{e}") from None
+        raise ConfigError(f"workload.name={w.name!r}: {e}") from None
+    except FileNotFoundError as e:
+        raise ConfigError(f"workload.options.data_dir: {e}") from None
+
+
+def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
+    """Loads the workload and partitions it over the workers (data-dependent checks)."""
+    from jaxasync.data import partition
+
+    from jaxasync.models import with_init
+
+    cfg, w, m = res.cfg, res.cfg.workload, res.cfg.run.num_workers
+    workload = _workload(cfg, workload_factory)
+    if w.init != "flax":
+        workload = dataclasses.replace(workload, init=with_init(workload.init, w.init))
+    labels = np.asarray(workload.data.y_train)
+    if workload.num_classes is None:
+        if w.partition not in ("iid", "shared"):
+            raise ConfigError(f"workload.partition={w.partition!r}: needs a classification "
+                              f"workload; {w.name!r} is regression (use iid or shared)")
+        labels = np.zeros(labels.shape[0], np.int32)
+    try:
+        index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
+                                shards_per_worker=w.shards_per_worker,
+                                seed=int(dict(w.options).get("seed", 0)))
+    except ValueError as e:
+        raise ConfigError(f"workload.partition: {e}") from None
+    if w.full_batch and int(np.min(size)) != int(np.max(size)):
+        raise ConfigError(f"workload.full_batch=true: needs equal shards; partition "
+                          f"{w.partition!r} gives sizes {int(np.min(size))}..{int(np.max(size))}")
+    if not w.full_batch and w.batch_size > int(np.min(size)):
+        raise ConfigError(f"workload.batch_size={w.batch_size}: larger than the smallest worker "
+                          f"shard ({int(np.min(size))} examples with {m} workers)")
+    per_row = int(size[0]) if w.full_batch else w.batch_size
+    steps_per_epoch = labels.shape[0] / (res.rows * per_row)
+    bounds = lr_boundaries(cfg.algorithm.lr_decay, steps_per_epoch)
+    return Loaded(workload, index, size, steps_per_epoch, bounds)
 
 
 class Prepared:
-    """A validated experiment, ready to run (built by :func:`prepare`)."""
+    """A validated experiment, ready to run (built by :func:`prepare`).
 
-    def __init__(self, cfg: Config, workload_factory: Callable | None = None):
-        from jaxasync.data import partition
-        from jaxasync.workloads import get_workload
+    Attributes: ``cfg``, ``spec``, ``delay``, ``rows``, ``static`` (algorithm kwargs fixed at
+    trace time), ``members`` (``[{"seed", "params"}]``: seeds x the grid of traced values),
+    ``workload``, ``index``/``size`` (the partition), ``steps_per_epoch``, ``lr_boundaries``,
+    ``sim_config``, ``mesh`` and ``simulator``.
+    """
 
-        self.cfg = cfg
-        r, w, a = cfg.run, cfg.workload, cfg.algorithm
-        try:
-            self.spec = get_algorithm(a.name)
-        except ValueError as e:
-            raise ConfigError(str(e).replace("algorithm ", "algorithm.name=", 1)) from None
-        m = r.num_workers
-        if not isinstance(m, int) or m < 1:
-            raise ConfigError(f"run.num_workers={m!r}: must be an integer >= 1")
-        _check_run(cfg)
-        arrivals = a.arrivals if a.arrivals is not None else self.spec.arrivals
-        if arrivals == "all":
-            arrivals = m
-        if not isinstance(arrivals, int) or arrivals < 1:
-            raise ConfigError(f"algorithm.arrivals={a.arrivals!r}: must be an integer >= 1 or 'all'")
-        if arrivals > m:
-            raise ConfigError(f"algorithm.arrivals={arrivals}: must be <= run.num_workers={m}")
-        self.delay = _delay_config(cfg)
-        static, numeric = _split_params(dict(a.params))
-        _check_params(numeric, static)
-        unknown = sorted(set(static) | set(numeric) - set())
-        accepted = set(self.spec.parameters())
-        for k in unknown:
-            if k not in accepted:
-                raise ConfigError(f"algorithm.params.{k}: unknown for algorithm {a.name!r}; "
-                                  f"accepted: {', '.join(sorted(accepted))}")
-        if not r.seeds:
-            raise ConfigError("run.seeds: must list at least one seed")
-        if r.evals < 1:
-            raise ConfigError(f"run.evals={r.evals!r}: must be >= 1")
-        if r.eval_every is not None and r.eval_every < 1:
-            raise ConfigError(f"run.eval_every={r.eval_every!r}: must be >= 1")
-        if r.steps is not None and r.steps < 1:
-            raise ConfigError(f"run.steps={r.steps!r}: must be >= 1")
-        if r.gradients < 1:
-            raise ConfigError(f"run.gradients={r.gradients!r}: must be >= 1")
-        if w.batch_size < 1:
-            raise ConfigError(f"workload.batch_size={w.batch_size!r}: must be >= 1")
-        if w.partition not in PARTITION_SCHEMES:
-            raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
-                              f"{', '.join(PARTITION_SCHEMES)}")
-        if w.sampling not in ("replacement", "epochs"):
-            raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
-                              f"or epochs")
-        if w.sampling == "epochs" and w.full_batch:
-            raise ConfigError("workload.sampling=epochs: has no effect with "
-                              "workload.full_batch=true (each batch is the whole shard)")
-        if w.dirichlet_alpha <= 0:
-            raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be > 0")
-        if cfg.network.bandwidth <= 0:
-            raise ConfigError(f"network.bandwidth={cfg.network.bandwidth!r}: must be > 0")
-        if cfg.network.latency < 0:
-            raise ConfigError(f"network.latency={cfg.network.latency!r}: must be >= 0")
-
-        rows = m if self.spec.synchronous else arrivals
-        self.rows = rows
-        bound = 0 if self.spec.synchronous else self.delay.bound()
-        if r.ring_size is not None:
-            if r.ring_size < 1:
-                raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
-            if bound is not None and r.ring_size < bound + 1:
-                raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
-                                  f"{bound + 1} (delay.kind={self.delay.kind})")
-            ring = r.ring_size
-        elif bound is not None:
-            ring = bound + 1
-        else:
-            ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
-        # The ring depth must also cover the lazy algorithms' history window (the factory's
-        # default when the config does not set it).
-        default = inspect.signature(self.spec.factory).parameters.get("history")
-        history = static.get("history", None if default is None else default.default)
-        ring = max(ring, int(history or 0) + 1, 2)
-
-        steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
-        every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
-        steps = math.ceil(steps / every) * every
-
-        compressor = _compressor(self.spec, a.compressor)
-        decay = a.lr_decay
-        _check_lr_decay(decay)
-        if decay.epochs or decay.steps:
-            if "learning_rate" not in accepted:
-                raise ConfigError(f"algorithm.lr_decay: algorithm {a.name!r} has no learning_rate")
-            probe = SimConfig(num_workers=m, arrivals=arrivals, ring_size=ring, delay=self.delay,
-                              network=dl.Network(cfg.network.bandwidth, cfg.network.latency))
-            if not _takes_schedule(self.spec, static, numeric, probe):
-                raise ConfigError(f"algorithm.lr_decay: algorithm {a.name!r} with these parameters "
-                                  f"takes only a constant learning_rate (it uses the number itself); "
-                                  f"drop algorithm.lr_decay")
-
-        wopts = dict(w.options)
-        if workload_factory is None:
-            _check_workload(w.name, wopts)
-        try:
-            self.workload = (workload_factory or get_workload)(w.name, **wopts)
-        except ValueError as e:
-            opt = next((k for k in wopts if str(e).startswith(f"{k}=")), None)
-            if opt is not None:
-                raise ConfigError(f"workload.options.{e}") from None
-            raise ConfigError(f"workload.name={w.name!r}: {e}") from None
-        except FileNotFoundError as e:
-            raise ConfigError(f"workload.options.data_dir: {e}") from None
-        labels = np.asarray(self.workload.data.y_train)
-        if self.workload.num_classes is None:
-            labels = (np.zeros(labels.shape[0], np.int32) if w.partition in ("iid", "shared")
-                      else labels)
-            if w.partition not in ("iid", "shared"):
-                raise ConfigError(f"workload.partition={w.partition!r}: needs a classification "
-                                  f"workload; {w.name!r} is regression (use iid or shared)")
-        try:
-            index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
-                                    shards_per_worker=w.shards_per_worker,
-                                    seed=int(wopts.get("seed", 0)))
-        except ValueError as e:
-            raise ConfigError(f"workload.partition: {e}") from None
-        if w.full_batch and int(np.min(size)) != int(np.max(size)):
-            raise ConfigError(f"workload.full_batch=true: needs equal shards; partition "
-                              f"{w.partition!r} gives sizes {int(np.min(size))}..{int(np.max(size))}")
-        if not w.full_batch and w.batch_size > int(np.min(size)):
-            raise ConfigError(f"workload.batch_size={w.batch_size}: larger than the smallest worker "
-                              f"shard ({int(np.min(size))} examples with {m} workers)")
-        self.index, self.size = index, size
-        per_row = int(size[0]) if w.full_batch else w.batch_size
-        self.steps_per_epoch = labels.shape[0] / (rows * per_row)
-        self.lr_boundaries = lr_boundaries(decay, self.steps_per_epoch)
+    def __init__(self, res: Resolved, data: Loaded):
+        cfg, r = res.cfg, res.cfg.run
+        self.cfg, self.spec, self.delay, self.rows = cfg, res.spec, res.delay, res.rows
+        self.workload, self.index, self.size = data.workload, data.index, data.size
+        self.steps_per_epoch, self.lr_boundaries = data.steps_per_epoch, data.lr_boundaries
+        decay = cfg.algorithm.lr_decay
         self.sim_config = SimConfig(
-            num_workers=m, arrivals=arrivals, batch_size=w.batch_size, ring_size=ring,
-            steps=steps, eval_every=every, delay=self.delay,
-            network=dl.Network(cfg.network.bandwidth, cfg.network.latency),
-            eval_train_size=r.eval_train_size, full_batch=w.full_batch, sampling=w.sampling,
-            lr_boundaries=self.lr_boundaries,
-            lr_factor=float(decay.factor) if self.lr_boundaries else 1.0,
-            eval_grad_norm=bool(r.eval_grad_norm),
-            compressor=compressor,
+            num_workers=r.num_workers, arrivals=res.arrivals, batch_size=cfg.workload.batch_size,
+            ring_size=res.ring, steps=res.steps, eval_every=res.eval_every, delay=res.delay,
+            network=res.network, eval_train_size=r.eval_train_size,
+            full_batch=cfg.workload.full_batch, sampling=cfg.workload.sampling,
+            lr_boundaries=data.lr_boundaries,
+            lr_factor=float(decay.factor) if data.lr_boundaries else 1.0,
+            eval_grad_norm=bool(r.eval_grad_norm), compressor=res.compressor,
         )
-        # A factory taking `smoothness` gets the workload's L (None where unknown): CE-ASGD's
-        # threshold kappa * L, Koloskova's 1/(4 L tau). One trial build turns a factory's
-        # ValueError (kappa without a known L...) into a config error before compiling.
-        if "smoothness" in accepted and "smoothness" not in static and "smoothness" not in numeric:
-            static["smoothness"] = self.workload.smoothness
-        trial = {"num_workers": m} if "num_workers" in accepted else {}
-        trial.update(static, **{k: v[0] for k, v in numeric.items()})
-        try:
-            self.spec.build(**trial)
-        except ValueError as e:
-            raise ConfigError(f"algorithm.params: {e}") from None
-        self.static = static
-        # members: seeds x grid of swept numeric parameters
-        names = sorted(numeric)
-        grid = list(itertools.product(*(numeric[k] for k in names))) or [()]
-        self.members = [
-            {"seed": int(s), "params": dict(zip(names, vals, strict=True))}
-            for vals in grid for s in r.seeds
-        ]
+        self.static = _with_smoothness(res, data.workload.smoothness)
+        _trial_build(res, self.static, data.lr_boundaries, self.sim_config.lr_factor)
+        names = sorted(res.numeric)
+        grid = list(itertools.product(*(res.numeric[k] for k in names))) or [()]
+        self.members = [{"seed": int(s), "params": dict(zip(names, vals, strict=True))}
+                        for vals in grid for s in r.seeds]
         self.mesh, worker_axis = None, None
-        if r.mesh_workers > 1:  # validated above: divides M, enough devices
+        if r.mesh_workers > 1:  # validated: divides M, enough devices
             from jaxasync.mesh import make_mesh
 
             self.mesh = make_mesh(r.mesh_workers)
-            if rows % r.mesh_workers == 0:
+            if res.rows % r.mesh_workers == 0:
                 worker_axis = {"spmd_axis_name": "workers"}
-        self.simulator = Simulator(self.spec, static, self.workload, self.sim_config, worker_axis)
+        self.simulator = Simulator(self.spec, self.static, self.workload, self.sim_config,
+                                   worker_axis)
 
     def hparams(self) -> dict:
         names = self.members[0]["params"].keys()
@@ -448,18 +479,46 @@ class Prepared:
         return jax.vmap(jax.random.PRNGKey)(jnp.asarray([m["seed"] for m in self.members]))
 
 
+def _with_smoothness(res: Resolved, smoothness: float | None) -> dict:
+    """The static kwargs, plus the workload's L for a factory taking ``smoothness`` (CE-ASGD's
+    threshold kappa * L, Koloskova's 1/(4 L tau)); None where unknown."""
+    static = dict(res.static)
+    if "smoothness" in res.spec.params and "smoothness" not in static | res.numeric:
+        static["smoothness"] = smoothness
+    return static
+
+
+def _trial_build(res: Resolved, static: dict, boundaries: tuple[int, ...], factor: float
+                 ) -> None:
+    """Builds the algorithm once with every member's values (and the run's schedule), so a
+    factory's own ``ValueError`` (kappa without a known L, a schedule it cannot take...) is a
+    config error before anything compiles."""
+    from jaxasync.sim import step_decay
+
+    kw = {"num_workers": res.cfg.run.num_workers} if "num_workers" in res.spec.params else {}
+    kw.update(static)
+    members = list(itertools.product(*res.numeric.values())) or [()]
+    for vals in members:
+        trial = {**kw, **dict(zip(res.numeric, vals, strict=True))}
+        try:
+            res.spec.build(**trial)
+        except ValueError as e:
+            raise ConfigError(f"algorithm.params: {e}") from None
+        if boundaries:
+            base = trial.get("learning_rate", res.spec.defaults().get("learning_rate"))
+            try:
+                res.spec.build(**{**trial, "learning_rate": step_decay(base, boundaries, factor)})
+            except ValueError as e:
+                raise ConfigError(f"algorithm.lr_decay: algorithm {res.spec.name!r} with these "
+                                  f"parameters takes no schedule ({e}); drop algorithm.lr_decay"
+                                  ) from None
+
+
 def prepare(cfg: Any, workload_factory: Callable | None = None) -> Prepared:
-    """Validates ``cfg`` (dict, OmegaConf or :class:`Config`) and builds the simulator."""
-    return Prepared(to_config(cfg), workload_factory)
-
-
-class _DataNeeded(Exception):
-    """Raised in place of loading the data: every check that needs no data has passed
-    (or, with ``error``, the workload's own check failed)."""
-
-    def __init__(self, error: ConfigError | None = None):
-        super().__init__()
-        self.error = error
+    """Validates ``cfg`` (dict, OmegaConf or :class:`Config`), loads the data and builds the
+    simulator: ``build(load(resolve(cfg)))``."""
+    res = resolve(to_config(cfg))
+    return Prepared(res, load(res, workload_factory))
 
 
 def validate(cfg: Any) -> Config:
@@ -471,19 +530,13 @@ def validate(cfg: Any) -> Config:
     on every job of a sweep before starting any.
     """
     c = to_config(cfg)
-
-    def stop(name: str, **options: Any):
-        try:
-            _check_workload(name, options)
-        except ConfigError as e:  # not through Prepared's `except ValueError`
-            raise _DataNeeded(e) from None
-        raise _DataNeeded
-
-    try:
-        Prepared(c, stop)
-    except _DataNeeded as stopped:
-        if stopped.error is not None:
-            raise stopped.error from None
+    res = resolve(c)
+    _check_workload(c.workload.name, dict(c.workload.options))
+    # the factory's own checks; the workload's L and the decay's steps need the data, so a
+    # placeholder L (only "known or not" can matter to a factory) and one boundary stand in
+    decay = c.algorithm.lr_decay
+    _trial_build(res, _with_smoothness(res, 1.0), (1,) if decay.epochs or decay.steps else (),
+                 decay.factor)
     return c
 
 

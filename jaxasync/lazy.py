@@ -50,7 +50,7 @@ Every worker receives the dense model, :math:`32d` bits per round. Rounds = uplo
 Siblings, all in the same harness (server sums :math:`\alpha`-scaled messages):
 
 * :func:`sgd_sum` -- every worker uploads :math:`\alpha g_m` dense ("SGD" in the paper);
-* :func:`topk_ef` -- every worker uploads :math:`\mathrm{TopK}(\alpha g_m + e_m)` ("Sparse");
+* :func:`sparse` -- every worker uploads :math:`\mathrm{TopK}(\alpha g_m + e_m)` ("Sparse");
 * :func:`lasg` -- SASG's skip rule, dense :math:`\alpha g_m`, no memory;
 * :func:`lag` -- deterministic LAG: full local gradients (``workload.full_batch=true``),
   worker-side (``"wk"``) or server-side (``"ps"``:
@@ -65,8 +65,8 @@ In an own training loop (``grads_w``, ``ref_w``: ``[M, ...]`` stacked per-worker
 at :math:`x_k` and at each worker's last-upload iterate, on the same minibatches;
 ``norms``: the last update norms, newest first)::
 
-    tx = ja.sasg(learning_rate=0.005, num_workers=10)
-    state = ja.transforms.with_rows(tx.init(params), 10)
+    tx = ja.keep_decisions(ja.sasg(learning_rate=0.005, num_workers=10), rows=10)
+    state = tx.init(params)
     updates, state = tx.update(grads_w, state, params, ref_grads=ref_w, update_norms=norms)
     params = optax.apply_updates(params, updates)
     uploaded = ja.last_decisions(state).uploaded      # who sent (their x_hat becomes x_k)
@@ -88,7 +88,6 @@ References:
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -98,12 +97,12 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jaxasync import compress as compress_lib
+from jaxasync import hparams as hp
 from jaxasync import rules
 from jaxasync.algorithms import register, required_workers
-from jaxasync.transforms import aggregate, as_rows, compress, dense_bits, find_states
-
-# the module, not the ``jaxasync.compress`` transform that the package exports
-compress_lib = importlib.import_module("jaxasync.compress")
+from jaxasync.transforms import aggregate, as_rows, compress_rows, dense_bits, find_states
+from jaxasync.trees import repeat_rows, row_sq_dist, select_rows, zeros_rows
 
 PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
@@ -149,20 +148,6 @@ def lr_at(learning_rate: float | Array | Callable[[Array], Array], count: Array)
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
 
-def _row_sq_dist(a_w: PyTree, b_w: PyTree) -> Array:
-    """:math:`\\|a_i - b_i\\|^2` per row of two ``[W, ...]`` pytrees: float32[W]."""
-    return sum(jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
-               for a, b in zip(jax.tree.leaves(a_w), jax.tree.leaves(b_w), strict=True))
-
-
-def _bcast(v: Array, leaf: Array) -> Array:
-    return v.reshape(v.shape + (1,) * (leaf.ndim - 1))
-
-
-def _select_rows(take_w: Array, new_w: PyTree, old_w: PyTree) -> PyTree:
-    return jax.tree.map(lambda n, o: jnp.where(_bcast(take_w, n), n, o), new_w, old_w)
-
-
 # ----------------------------------------------------------------------------- the transform
 
 
@@ -171,15 +156,14 @@ class LazyState(NamedTuple):
 
     Attributes:
       messages: pytree ``[M, ...]``, :math:`\\hat g_m`, each worker's last uploaded
-        message (step size folded in), summed by the server every round; ``()`` where
-        ``sent`` holds them.
-      error: pytree ``[M, ...]``, the error-feedback memories :math:`e_m` (``()`` without,
-        or where ``sent`` holds them).
-      sent: with error feedback and a :class:`jaxasync.compress.MaskCompressor` (top-k):
-        pytree ``[M, ...]``, the vector :math:`v` each worker compressed at its last upload;
-        the message and the memory are its kept and dropped entries, :math:`\\hat g_m + e_m
-        = v` (``()`` otherwise). Read both with :meth:`stored`.
-      selection: the compressor's selection of ``sent`` (per leaf ``[M, 2]`` integers), or ``()``.
+        message (step size folded in), summed by the server every round; ``()`` where the
+        memory holds them.
+      memory: the error-feedback memories :math:`e_m` (a :class:`jaxasync.compress.Memory`,
+        leading axis ``M``; None without error feedback). With a
+        :class:`jaxasync.compress.MaskCompressor` (top-k) it keeps the vector :math:`v` each
+        worker compressed at its last upload and its selection: the message and the memory
+        are its kept and dropped entries, :math:`\\hat g_m + e_m = v`. Read both with
+        :meth:`stored`.
       reference: pytree ``[M, ...]``, :math:`\\hat x_m` for the parameter rule (LAG-PS;
         ``()`` otherwise: the gradient rule gets ``ref_grad_dist`` from the simulator).
       skips: int32[M], :math:`\\tau_m`, consecutive skips (1 right after an upload).
@@ -189,21 +173,22 @@ class LazyState(NamedTuple):
     """
 
     messages: PyTree
-    error: PyTree
+    memory: Any
     reference: PyTree
     skips: Array
     count: Array
     forced: Array
     tested: Array
-    sent: PyTree = ()
-    selection: PyTree = ()
 
     def stored(self) -> tuple[PyTree, PyTree]:
         """``(messages, error)``: the stored messages :math:`\\hat g_m` and the memories
         :math:`e_m` (``()`` without error feedback), however they are kept."""
-        if isinstance(self.selection, tuple) and not self.selection:
-            return self.messages, self.error
-        return jax.vmap(compress_lib.apply_selection)(self.sent, self.selection)
+        if self.memory is None:
+            return self.messages, ()
+        if self.memory.masked:
+            return jax.vmap(compress_lib.apply_selection)(self.memory.sent,
+                                                          self.memory.selection)
+        return self.messages, self.memory.error
 
     def metrics(self) -> dict[str, Array]:
         """``forced_uploads`` and ``skip_tests`` (the simulator reports every state's metrics)."""
@@ -285,31 +270,23 @@ def lazy_upload(
     if error_feedback and compressor is None:
         raise ValueError("lazy_upload(error_feedback=True) needs a compressor")
     m = num_workers
-    # top-k with error feedback: store the compressed vector and its selection, not a dense
-    # message and a dense memory (LazyState.sent)
+    # top-k with error feedback: the memory stores the compressed vector and its selection,
+    # which give the message too (no dense message and dense memory: one array less)
     masked = error_feedback and isinstance(compressor, compress_lib.MaskCompressor)
-
-    def stack(params):
-        return jax.tree.map(lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params)
 
     def init_fn(params):
         z = jnp.zeros((), jnp.int32)
         return LazyState(
-            messages=() if masked else stack(params),
-            error=stack(params) if error_feedback and not masked else (),
-            reference=(jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + jnp.shape(p)), params)
-                       if rule == "parameter" else ()),
+            messages=() if masked else zeros_rows(params, m),
+            memory=compress_lib.init_memory(compressor, params, m) if error_feedback else None,
+            reference=repeat_rows(params, m) if rule == "parameter" else (),
             skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
-            sent=stack(params) if masked else (),
-            selection=(jax.tree.map(
-                lambda p: jnp.zeros((m, 2), compress_lib.selection_dtype(p)), params)
-                if masked else ()),
         )
 
     def update_fn(updates, state, params=None, *, mask=None, ref_grads=None, ref_grad_dist=None,
                   update_norms=None, key=None, **extra):
-        del extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, {**extra, "ref_grads": ref_grads,
+                                               "ref_grad_dist": ref_grad_dist})
         w = rows.scale.shape[0]
         if w != m:
             raise ValueError(f"lazy_upload: got {w} rows for num_workers={m}; the lazy "
@@ -332,55 +309,45 @@ def lazy_upload(
                 if ref_grad_dist is not None:
                     diff_sq = jnp.asarray(ref_grad_dist, jnp.float32)
                 elif ref_grads is not None:
-                    diff_sq = _row_sq_dist(rows.grads, ref_grads)
+                    diff_sq = row_sq_dist(rows.grads, ref_grads)
                 else:
                     raise ValueError("lazy_upload(rule='gradient') needs the ref_grad_dist "
                                      "(or ref_grads) extra arg")
             else:
                 x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
                 diff_sq = (jnp.asarray(smoothness, jnp.float32) ** 2
-                           * _row_sq_dist(state.reference, x_w))
+                           * row_sq_dist(state.reference, x_w))
         passes = rules.lazy_upload(diff_sq, thr, state.skips, max_skips)
         upload = live & (warm | passes)
         skipped = live & ~upload
         forced = live & ~warm & ~(diff_sq > thr) & (state.skips > max_skips)
         skips = jnp.where(warm | ~live, state.skips, jnp.where(upload, 1, state.skips + 1))
 
-        sent, selection = state.sent, state.selection
+        scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
+        keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
+        memory = state.memory
+        # Every row is compressed, skipped ones too, and their results discarded: the runner
+        # vmaps members, which turns any per-row branch into the same select.
         if compressor is None:
-            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
+            fresh = scaled
             bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
-            messages = _select_rows(upload, scaled, state.messages)
-            error = state.error
-        elif masked:
-            # v = alpha g + e, e the dropped entries of the last sent vector; an upload stores
-            # v and its selection; messages and memories are their kept and dropped entries
-            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
-            keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
-            messages, sent, selection, bits = compress_lib.mask_error_feedback(
-                compressor, scaled, state.sent, state.selection, keys, upload)
-            error = ()
+        elif error_feedback:
+            fresh, memory, bits = compress_lib.error_feedback(compressor, scaled, memory, keys,
+                                                              upload)
         else:
-            # Every row is compressed, skipped ones too, and their results discarded: the
-            # runner vmaps members, which turns any per-row branch into the same select.
-            scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
-            v = jax.tree.map(jnp.add, scaled, state.error) if error_feedback else scaled
-            keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
-            msg, bits = jax.vmap(compressor)(v, keys)
+            fresh, bits = jax.vmap(compressor)(scaled, keys)
             bits = jnp.asarray(bits, jnp.float32)
-            messages = _select_rows(upload, msg, state.messages)
-            error = (_select_rows(upload, jax.tree.map(jnp.subtract, v, msg), state.error)
-                     if error_feedback else ())
+        # (the mask layout gives every row its stored message: the fresh one where it sent)
+        messages = fresh if masked else select_rows(upload, fresh, state.messages)
         reference = state.reference
         if rule == "parameter":
             x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
-            reference = _select_rows(upload, x_w, state.reference)
+            reference = select_rows(upload, x_w, state.reference)
         count_i = lambda b: jnp.sum(b.astype(jnp.int32))
         new_state = LazyState(
-            messages=() if masked else messages, error=error, reference=reference, skips=skips,
-            count=state.count + 1, forced=state.forced + count_i(forced),
-            tested=state.tested + jnp.where(warm, 0, count_i(live)), sent=sent,
-            selection=selection,
+            messages=() if masked else messages, memory=memory, reference=reference,
+            skips=skips, count=state.count + 1, forced=state.forced + count_i(forced),
+            tested=state.tested + jnp.where(warm, 0, count_i(live)),
         )
         out = rows._replace(
             grads=messages, uploaded=upload, skipped=rows.skipped | skipped,
@@ -408,8 +375,7 @@ def scale_rows(factor: float | Array | Callable[[Array], Array]
         return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, mask=None, **extra):
-        del params, extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, extra)
         a = lr_at(factor, state.count)
         grads = jax.tree.map(lambda g: (a * g).astype(g.dtype), rows.grads)
         return rows._replace(grads=grads), optax.ScaleByScheduleState(
@@ -453,10 +419,29 @@ def lazy_counters(opt_state: PyTree) -> dict[str, Array]:
     return lazy_state(opt_state).metrics()
 
 
+#: declarations of the lazy family's arguments (each factory takes a subset)
+_PARAMS = {
+    "density": hp.Param("float", low=0.0, high=1.0, low_open=True, static=True,
+                         doc="h: top-k keeps max(1, floor(h d_l)) entries per layer"),
+    "history": hp.integer(1, doc="D: warm-up, threshold window, forced upload after D skips"),
+    "threshold": hp.one_of(*THRESHOLDS, doc="the threshold's form"),
+    "threshold_scale": hp.non_negative("multiplies the threshold"),
+    "per_layer": hp.flag("top-k per leaf (True) or over the whole vector"),
+    "max_skips": hp.integer(0, optional=True, doc="default: history"),
+    "smoothness": hp.positive("L_m of LAG-PS", optional=True),
+    "variant": hp.one_of("wk", "ps"),
+}
+
+
+def _declare(*names: str) -> dict[str, hp.Param]:
+    return {k: _PARAMS[k] for k in names}
+
+
 #: ``topk_method`` values: the fast exact selection and DGC's sampled threshold of
 #: :func:`jaxasync.compress.top_k`, and ``"lax"``: ``jax.lax.top_k`` itself (the reference
 #: a straightforward port uses; the same set as ``"exact"``)
 TOPK_METHODS = ("exact", "approx", "lax")
+_PARAMS["topk_method"] = hp.one_of(*TOPK_METHODS, doc="exact, approx (DGC) or lax.top_k")
 
 
 def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "exact"
@@ -477,8 +462,9 @@ def top_k_compressor(density: float, *, per_layer: bool = True, method: str = "e
 # ----------------------------------------------------------------------------- the algorithms
 
 
-@register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
-          own_messages=True)
+@register("sasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True, own_messages=True,
+          params=_declare("density", "history", "threshold", "threshold_scale", "per_layer",
+                          "topk_method", "max_skips"))
 def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
          history: int = 10, threshold: str = "2alpha", threshold_scale: float = 1.0,
          per_layer: bool = True, topk_method: str = "exact", max_skips: int | None = None
@@ -527,8 +513,8 @@ def sasg(learning_rate: float = 0.005, num_workers: int | None = None, density: 
     )
 
 
-@register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
-          own_messages=True)
+@register("lasg", needs=_LAZY_NEEDS, arrivals="all", synchronous=True, own_messages=True,
+          params=_declare("history", "threshold", "threshold_scale", "max_skips"))
 def lasg(learning_rate: float = 0.005, num_workers: int | None = None, history: int = 10,
          threshold: str = "2alpha", threshold_scale: float = 1.0, max_skips: int | None = None
          ) -> optax.GradientTransformationExtraArgs:
@@ -605,8 +591,8 @@ def lag(learning_rate: float = 0.01, num_workers: int | None = None, variant: st
     )
 
 
-@register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True,
-          own_messages=True)
+@register("lag_wk", needs=_LAZY_NEEDS, arrivals="all", synchronous=True, own_messages=True,
+          params=_declare("history", "threshold", "threshold_scale", "max_skips"))
 def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            threshold: str = "lag", threshold_scale: float = 1.0, max_skips: int | None = None
            ) -> optax.GradientTransformationExtraArgs:
@@ -621,7 +607,8 @@ def lag_wk(learning_rate: float = 0.01, num_workers: int | None = None, history:
 
 
 @register("lag_ps", needs=("update_norms",), arrivals="all", synchronous=True,
-          own_messages=True)
+          own_messages=True, example={"smoothness": 1.0},
+          params=_declare("history", "smoothness", "threshold", "threshold_scale", "max_skips"))
 def lag_ps(learning_rate: float = 0.01, num_workers: int | None = None, history: int = 10,
            smoothness: float | None = None, threshold: str = "lag", threshold_scale: float = 1.0,
            max_skips: int | None = None) -> optax.GradientTransformationExtraArgs:
@@ -637,8 +624,9 @@ def lag_ps(learning_rate: float = 0.01, num_workers: int | None = None, history:
                threshold_scale, max_skips)
 
 
-@register("topk_ef", arrivals="all", synchronous=True, own_messages=True)
-def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
+@register("sparse", arrivals="all", synchronous=True, own_messages=True,
+          params=_declare("density", "per_layer", "topk_method"))
+def sparse(learning_rate: float = 0.005, num_workers: int | None = None, density: float = 0.01,
             per_layer: bool = True, topk_method: str = "exact"
             ) -> optax.GradientTransformationExtraArgs:
     r"""Top-k sparsification with error feedback, every worker every round ("Sparse").
@@ -648,8 +636,8 @@ def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, densit
        v_m = \alpha g_m(x_k) + e_m,\quad \hat g_m = \mathrm{TopK}_h(v_m),\quad
        e_m \leftarrow v_m - \hat g_m,\quad x_{k+1} = x_k - \textstyle\sum_m \hat g_m
 
-    Built from the generic :func:`jaxasync.compress` transform (not from
-    :func:`lazy_upload`), so ``sasg(threshold="never") == topk_ef`` is a real check.
+    Built from the generic :func:`jaxasync.transforms.compress_rows` transform (not from
+    :func:`lazy_upload`), so ``sasg(threshold="never") == sparse`` is a real check.
 
     Args:
       learning_rate: :math:`\alpha`. num_workers: :math:`M` (error memories).
@@ -661,10 +649,10 @@ def topk_ef(learning_rate: float = 0.005, num_workers: int | None = None, densit
     arXiv 1809.07599; Aji, Heafield, arXiv 1704.05021; run as in Deng et al., arXiv
     2112.04088.
     """
-    num_workers = required_workers("topk_ef", num_workers)
+    num_workers = required_workers("sparse", num_workers)
     comp = top_k_compressor(density, per_layer=per_layer, method=topk_method)
     return optax.chain(scale_rows(learning_rate),
-                       compress(comp, error_feedback=True, num_workers=num_workers),
+                       compress_rows(comp, error_feedback=True, num_workers=num_workers),
                        _server_sum(fuse_rows=True))
 
 

@@ -3,7 +3,7 @@
 Shape letters: ``S`` members (seeds x hyperparameters, vmapped), ``M`` workers,
 ``K`` arrivals per server step (rows ``W = K``), ``D`` ring depth, ``B`` batch.
 
-One server step:
+One server step (:meth:`Simulator.step`, one method per phase):
 
 1. pick the K arriving workers (sampled model: K distinct workers at random, each with
    a sampled delay; event model: the K that finish first; synchronous algorithms: all M
@@ -14,7 +14,8 @@ One server step:
 3. sample each arrival's minibatch from its own data shard, compute the gradients
    vmapped over the worker axis;
 4. pass them through the algorithm (an optax transform) with the side information it
-   declared it needs, apply the update, push the new version into the ring;
+   declared it needs (:data:`jaxasync.side_info.SIDE_INFO`, one table), apply the update,
+   push the new version into the ring;
 5. advance the clocks (event model: the arrivals start again from the new version once
    their messages have crossed the link).
 
@@ -25,8 +26,6 @@ function; members are vmapped into the same program.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -38,17 +37,19 @@ import numpy as np
 import optax
 from jax import Array
 
+from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
+from jaxasync import side_info
 from jaxasync.algorithms import AlgorithmSpec
-from jaxasync.workloads import gradient_pair
 from jaxasync.transforms import (
     algorithm_metrics,
+    bit_parts,
     communication,
-    compress,
+    compress_rows,
+    keep_decisions,
     last_decisions,
-    num_params,
-    with_rows,
 )
+from jaxasync.trees import repeat_rows, tree_norm
 
 PyTree = Any
 
@@ -179,10 +180,6 @@ class Data(NamedTuple):
 # ----------------------------------------------------------------------------- the simulator
 
 
-def _tree_norm(tree: PyTree) -> Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def step_decay(learning_rate: float | Array, boundaries: tuple[int, ...],
                factor: float) -> optax.Schedule:
     r"""The step size :math:`\eta_k = \eta\, f^{\#\{b \in B:\, b \le k\}}` at server step
@@ -211,7 +208,7 @@ def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
     if tail:
         g = grad(params, x[full * chunk:], y[full * chunk:])
         total = jax.tree.map(lambda t, gi: t + gi * (tail / n), total, g)
-    return _tree_norm(total)
+    return tree_norm(total)
 
 
 def _mix32(x: Array) -> Array:
@@ -278,27 +275,31 @@ class Simulator:
         if "num_workers" in spec.parameters():
             self.static_hparams.setdefault("num_workers", m)
         self.needs = spec.needs
+        #: the extra args the transform gets, in the order of the side-information table
+        self.offered = side_info.offered(self.needs)
         # per-worker last-upload iterates are kept for the gradient at them (or its distance)
-        self._needs_ref = bool(self.needs & {"ref_grads", "ref_grad_dist"})
+        self._needs_ref = side_info.keeps_reference(self.needs)
+        self._fused = side_info.fused_with_gradients(self.needs)
 
     # -- building blocks -----------------------------------------------------------------
 
     def make_tx(self, hparams: dict) -> optax.GradientTransformationExtraArgs:
+        """The algorithm (with the run's compressor in front, if any), keeping the per-row
+        decisions of each step for the clocks and counters."""
         kwargs = {**self.static_hparams, **hparams}
         if self.cfg.lr_boundaries:
-            base = kwargs.get("learning_rate",
-                              inspect.signature(self.spec.factory).parameters["learning_rate"].default)
+            base = kwargs.get("learning_rate", self.spec.defaults().get("learning_rate"))
             kwargs["learning_rate"] = step_decay(base, self.cfg.lr_boundaries, self.cfg.lr_factor)
         tx = self.spec.build(**kwargs)
         if self.cfg.compressor is not None:
             name, params, error_feedback = self.cfg.compressor
-            # the module (the package exports the ``compress`` transform under its name)
-            comp = importlib.import_module("jaxasync.compress").make_compressor(name, **dict(params))
-            tx = optax.chain(compress(comp, error_feedback=error_feedback,
-                                      num_workers=self.cfg.num_workers), tx)
-        return tx
+            comp = compress_lib.make_compressor(name, **dict(params))
+            tx = optax.chain(compress_rows(comp, error_feedback=error_feedback,
+                                           num_workers=self.cfg.num_workers), tx)
+        return keep_decisions(tx, self.rows)
 
-    def _vmap(self, fn, in_axes=0):
+    def vmap_workers(self, fn, in_axes=0):
+        """``jax.vmap`` over the worker axis (named ``"workers"``; sharded on a mesh)."""
         return jax.vmap(fn, in_axes=in_axes, axis_name="workers", **self.worker_axis)
 
     def init(self, key: Array, hparams: dict) -> SimState:
@@ -306,8 +307,7 @@ class Simulator:
         cfg = self.cfg
         k_init, k_speed, k_first, k_run = jax.random.split(key, 4)
         params = self.workload.init(k_init)
-        tx = self.make_tx(hparams)
-        opt_state = with_rows(tx.init(params), self.rows)
+        opt_state = self.make_tx(hparams).init(params)
         speed = dl.worker_speeds(cfg.delay, k_speed, cfg.num_workers)
         m = cfg.num_workers
         if cfg.delay.kind == "event" and not self.spec.synchronous:
@@ -315,8 +315,6 @@ class Simulator:
                 jnp.zeros((m,), jnp.float32))
         else:
             finish = jnp.zeros((m,), jnp.float32)
-        ref = (jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape).copy(), params)
-               if self._needs_ref else ())
         d = cfg.ring_size
         counts = SimCounts(
             iterations=jnp.zeros((), jnp.int32), grads=jnp.zeros((), jnp.int32),
@@ -329,7 +327,8 @@ class Simulator:
             params=params, opt_state=opt_state, ring=ring_init(params, d),
             version=jnp.zeros((), jnp.int32), norms=jnp.zeros((d,), jnp.float32),
             clock=jnp.zeros((), jnp.float32), finish=finish,
-            worker_version=jnp.zeros((m,), jnp.int32), speed=speed, ref_params=ref,
+            worker_version=jnp.zeros((m,), jnp.int32), speed=speed,
+            ref_params=repeat_rows(params, m) if self._needs_ref else (),
             counts=counts, key=k_run,
             # (folded in, not split off: the other streams, and so old results, are unchanged)
             data_key=jax.random.fold_in(key, 0x5EED), draws=jnp.zeros((m,), jnp.int32),
@@ -385,110 +384,114 @@ class Simulator:
             x = jax.vmap(self.workload.augment)(keys, x)
         return x, y
 
+    # -- one server step: arrivals -> gather -> gradients -> side information -> transform
+    #    -> apply -> clocks ------------------------------------------------------------------
+
     def step(self, state: SimState, data: Data, hparams: dict) -> SimState:
         """One server step (pure)."""
-        cfg = self.cfg
-        d = cfg.ring_size
-        tx = self.make_tx(hparams)
         key, k_arr, k_batch, k_tx, k_next = jax.random.split(state.key, 5)
+        ctx = self._gather(state, data, k_arr, k_batch, k_tx)
+        self._gradients(ctx)
+        extra = {name: side_info.SIDE_INFO[name].compute(ctx) for name in self.offered}
+        updates, opt_state = self.make_tx(hparams).update(ctx.grads_w, state.opt_state,
+                                                          state.params, **extra)
+        rows = last_decisions(opt_state)
+        params, ring, norms, version = self._apply(state, updates, rows)
+        now, finish, worker_version = self._clocks(state, ctx, rows, version, k_next)
+        return SimState(params, opt_state, ring, version, norms, now, finish, worker_version,
+                        state.speed, self._references(state, ctx, rows),
+                        self._counted(state, ctx, rows), key, state.data_key,
+                        state.draws.at[ctx.ids].add(1))
+
+    def _gather(self, state: SimState, data: Data, k_arr: Array, k_batch: Array,
+                k_tx: Array) -> side_info.StepContext:
+        """Arrivals, their stale parameters from the ring, their minibatches."""
+        d = self.cfg.ring_size
         ids, tau, now = self._arrivals(state, k_arr)   # synchronous + event: compute times
-        w = ids.shape[0]
         live = tau < d                      # staler than the ring holds: dropped
-        lag = jnp.minimum(tau, d - 1)
         x, y = self._batches(data, ids, k_batch, state)
         # synchronous rows are all at the current iterate (one params, unbatched)
-        params_w = None if self.spec.synchronous else ring_read(state.ring, lag)
-        base, axis = (state.params, None) if params_w is None else (params_w, 0)
-        # synchronous rows are the workers 0..M-1 in order: worker_ids=None says so
-        # statically (a traced arange would make per-worker state a gather and a scatter)
-        extra = dict(staleness=tau, mask=live, key=k_tx,
-                     worker_ids=None if self.spec.synchronous else ids)
-        if self._needs_ref:
-            # each row's worker's last-upload iterate; synchronous rows are the workers
-            # 0..M-1 in order: no gather of [M, ...] needed
-            ref_w = (state.ref_params if self.spec.synchronous
-                     else jax.tree.map(lambda r: r[ids], state.ref_params))
-        if "ref_grad_dist" in self.needs:
-            # the gradient and its distance to the one at ref_w on the same minibatch (the
-            # workload's exact fast form where it has one)
-            reference, pair = gradient_pair(self.workload)
-            loss_w, grads_w, extra["ref_grad_dist"] = self._vmap(pair, (axis, 0, 0, 0))(
-                base, self._vmap(reference)(ref_w, x, y), x, y)
-        else:
-            loss_w, grads_w = self._vmap(jax.value_and_grad(self.workload.loss),
-                                         (axis, 0, 0))(base, x, y)
-        if "ref_grads" in self.needs:
-            extra["ref_grads"] = self._vmap(jax.grad(self.workload.loss))(ref_w, x, y)
-        n_ref = w if self._needs_ref else 0
+        params_w = None if self.spec.synchronous else ring_read(state.ring, jnp.minimum(tau,
+                                                                                        d - 1))
+        ctx = side_info.StepContext(self, state, ids, tau, live, params_w, x, y, k_tx)
+        ctx.now = now
+        return ctx
 
-        if "drift_norm" in self.needs or "drift" in self.needs:
-            if params_w is None:
-                drift = jax.tree.map(lambda p: jnp.zeros((w,) + p.shape, p.dtype), state.params)
-            else:
-                drift = jax.tree.map(lambda p, pw: p[None] - pw, state.params, params_w)
-            if "drift" in self.needs:
-                extra["drift"] = drift
-            if "drift_norm" in self.needs:
-                extra["drift_norm"] = jnp.sqrt(sum(
-                    jnp.sum(jnp.square(v.reshape(w, -1)), axis=1) for v in jax.tree.leaves(drift)))
-        if "update_norms" in self.needs:
-            extra["update_norms"] = state.norms[(state.ring.head - jnp.arange(d)) % d]
-        updates, opt_state = tx.update(grads_w, state.opt_state, state.params, **extra)
-        rows = last_decisions(opt_state)
-        # A step that applies nothing (all rejected or dropped) makes no new version, so
-        # staleness counts real updates. Without `cond` (vmap would turn it into a select
-        # over the whole ring): when nothing advances, the head slot is rewritten with
-        # the same parameters.
+    def _gradients(self, ctx: side_info.StepContext) -> None:
+        """Each row's minibatch loss and gradient at its stale iterate (and the side
+        information computed together with them, where a need asks for it)."""
+        if self._fused is not None:
+            ctx.loss_w, ctx.grads_w, ctx.fused[self._fused] = (
+                side_info.SIDE_INFO[self._fused].with_gradients(ctx))
+            return
+        base, axis = ((ctx.state.params, None) if ctx.params_w is None else (ctx.params_w, 0))
+        ctx.loss_w, ctx.grads_w = self.vmap_workers(jax.value_and_grad(self.workload.loss),
+                                                    (axis, 0, 0))(base, ctx.x, ctx.y)
+
+    def _apply(self, state: SimState, updates: PyTree, rows):
+        """The new parameters, pushed into the ring, with the update's norm.
+
+        A step that applies nothing (all rejected or dropped) makes no new version, so
+        staleness counts real updates. Without ``cond`` (vmap would turn it into a select over
+        the whole ring): when nothing advances, the head slot is rewritten with the same
+        parameters.
+        """
+        d = self.cfg.ring_size
         advance = jnp.any(rows.applied)
         new_params = jax.tree.map(lambda p, u: jnp.where(advance, p + u, p), state.params, updates)
-        step_norm = jnp.where(advance, _tree_norm(updates), 0.0)
+        step_norm = jnp.where(advance, tree_norm(updates), 0.0)
         head = (state.ring.head + advance.astype(jnp.int32)) % d
         ring = Ring(jax.tree.map(lambda r, p: r.at[head].set(p), state.ring.versions, new_params),
                     head)
         norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
-        version = state.version + advance.astype(jnp.int32)
+        return new_params, ring, norms, state.version + advance.astype(jnp.int32)
 
+    def _clocks(self, state: SimState, ctx, rows, version: Array, key: Array):
+        """The server clock, and when each arrival's next gradient arrives.
+
+        Each arrival's exchange (its upload, the model download) delays its next gradient;
+        rejected and dropped workers start again from the new version too.
+        """
+        cfg, now = self.cfg, ctx.now
         if self.spec.synchronous and cfg.delay.kind == "event":
             now = self._round_end(state.clock, now, rows)
-
-        # clocks: each arrival's exchange (its upload, the model download) delays its next
-        # gradient; rejected and dropped workers start again from the new version too.
         finish, worker_version = state.finish, state.worker_version
         if cfg.delay.kind == "event" and not self.spec.synchronous:
             link = cfg.network.seconds(rows.bits_up) + cfg.network.seconds(rows.bits_down)
-            compute = dl.compute_times(cfg.delay, k_next, state.speed[ids])
-            finish = finish.at[ids].set(now + link + compute)
-            worker_version = worker_version.at[ids].set(version)
+            compute = dl.compute_times(cfg.delay, key, state.speed[ctx.ids])
+            finish = finish.at[ctx.ids].set(now + link + compute)
+            worker_version = worker_version.at[ctx.ids].set(version)
+        return now, finish, worker_version
 
-        ref_params = state.ref_params
-        if self._needs_ref and self.spec.synchronous:
+    def _references(self, state: SimState, ctx, rows) -> PyTree:
+        """Each worker's last-upload iterate, advanced for the rows that uploaded."""
+        if not self._needs_ref:
+            return state.ref_params
+        w = ctx.rows
+        if self.spec.synchronous:
             # in place, one elementwise pass (a gather + scatter would cost three)
-            ref_params = jax.tree.map(
+            return jax.tree.map(
                 lambda r, p: jnp.where(rows.uploaded.reshape((w,) + (1,) * p.ndim), p[None], r),
                 state.ref_params, state.params)
-        elif self._needs_ref:
-            base_w = params_w if params_w is not None else jax.tree.map(
-                lambda p: jnp.broadcast_to(p, (w,) + p.shape), state.params)
-            ref_params = jax.tree.map(
-                lambda r, b: r.at[ids].set(jnp.where(
-                    rows.uploaded.reshape((w,) + (1,) * (b.ndim - 1)), b, r[ids])),
-                state.ref_params, base_w)
+        return jax.tree.map(
+            lambda r, b: r.at[ctx.ids].set(jnp.where(
+                rows.uploaded.reshape((w,) + (1,) * (b.ndim - 1)), b, r[ctx.ids])),
+            state.ref_params, ctx.params_w)
 
-        c = state.counts
-        wasted = jnp.sum((rows.rejected | rows.dropped).astype(jnp.int32))
-        counts = SimCounts(
+    def _counted(self, state: SimState, ctx, rows) -> SimCounts:
+        """The simulator's counters after the step."""
+        c, tau, w, d = state.counts, ctx.tau, ctx.rows, self.cfg.ring_size
+        n_ref = w if self._needs_ref else 0     # a gradient at each reference too
+        return SimCounts(
             iterations=c.iterations + 1,
             grads=c.grads + w + n_ref,
-            wasted=c.wasted + wasted,
+            wasted=c.wasted + jnp.sum((rows.rejected | rows.dropped).astype(jnp.int32)),
             staleness_sum=c.staleness_sum + jnp.sum(tau.astype(jnp.float32)),
             staleness_max=jnp.maximum(c.staleness_max, jnp.max(tau)),
             staleness_hist=c.staleness_hist.at[jnp.minimum(tau, d)].add(1),
-            batch_loss_sum=c.batch_loss_sum + jnp.mean(loss_w),
+            batch_loss_sum=c.batch_loss_sum + jnp.mean(ctx.loss_w),
             batch_loss_n=c.batch_loss_n + 1,
         )
-        return SimState(new_params, opt_state, ring, version, norms, now, finish, worker_version,
-                        state.speed, ref_params, counts, key, state.data_key,
-                        state.draws.at[ids].add(1))
 
     def _round_end(self, clock: Array, compute: Array, rows) -> Array:
         """End of a synchronous round: its slowest worker's compute + upload + download.
@@ -519,7 +522,7 @@ class Simulator:
                                                         data.y_train)
         c = state.counts
         out["batch_loss"] = c.batch_loss_sum / jnp.maximum(1, c.batch_loss_n)
-        comm = communication(state.opt_state)
+        comm = {**communication(state.opt_state), **bit_parts(state.opt_state)}
         out.update({
             "step": c.iterations, "version": state.version, "time": state.clock,
             "grads": c.grads, "wasted": c.wasted,
@@ -622,14 +625,15 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> 
         stack = lambda tree: jax.tree.map(lambda x: x[None], tree)     # noqa: E731
         init_fn = lambda k, hp: stack(sim.init(k[0], one(hp)))        # noqa: E731
         eval_fn = lambda s, dd: stack(sim.evaluate(one(s), dd))       # noqa: E731
-        chunk_fn = lambda s, dd, hp: stack(sim.chunk(one(s), dd, one(hp), length))  # noqa: E731
+        chunk_of = lambda n: (lambda s, dd, hp: stack(sim.chunk(one(s), dd, one(hp), n)))  # noqa: E731
     else:
         init_fn = jax.vmap(sim.init)
         eval_fn = jax.vmap(sim.evaluate, in_axes=(0, None))
-        chunk_fn = jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, length), in_axes=(0, None, 0))
+        chunk_of = lambda n: jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, n),  # noqa: E731
+                                      in_axes=(0, None, 0))
     if mesh is None:
         init, evaluate = jax.jit(init_fn), jax.jit(eval_fn)
-        chunk = jax.jit(chunk_fn, donate_argnums=(0,))
+        jit_chunk = lambda n: jax.jit(chunk_of(n), donate_argnums=(0,))  # noqa: E731
     else:
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
@@ -643,8 +647,9 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> 
         keys, hparams = jax.device_put((keys, hparams), rep)
         init = jax.jit(init_fn, out_shardings=state_sh)
         evaluate = jax.jit(eval_fn, in_shardings=(state_sh, data_sh), out_shardings=rep)
-        chunk = jax.jit(chunk_fn, donate_argnums=(0,), in_shardings=(state_sh, data_sh, rep),
-                        out_shardings=(state_sh, rep))
+        jit_chunk = lambda n: jax.jit(chunk_of(n), donate_argnums=(0,),  # noqa: E731
+                                      in_shardings=(state_sh, data_sh, rep),
+                                      out_shardings=(state_sh, rep))
         if state is not None:
             state = jax.device_put(state, state_sh)
 
@@ -652,7 +657,7 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> 
     if state is None:
         state = init(keys, hparams)
         history = [[m] for m in _to_host(evaluate(state, data))]
-    compiled = chunk.lower(state, data, hparams).compile()
+    compiled = {length: jit_chunk(length).lower(state, data, hparams).compile()}
     compile_s = time.perf_counter() - t0
 
     diverged: list[int | None] = [None] * members
@@ -662,7 +667,15 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> 
     t1 = time.perf_counter()
     done = max(h[-1]["step"] for h in history) // length
     for c in range(done, n_chunks):
-        state, metrics = compiled(state, data, hparams)
+        # the last chunk is shorter when eval_every does not divide the steps (its own program,
+        # compiled when reached)
+        n = min(length, cfg.steps - c * length)
+        if n not in compiled:
+            t2 = time.perf_counter()
+            compiled[n] = jit_chunk(n).lower(state, data, hparams).compile()
+            compile_s += time.perf_counter() - t2
+            t1 += time.perf_counter() - t2
+        state, metrics = compiled[n](state, data, hparams)
         rows = _to_host(metrics)
         for i, row in enumerate(rows):
             if diverged[i] is None:

@@ -14,23 +14,16 @@ worker-axis transforms refine these fields; :func:`aggregate` reduces the worker
 to an ordinary update and keeps the communication counters in its state. Any
 ordinary optax transform (``optax.sgd``, ``optax.adam``...) can follow it.
 
-Side information arrives as keyword extra args (``optax.GradientTransformationExtraArgs``),
-each an array with a leading ``W`` axis unless said otherwise:
+Side information arrives as keyword extra args (``optax.GradientTransformationExtraArgs``):
+``staleness`` (int32[W]), ``mask`` (bool[W], False: dropped as too stale), ``worker_ids``
+(int32[W], or None when the rows are the workers 0..W-1 in order), ``key``, and what an
+algorithm declares it needs: ``drift_norm``, ``drift``, ``update_norms`` (float32[D]),
+``ref_grads``, ``ref_grad_dist``, ``loss``. :data:`jaxasync.side_info.SIDE_INFO` is the one
+table of them, with their shapes and meaning; the first worker-axis transform of a chain
+checks every row-shaped one against the gradient rows at trace time (:func:`check_inputs`).
 
-============== ======================= ===============================================
-name           shape                   meaning
-============== ======================= ===============================================
-``staleness``  int32[W]                delay tau of each row (server versions behind)
-``mask``       bool[W]                 row is a real arrival (False: dropped as too stale)
-``worker_ids`` int32[W] or None         which worker each row comes from; None: the rows
-                                       are the workers 0..W-1 in order (synchronous rounds)
-``drift_norm`` float32[W]              ||x_t - x_{t-tau}||, exact, from stored versions
-``drift``      pytree [W, ...]         x_t - x_{t-tau} (DC-ASGD)
-``update_norms`` float32[D]            ||x_{t-j} - x_{t-j-1}||, j = 0..D-1 (newest first)
-``ref_grads``  pytree [W, ...]         gradient at the worker's last-upload iterate, same minibatch
-``ref_grad_dist`` float32[W]           ||g - ref_grads||^2 per row, without forming ``ref_grads``
-``key``        PRNG key                randomness for stochastic compressors
-============== ======================= ===============================================
+The state of every transform here has its structure, shapes and dtypes fixed at ``init``
+(optax's contract): ``lax.scan`` and ``lax.cond`` over updates work from ``tx.init(params)``.
 
 Transforms ignore the extra args they do not use (``optax.chain`` filters them).
 """
@@ -43,10 +36,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
+from jaxasync.side_info import SIDE_INFO
+from jaxasync.trees import dense_bits, num_params, row_norms, select_rows, tree_sq_dist
+
 PyTree = Any
+
+__all__ = [
+    "AggregateState", "CommCounts", "CompressState", "WorkerRows", "accept_if", "aggregate",
+    "algorithm_metrics", "as_rows", "communication", "compress_rows", "dense_bits",
+    "find_states", "keep_decisions", "last_decisions", "num_params", "row_norms", "row_sum",
+    "scale_by_staleness", "total_bits", "tree_sq_dist",
+]
 
 
 # ----------------------------------------------------------------------------- the row bundle
@@ -78,34 +82,87 @@ class WorkerRows(NamedTuple):
     bits_down: Array
 
 
-def num_params(tree: PyTree, leading_axes: int = 0) -> int:
-    """Number of scalars in ``tree``, not counting ``leading_axes`` batch axes."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        n = 1
-        for s in jnp.shape(leaf)[leading_axes:]:
-            n *= s
-        total += n
-    return total
+#: extra args with a leading row axis ``W`` (checked against the gradient rows)
+ROW_ARGS = tuple(k for k, s in SIDE_INFO.items() if "[W" in s.shape)
+#: of those, the ones shaped like the parameters after the row axis
+TREE_ROW_ARGS = tuple(k for k, s in SIDE_INFO.items() if s.shape == "[W, ...]")
 
 
-def dense_bits(tree: PyTree, leading_axes: int = 0) -> int:
-    """Bits of a dense float32 message: ``32 * d``."""
-    return 32 * num_params(tree, leading_axes)
+def _concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
 
 
-def as_rows(updates: PyTree | WorkerRows, mask: Array | None = None) -> WorkerRows:
+def check_inputs(updates: PyTree, params: PyTree | None, extra: dict) -> int:
+    """Checks a worker-axis transform's inputs at trace time; returns ``W``.
+
+    * every leaf of ``updates`` has the same leading row axis ``W``;
+    * with ``params``: ``updates`` has the parameters' tree structure, each leaf
+      ``[W, *param.shape]``;
+    * every extra arg with a row axis (:data:`ROW_ARGS`) has ``W`` rows (pytree ones are
+      shaped like the gradients);
+    * ``staleness`` is non-negative, where it is concrete (not traced).
+
+    Shapes are static, so this costs nothing per step. Raises ``ValueError`` naming the
+    argument, its shape and the expected one.
+    """
+    leaves = jax.tree.leaves(updates)
+    if not leaves:
+        raise ValueError("worker-axis transform: the updates are empty; expected stacked "
+                         "per-worker gradients [W, ...]")
+    shapes = [jnp.shape(x) for x in leaves]
+    if any(len(s) == 0 for s in shapes):
+        raise ValueError(f"updates: a leaf of shape {shapes[0]} has no worker axis; expected "
+                         "stacked per-worker gradients [W, ...]")
+    w = shapes[0][0]
+    if any(s[0] != w for s in shapes):
+        axes = sorted({s[0] for s in shapes})
+        raise ValueError(f"updates: leaves have different worker axes {axes}; expected one W "
+                         "for every leaf")
+    if params is not None:
+        _check_tree("updates", updates, params, w)
+    for name in ROW_ARGS:
+        value = extra.get(name)
+        if value is None:
+            continue
+        if name in TREE_ROW_ARGS:
+            _check_tree(name, value, params if params is not None else
+                        jax.tree.map(lambda g: g[0], updates), w)
+            continue
+        shape = jnp.shape(value)
+        if len(shape) != 1 or shape[0] != w:
+            raise ValueError(f"{name}: shape {tuple(shape)}; expected ({w},), one entry per "
+                             f"gradient row (W={w})")
+    tau = extra.get("staleness")
+    if tau is not None and _concrete(tau) and np.any(np.asarray(tau) < 0):
+        raise ValueError(f"staleness={np.asarray(tau).tolist()}: must be >= 0")
+    return w
+
+
+def _check_tree(name: str, rows: PyTree, params: PyTree, w: int) -> None:
+    if jax.tree.structure(rows) != jax.tree.structure(params):
+        raise ValueError(f"{name}: tree structure {jax.tree.structure(rows)} does not match "
+                         f"the parameters' {jax.tree.structure(params)}")
+    for r, p in zip(jax.tree.leaves(rows), jax.tree.leaves(params), strict=True):
+        want = (w,) + tuple(jnp.shape(p))
+        if tuple(jnp.shape(r)) != want:
+            raise ValueError(f"{name}: a leaf of shape {tuple(jnp.shape(r))}; expected {want} "
+                             f"(W={w} rows of the parameter's shape {tuple(jnp.shape(p))})")
+
+
+def as_rows(updates: PyTree | WorkerRows, mask: Array | None = None,
+            params: PyTree | None = None, extra: dict | None = None) -> WorkerRows:
     """Wraps stacked gradients ``[W, ...]`` into :class:`WorkerRows` (idempotent).
 
-    Defaults: every unmasked row applied and uploaded as a dense float32 message
-    (``32 d`` bits up) and answered with the dense model (``32 d`` bits down). A
-    masked (dropped) row is not applied; it costs nothing up (a parameter server
-    checks the version tag before the payload) and the model down.
+    The first worker-axis transform of a chain does the wrapping, after checking its inputs
+    (:func:`check_inputs`; pass ``params`` and the other extra args). Defaults: every
+    unmasked row applied and uploaded as a dense float32 message (``32 d`` bits up) and
+    answered with the dense model (``32 d`` bits down). A masked (dropped) row is not
+    applied; it costs nothing up (a parameter server checks the version tag before the
+    payload) and the model down.
     """
     if isinstance(updates, WorkerRows):
         return updates
-    leaves = jax.tree.leaves(updates)
-    w = leaves[0].shape[0]
+    w = check_inputs(updates, params, {**(extra or {}), "mask": mask})
     live = jnp.ones((w,), bool) if mask is None else jnp.asarray(mask, bool)
     d_bits = float(dense_bits(updates, leading_axes=1))
     false = jnp.zeros((w,), bool)
@@ -120,23 +177,6 @@ def as_rows(updates: PyTree | WorkerRows, mask: Array | None = None) -> WorkerRo
         bits_up=jnp.where(live, d_bits, 0.0).astype(jnp.float32),
         bits_down=jnp.full((w,), d_bits, jnp.float32),
     )
-
-
-def row_norms(grads_w: PyTree) -> Array:
-    """Euclidean norm of each row of a ``[W, ...]`` pytree: float32[W]."""
-    sq = sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1) for g in jax.tree.leaves(grads_w))
-    return jnp.sqrt(sq)
-
-
-def tree_sq_dist(a: PyTree, b: PyTree) -> Array:
-    r""":math:`\|a - b\|^2` over all leaves of two pytrees of the same structure (a scalar)."""
-    return sum(jnp.sum(jnp.square(u - v))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
-def _bcast(v: Array, leaf: Array) -> Array:
-    """Reshapes a ``[W]`` vector to broadcast against a ``[W, ...]`` leaf."""
-    return v.reshape(v.shape + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
 
 
 # ----------------------------------------------------------------------------- counters
@@ -174,10 +214,15 @@ def _kahan(total: Array, comp: Array, x: Array) -> tuple[Array, Array]:
 
 
 class AggregateState(NamedTuple):
-    """State of :func:`aggregate`: cumulative counts and this step's per-row decisions."""
+    """State of :func:`aggregate`: cumulative counts and the last update's per-row decisions.
+
+    ``last`` has a fixed number of rows ``R``, set at ``init`` (0 by default: decisions not
+    kept; :func:`keep_decisions` sets ``R``), so the state's structure, shapes and dtypes never
+    change across updates (``lax.scan``, ``lax.cond`` from ``tx.init`` work).
+    """
 
     counts: CommCounts
-    last: WorkerRows  # grads field is () (not kept): only the decisions
+    last: WorkerRows  # grads field is () (not kept): only the decisions, R rows
 
 
 def _count(counts: CommCounts, rows: WorkerRows) -> CommCounts:
@@ -242,19 +287,25 @@ def aggregate(how: str = "mean", *, fuse_rows: bool = False
     ``fuse_rows``: add the rows in one fused pass (see :func:`row_sum`), for rows that are
     exact copies of stored entries (mask-form top-k messages).
 
-    The state keeps :class:`CommCounts` and the last step's per-row decisions; read
-    them with :func:`communication` and :func:`last_decisions`.
+    The state keeps :class:`CommCounts` (read them with :func:`communication`) and, where
+    :func:`keep_decisions` asked for them, the last update's per-row decisions
+    (:func:`last_decisions`).
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregate how={how!r}: unknown; choose one of {', '.join(AGGREGATIONS)}")
 
     def init_fn(params):
         del params
-        return AggregateState(counts=CommCounts.zeros(), last=None)
+        return AggregateState(counts=CommCounts.zeros(), last=empty_rows(0))
 
     def update_fn(updates, state, params=None, *, mask=None, **extra):
-        del params, extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, extra)
+        kept = state.last.scale.shape[0]
+        w = rows.scale.shape[0]
+        if kept not in (0, w):
+            raise ValueError(f"aggregate: {w} rows, but the state keeps the decisions of "
+                             f"{kept} (keep_decisions(tx, rows={kept})); build it with "
+                             f"rows={w}")
         weight = jnp.where(rows.applied, rows.scale, 0.0)
         if how == "mean":
             denom = jnp.maximum(1.0, jnp.sum(rows.applied.astype(jnp.float32)))
@@ -266,7 +317,7 @@ def aggregate(how: str = "mean", *, fuse_rows: bool = False
         out = jax.tree.map(
             lambda g: row_sum(weight.astype(g.dtype), g, fuse_rows=fuse_rows)
             / denom.astype(g.dtype), rows.grads)
-        last = rows._replace(grads=())
+        last = rows._replace(grads=()) if kept else state.last
         return out, AggregateState(counts=_count(state.counts, rows), last=last)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -279,19 +330,30 @@ def empty_rows(w: int) -> WorkerRows:
     return WorkerRows((), zero, false, false, false, false, false, zero, zero)
 
 
-def with_rows(opt_state: PyTree, w: int) -> PyTree:
-    """Gives an initial state fixed per-row shapes (``W`` rows), for ``lax.scan``.
+def keep_decisions(tx: optax.GradientTransformationExtraArgs, rows: int
+                   ) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose state keeps the per-row decisions of its last update (``rows`` rows).
 
-    ``init`` cannot know how many rows will arrive, so :func:`aggregate` starts with
-    ``last=None``; a loop that needs a fixed state structure calls this once.
+    ``init`` cannot know how many rows an update will bring, so :func:`aggregate` keeps no
+    per-row decisions by default (its counters are always kept). A loop that needs them
+    (who uploaded, who was rejected: :func:`last_decisions`) wraps the algorithm once;
+    the state still has a fixed structure, and an update with another number of rows is a
+    trace-time error::
+
+        tx = ja.keep_decisions(ja.sasg(learning_rate=0.005, num_workers=10), rows=10)
     """
+    if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
+        raise ValueError(f"keep_decisions: rows={rows!r}: must be an integer >= 1")
 
     def fix(node):
-        if isinstance(node, AggregateState) and node.last is None:
-            return node._replace(last=empty_rows(w))
+        if isinstance(node, AggregateState):
+            return node._replace(last=empty_rows(int(rows)))
         return node
 
-    return jax.tree.map(fix, opt_state, is_leaf=lambda x: isinstance(x, AggregateState))
+    def init_fn(params):
+        return jax.tree.map(fix, tx.init(params), is_leaf=lambda x: isinstance(x, AggregateState))
+
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
 # ----------------------------------------------------------------------------- row transforms
@@ -305,7 +367,7 @@ def _row_transform(fn: Callable[..., WorkerRows]) -> optax.GradientTransformatio
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None, *, mask=None, **extra):
-        return fn(as_rows(updates, mask), params, **extra), state
+        return fn(as_rows(updates, mask, params, extra), params, **extra), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -324,9 +386,27 @@ def scale_by_staleness(scaler: Callable[[Array], Array]) -> optax.GradientTransf
 
     def fn(rows, params, *, staleness, **extra):
         del params, extra
-        return rows._replace(scale=rows.scale * scaler(staleness).astype(jnp.float32))
+        factor = _rule_output(scaler, (staleness,), rows.scale.shape[0], "scale_by_staleness",
+                              dtype="float")
+        return rows._replace(scale=rows.scale * factor.astype(jnp.float32))
 
     return _row_transform(fn)
+
+
+def _rule_output(rule: Callable[..., Array], args: Sequence[Array], w: int, where: str,
+                 dtype: str = "bool", scalar: bool = False) -> Array:
+    """``rule(*args)``, checked at trace time to be ``dtype[W]`` (or a scalar if declared)."""
+    out = jnp.asarray(rule(*args))
+    name = getattr(rule, "__name__", "rule")
+    kind_ok = (out.dtype == jnp.bool_) if dtype == "bool" else jnp.issubdtype(out.dtype,
+                                                                             jnp.floating)
+    shape_ok = out.shape == (w,) or (scalar and out.shape == ())
+    if not (kind_ok and shape_ok):
+        want = f"{dtype}[{w}]" + (" or a scalar" if scalar else "")
+        raise ValueError(f"{where}: rule {name!r} returned {out.dtype}{list(out.shape)}; it "
+                         f"must return {want} (one {'decision' if dtype == 'bool' else 'factor'}"
+                         f" per row, W={w})")
+    return jnp.broadcast_to(out, (w,))
 
 
 def accept_if(
@@ -335,17 +415,20 @@ def accept_if(
     *,
     probe_bits: float = 0.0,
     upload_after_accept: bool = False,
+    scalar: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Applies a row only if ``rule(*inputs)`` is True; rejected rows contribute nothing.
 
     Args:
-      rule: a pure function of the named inputs returning bool[W].
+      rule: a pure function of the named inputs returning ``bool[W]`` (checked at trace time:
+        a float or a wrong shape is a ``ValueError``, never a silent cast or broadcast).
       inputs: the quantities passed to ``rule`` in order: ``"grad_norm"`` (computed
         from the rows), or the name of any extra arg (``"drift_norm"``,
         ``"staleness"``, ``"update_norms"``...).
       probe_bits: bits the worker sends before the decision (CE-ASGD: 32, the norm).
       upload_after_accept: the gradient itself is sent only when accepted (CE-ASGD);
         otherwise it was sent before the decision (PickySGD decides on arrival).
+      scalar: the rule returns one decision for all rows (a ``bool`` scalar), broadcast.
 
     Rejections are counted by :func:`aggregate` (``rejections``).
     """
@@ -360,7 +443,7 @@ def accept_if(
                 args.append(extra[name])
             else:
                 raise ValueError(f"accept_if input {name!r}: not supplied as an extra arg")
-        ok = jnp.asarray(rule(*args), bool)
+        ok = _rule_output(rule, args, rows.scale.shape[0], "accept_if", scalar=scalar)
         live = rows.applied
         applied = live & ok
         rejected = rows.rejected | (live & ~ok)
@@ -377,32 +460,24 @@ def accept_if(
 
 
 class CompressState(NamedTuple):
-    """Error-feedback memory, one per worker (``[M, ...]``; ``()`` without error feedback).
+    """State of :func:`compress_rows`: the error-feedback memories, one per worker
+    (a :class:`jaxasync.compress.Memory` with leading axis ``M``; ``None`` without error
+    feedback)."""
 
-    Attributes:
-      error: the residuals :math:`e_w`; ``()`` where ``sent`` holds them.
-      sent: with a :class:`jaxasync.compress.MaskCompressor` (top-k): the vector
-        :math:`v` each worker last compressed; its residual is the dropped entries.
-      selection: the compressor's selection of ``sent`` (per leaf ``[M, 2]`` integers).
-    """
+    memory: Any = None
 
-    error: PyTree
-    sent: PyTree = ()
-    selection: PyTree = ()
-
-    def memory(self) -> PyTree:
+    def residual(self) -> PyTree:
         """The residuals :math:`e_w` (``[M, ...]``), however they are kept."""
-        if isinstance(self.selection, tuple) and not self.selection:
-            return self.error
-        return jax.vmap(_compress_lib().apply_selection)(self.sent, self.selection)[1]
+        return self.memory.residual()
 
 
 def _compress_lib():
-    # the module, not the ``compress`` transform below
+    # (imported when first used: jaxasync.compress imports jaxasync.trees, not this module,
+    # but keeping it lazy lets this module load without jax's compile-time constants)
     return importlib.import_module("jaxasync.compress")
 
 
-def compress(
+def compress_rows(
     compressor: Callable[[PyTree, Array], tuple[PyTree, Array]],
     *,
     error_feedback: bool = False,
@@ -410,11 +485,10 @@ def compress(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Compresses each applied row; optionally with error feedback.
 
-    Without memory: :math:`m_i = C(g_i)`. With error feedback (Stich, Cordonnier,
-    Jaggi, NeurIPS 2018, arXiv 1809.07599; Aji & Heafield 2017, arXiv 1704.05021):
-    :math:`v = e_w + g_i`, :math:`m_i = C(v)`, :math:`e_w \leftarrow v - m_i`, where
-    :math:`w` is the row's worker. The row's uplink cost becomes the message size
-    the compressor reports.
+    Without memory: :math:`m_i = C(g_i)`. With error feedback
+    (:func:`jaxasync.compress.error_feedback`): :math:`v = e_w + g_i`, :math:`m_i = C(v)`,
+    :math:`e_w \leftarrow v - m_i`, where :math:`w` is the row's worker. The row's uplink
+    cost becomes the message size the compressor reports.
 
     Args:
       compressor: ``(tree, key) -> (decompressed_tree, bits)`` for one worker
@@ -425,61 +499,42 @@ def compress(
         ``0..W-1`` in order.
 
     Extra args: ``key`` (PRNG key, optional), ``worker_ids`` (int32[W], optional).
-    """
 
-    # top-k: keep the compressed vector and its selection, not a dense residual (the
-    # message is rebuilt from them, so one array less is read and written per step)
-    masked = error_feedback and isinstance(compressor, _compress_lib().MaskCompressor)
+    References: Stich, Cordonnier, Jaggi, NeurIPS 2018 (arXiv 1809.07599); Aji & Heafield,
+    EMNLP 2017 (arXiv 1704.05021).
+    """
+    lib = _compress_lib()
 
     def init_fn(params):
         if not error_feedback:
-            return CompressState(error=())
+            return CompressState()
         if num_workers is None:
-            raise ValueError("compress(error_feedback=True) needs num_workers")
-        zeros = jax.tree.map(lambda p: jnp.zeros((num_workers,) + jnp.shape(p), p.dtype), params)
-        if masked:
-            return CompressState(error=(), sent=zeros, selection=jax.tree.map(
-                lambda p: jnp.zeros((num_workers, 2), _compress_lib().selection_dtype(p)), params))
-        return CompressState(error=zeros)
+            raise ValueError("compress_rows(error_feedback=True) needs num_workers")
+        return CompressState(lib.init_memory(compressor, params, num_workers))
 
     def update_fn(updates, state, params=None, *, mask=None, key=None, worker_ids=None, **extra):
-        del params, extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, {**extra, "worker_ids": worker_ids})
         w = rows.scale.shape[0]
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, w)
-        if error_feedback and worker_ids is None and w > num_workers:
-            # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped on
-            # read and lost on write, silently
-            raise ValueError(f"compress: {w} rows without worker_ids, but error memories for "
-                             f"num_workers={num_workers}; give num_workers >= {w}")
-        ids = jnp.arange(w) if worker_ids is None else worker_ids
-        every = worker_ids is None and error_feedback and w == num_workers
-        # the rows' memories (all of them, in order, without a gather where rows = workers)
-        take = (lambda t: t) if every else (lambda t: jax.tree.map(lambda e: e[ids], t))
-        put = ((lambda t, new: new) if every else
-               (lambda t, new: jax.tree.map(lambda e, n: e.at[ids].set(n), t, new)))
         live = rows.uploaded
-        keep = lambda new, old: jax.tree.map(
-            lambda n, o: jnp.where(_bcast(live, n) > 0, n, o), new, old)
-        new_state = state
-        if masked:
-            # The memory changes only for rows that actually sent a message.
-            msg, sent_w, sel_w, bits = _compress_lib().mask_error_feedback(
-                compressor, rows.grads, take(state.sent), take(state.selection), keys, live)
-            new_state = CompressState(error=(), sent=put(state.sent, sent_w),
-                                      selection=put(state.selection, sel_w))
+        if not error_feedback:
+            msg, bits = jax.vmap(compressor)(rows.grads, keys)
+            new_state = state
         else:
-            if error_feedback:
-                err_w = take(state.error)
-                v = jax.tree.map(jnp.add, err_w, rows.grads)
-            else:
-                v = rows.grads
-            msg, bits = jax.vmap(compressor)(v, keys)
-            if error_feedback:
-                # The residual changes only for rows that actually sent a message.
-                new_state = CompressState(error=put(state.error, keep(
-                    jax.tree.map(jnp.subtract, v, msg), err_w)))
-        msg = keep(msg, rows.grads)
+            if worker_ids is None and w > num_workers:
+                # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped
+                # on read and lost on write, silently
+                raise ValueError(f"compress_rows: {w} rows without worker_ids, but error "
+                                 f"memories for num_workers={num_workers}; give num_workers "
+                                 f">= {w}")
+            ids = jnp.arange(w) if worker_ids is None else worker_ids
+            # every worker's memory, in order: no gather or scatter where rows = workers
+            every = worker_ids is None and w == num_workers
+            mem_w = state.memory if every else jax.tree.map(lambda e: e[ids], state.memory)
+            msg, mem_w, bits = lib.error_feedback(compressor, rows.grads, mem_w, keys, live)
+            new_state = CompressState(mem_w if every else jax.tree.map(
+                lambda e, n: e.at[ids].set(n), state.memory, mem_w))
+        msg = select_rows(live, msg, rows.grads)
         bits_up = jnp.where(live, rows.bits_up - _dense_row_bits(rows) + bits, rows.bits_up)
         return rows._replace(grads=msg, bits_up=bits_up.astype(jnp.float32)), new_state
 
@@ -512,31 +567,41 @@ def find_states(opt_state: PyTree, cls: type) -> list:
 _find = find_states
 
 
-def communication(opt_state: PyTree) -> dict[str, Array]:
-    """The communication counters of an algorithm's state, as a flat dict.
-
-    Keys: ``arrivals, applied, uploads, skips, rejections, dropped, bits_up,
-    bits_down``, and ``bits_up_lo, bits_down_lo``: the low-order parts, so that
-    ``float64(bits_up) + float64(bits_up_lo)`` is the exact total (:func:`total_bits`).
-    Works on a single state or a stacked one (leading seed axis).
-    """
+def _counts(opt_state: PyTree) -> CommCounts:
     states = _find(opt_state, AggregateState)
     if len(states) != 1:
         raise ValueError(f"expected exactly one aggregate() in the chain, found {len(states)}")
-    c = states[0].counts
+    return states[0].counts
+
+
+def communication(opt_state: PyTree) -> dict[str, Array]:
+    """The communication counters of an algorithm's state, as a flat dict.
+
+    Keys: ``arrivals, applied, uploads, skips, rejections, dropped`` (int32) and
+    ``bits_up, bits_down`` (float32; :func:`total_bits` gives them exactly, as float64).
+    Works on a single state or a stacked one (leading seed axis).
+    """
+    c = _counts(opt_state)
     return {
         "arrivals": c.arrivals, "applied": c.applied, "uploads": c.uploads, "skips": c.skips,
         "rejections": c.rejections, "dropped": c.dropped,
         "bits_up": c.bits_up, "bits_down": c.bits_down,
-        "bits_up_lo": -c.bits_up_c, "bits_down_lo": -c.bits_down_c,
     }
 
 
-def total_bits(comm: dict, key: str = "bits_up") -> float:
-    """The exact float64 bit total from :func:`communication`'s high and low parts."""
-    import numpy as np
+def bit_parts(opt_state: PyTree) -> dict[str, Array]:
+    """The bit counters as high and low float32 parts (``bits_up``, ``bits_up_lo``...):
+    ``float64(hi) + float64(lo)`` is the exact total. For the simulator's metrics."""
+    c = _counts(opt_state)
+    return {"bits_up": c.bits_up, "bits_up_lo": -c.bits_up_c,
+            "bits_down": c.bits_down, "bits_down_lo": -c.bits_down_c}
 
-    return float(np.float64(comm[key]) + np.float64(comm[key + "_lo"]))
+
+def total_bits(opt_state: PyTree, key: str = "bits_up") -> float:
+    """The exact bit total (``"bits_up"`` or ``"bits_down"``) of a state, as a Python float
+    (host side: the float32 counter plus its Kahan low-order part, in float64)."""
+    parts = jax.device_get(bit_parts(opt_state))
+    return float(np.float64(parts[key]) + np.float64(parts[key + "_lo"]))
 
 
 def algorithm_metrics(opt_state: PyTree) -> dict[str, Array]:
@@ -558,8 +623,17 @@ def algorithm_metrics(opt_state: PyTree) -> dict[str, Array]:
 
 
 def last_decisions(opt_state: PyTree) -> WorkerRows:
-    """The per-row decisions of the last update (``grads`` is empty)."""
+    """The per-row decisions of the last update (``grads`` is empty).
+
+    Raises:
+      ValueError: the state keeps no decisions (wrap the algorithm in
+        :func:`keep_decisions`).
+    """
     states = _find(opt_state, AggregateState)
     if len(states) != 1:
         raise ValueError(f"expected exactly one aggregate() in the chain, found {len(states)}")
-    return states[0].last
+    last = states[0].last
+    if last.scale.shape[-1] == 0:
+        raise ValueError("last_decisions: this state keeps no per-row decisions; build the "
+                         "algorithm with ja.keep_decisions(tx, rows=W)")
+    return last

@@ -13,14 +13,11 @@ import jaxasync as ja
 from jaxasync import delays as dl
 from jaxasync import sim
 from jaxasync.algorithms import get_algorithm
-from jaxasync.transforms import with_rows
+from jaxasync.transforms import keep_decisions
 
 # Sampled delays uniform on {0..5}: every rule sees stale and fresh arrivals.
 UNIFORM = sim.SimConfig(num_workers=6, arrivals=1, batch_size=8, ring_size=8, steps=200,
                         eval_every=200, delay=dl.DelayConfig(kind="uniform", low=0, high=5))
-
-NEW = ("ce_asgd", "ce_asgd_lite", "dc_asgd", "dc_asgd_adaptive", "koloskova", "picky", "fedbuff")
-
 
 def _run(name, cfg, hparams: dict, static=None):
     wl = least_squares()
@@ -40,56 +37,7 @@ def asgd_run():
     return _run("asgd", UNIFORM, {"learning_rate": [0.05]})
 
 
-# ----------------------------------------------------------------------------- contract
-
-
-def _extra(name, w, params, key):
-    k1, k2 = jax.random.split(key)
-    spec = get_algorithm(name)
-    extra = {"staleness": jax.random.randint(k1, (w,), 0, 4), "mask": jnp.ones((w,), bool),
-             "worker_ids": jnp.arange(w, dtype=jnp.int32), "key": k2}
-    drift = jax.tree.map(lambda p: 0.01 * jax.random.normal(k2, (w,) + p.shape), params)
-    if "drift" in spec.needs:
-        extra["drift"] = drift
-    if "drift_norm" in spec.needs:
-        extra["drift_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(v.reshape(w, -1)), axis=1)
-                                           for v in jax.tree.leaves(drift)))
-    if "update_norms" in spec.needs:
-        extra["update_norms"] = jnp.full((8,), 0.01)
-    return extra
-
-
-KWARGS = {"ce_asgd": {"threshold": 1.0}, "ce_asgd_lite": {"threshold": 1.0},
-          "picky": {"threshold": 0.05}, "koloskova": {"num_workers": 4}}
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_contract_jit_once_inject_hyperparams_and_docs(name):
-    spec = get_algorithm(name)
-    p = {"a": jnp.zeros(5), "b": jnp.ones((2, 3))}
-    tx = optax.inject_hyperparams(spec.factory)(learning_rate=0.1, **KWARGS.get(name, {}))
-    ref = spec.factory(learning_rate=0.1, **KWARGS.get(name, {}))
-    w = 4 if spec.arrivals == 4 else 3
-    s, rs = with_rows(tx.init(p), w), with_rows(ref.init(p), w)
-    upd, ref_upd = jax.jit(tx.update), jax.jit(ref.update)
-    for t in range(2):
-        key = jax.random.PRNGKey(t)
-        g = {"a": jax.random.normal(key, (w, 5)), "b": jax.random.normal(key, (w, 2, 3))}
-        extra = _extra(name, w, p, key)
-        u, s = upd(g, s, p, **extra)
-        ru, rs = ref_upd(g, rs, p, **extra)
-        # inject_hyperparams passes the numbers as arrays: another program, same arithmetic
-        assert_f32_close(u, ru, roundings=100,
-                         why="per step a chain of <= 10 elementwise ops on a row, a 35-entry "
-                             "norm, a mean over <= 4 rows: < 50 roundings a step, 2 steps")
-        assert jax.tree.structure(s) == jax.tree.structure(with_rows(tx.init(p), w))
-    assert upd._cache_size() == 1
-    doc = spec.factory.__doc__
-    for part in (".. math::", "Args:", "References:", "learning_rate"):
-        assert part in doc, (name, part)
-    assert "arXiv" in doc or "DOI" in doc
-    if name.startswith("ce_asgd"):
-        assert "interpretation" in doc and "abstract" in doc
+# (the optax contract of every registered algorithm: tests/test_contract.py)
 
 
 # ----------------------------------------------------------------------------- DC-ASGD
@@ -100,11 +48,11 @@ def test_dc_asgd_constant_and_adaptive_by_hand():
     g = {"x": jnp.asarray([[1.0, 2.0]])}
     drift = {"x": jnp.asarray([[0.5, -1.0]])}
     tx = ja.dc_asgd(learning_rate=1.0, lam=0.04)
-    u, _ = tx.update(g, with_rows(tx.init(p), 1), p, drift=drift)
+    u, _ = tx.update(g, keep_decisions(tx, 1).init(p), p, drift=drift)
     np.testing.assert_allclose(-u["x"], [1 + 0.04 * 1 * 0.5, 2 - 0.04 * 4 * 1.0], rtol=1e-6)
 
     tx = ja.dc_asgd_adaptive(learning_rate=1.0, lam0=2.0, ms_decay=0.95, eps=1e-7)
-    s = with_rows(tx.init(p), 1)
+    s = keep_decisions(tx, 1).init(p)
     ms = np.zeros(2)
     for gv, dv in (([1.0, 2.0], [0.5, -1.0]), ([0.5, -1.0], [0.2, 0.1])):
         gv, dv = np.asarray(gv), np.asarray(dv)
@@ -117,7 +65,7 @@ def test_dc_asgd_constant_and_adaptive_by_hand():
 def test_dc_asgd_adaptive_with_zero_lambda_is_asgd_step_by_step():
     p = {"x": jnp.zeros(3)}
     tx, ref = ja.dc_asgd_adaptive(0.1, lam0=0.0), ja.asgd(0.1)
-    s, rs = with_rows(tx.init(p), 2), with_rows(ref.init(p), 2)
+    s, rs = keep_decisions(tx, 2).init(p), keep_decisions(ref, 2).init(p)
     for t in range(2):
         key = jax.random.PRNGKey(t)
         g = {"x": jax.random.normal(key, (2, 3))}
@@ -148,14 +96,14 @@ def test_koloskova_drop_and_shrink_by_hand():
     g = {"x": jnp.asarray([[1.0], [2.0], [4.0]])}
     tau = jnp.asarray([0, 3, 5])
     tx = ja.koloskova(learning_rate=0.1, num_workers=4)         # concurrency defaults to M
-    u, s = tx.update(g, with_rows(tx.init(p), 3), p, staleness=tau)
+    u, s = tx.update(g, keep_decisions(tx, 3).init(p), p, staleness=tau)
     np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, True, False])
     np.testing.assert_allclose(u["x"], [-0.1 * 1.5], rtol=1e-6)
     c = ja.communication(s)
     assert int(c["rejections"]) == 1 and int(c["uploads"]) == 3       # it was already sent
     # shrink: tau = 5 > 4 gets min(0.1, 1 / (4 * 1 * 5)) = 0.05, i.e. half the step
     tx = ja.koloskova(learning_rate=0.1, num_workers=4, mode="shrink", smoothness=1.0)
-    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, staleness=tau)
+    u, _ = tx.update(g, keep_decisions(tx, 3).init(p), p, staleness=tau)
     np.testing.assert_allclose(u["x"], [-0.1 * (1 + 2 + 0.5 * 4) / 3], rtol=1e-6)
     with pytest.raises(ValueError, match="needs the smoothness"):
         ja.koloskova(mode="shrink")
@@ -167,8 +115,8 @@ def test_koloskova_shrink_with_concurrency_above_every_delay_is_asgd():
     p = {"x": jnp.zeros(3)}
     tx, ref = ja.koloskova(0.1, concurrency=50, mode="shrink", smoothness=10.0), ja.asgd(0.1)
     g = {"x": jax.random.normal(jax.random.PRNGKey(0), (3, 3))}
-    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, staleness=jnp.asarray([0, 7, 50]))
-    ru, _ = ref.update(g, with_rows(ref.init(p), 3), p)
+    u, _ = tx.update(g, keep_decisions(tx, 3).init(p), p, staleness=jnp.asarray([0, 7, 50]))
+    ru, _ = ref.update(g, keep_decisions(ref, 3).init(p), p)
     assert_f32_close(u["x"], ru["x"], roundings=6,
                      why="a scale of 1, a mean of 3 rows and the step: <= 5 roundings")
 
@@ -196,13 +144,13 @@ def test_picky_by_hand_and_radius_from_epsilon():
     for tx in (ja.picky(learning_rate=1.0, threshold=0.2),
                ja.picky(learning_rate=1.0, epsilon=0.8, smoothness=2.0),      # 0.8 / 4
                ja.picky(learning_rate=1.0, threshold=0.2, epsilon=9.0)):      # no L: fallback
-        u, s = tx.update(g, with_rows(tx.init(p), 3), p, drift_norm=drift)
+        u, s = tx.update(g, keep_decisions(tx, 3).init(p), p, drift_norm=drift)
         np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, False, True])
         np.testing.assert_allclose(u["x"], [-2.0, -1.5], rtol=1e-6)
         c = ja.communication(s)
         assert int(c["rejections"]) == 1 and float(c["bits_up"]) == 3 * 64   # sent before
     tx = ja.picky(learning_rate=1.0, threshold=math.inf)
-    u, _ = tx.update(g, with_rows(tx.init(p), 3), p, drift_norm=drift)
+    u, _ = tx.update(g, keep_decisions(tx, 3).init(p), p, drift_norm=drift)
     np.testing.assert_allclose(u["x"], [-4.0 / 3, -5.0 / 3], rtol=1e-6)
     with pytest.raises(ValueError, match="needs the smoothness"):
         ja.picky(epsilon=1.0)
@@ -218,7 +166,7 @@ def test_fedbuff_weights_by_hand_and_arrivals_config():
     g = {"x": jnp.asarray([[1.0], [2.0], [3.0], [4.0]])}
     tau = jnp.asarray([0, 1, 3, 8])
     tx = ja.fedbuff(learning_rate=0.5)
-    u, _ = tx.update(g, with_rows(tx.init(p), 4), p, staleness=tau)
+    u, _ = tx.update(g, keep_decisions(tx, 4).init(p), p, staleness=tau)
     want = np.mean(np.asarray([1.0, 2.0, 3.0, 4.0]) / np.sqrt(1 + np.asarray([0, 1, 3, 8])))
     np.testing.assert_allclose(u["x"], [-0.5 * want], rtol=1e-6)
     assert get_algorithm("fedbuff").arrivals == 4

@@ -14,9 +14,9 @@ import jaxasync as ja
 from jaxasync import delays as dl
 from jaxasync import rules, sim
 from jaxasync.algorithms import AlgorithmSpec, get_algorithm
-from jaxasync.ce_asgd import drift_bound
+from jaxasync.ce import drift_bound
 from jaxasync.config import ConfigError
-from jaxasync.transforms import as_rows, row_norms, with_rows
+from jaxasync.transforms import as_rows, keep_decisions, row_norms
 
 INF = math.inf
 
@@ -65,7 +65,7 @@ def test_ce_asgd_full_decisions_bits_and_server_work_by_hand():
     tau = jnp.asarray([1, 1, 0, 3])
     drift = jnp.asarray([1.0, 1.0, 0.0, 2.0])
     tx = ja.ce_asgd(learning_rate=0.5, threshold=2.0)
-    u, s = jax.jit(tx.update)(g, with_rows(tx.init(p), 4), p, staleness=tau, drift_norm=drift)
+    u, s = jax.jit(tx.update)(g, keep_decisions(tx, 4).init(p), p, staleness=tau, drift_norm=drift)
     # 5 >= 2*1 accept; .5 < 2 reject; fresh accept; 3 < 2*2 reject
     np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, False, True, False])
     np.testing.assert_allclose(u["w"], -0.5 * np.asarray([3.0, 10.0, 8.0]) / 2, rtol=1e-6)
@@ -86,7 +86,7 @@ def test_ce_asgd_lite_decisions_and_server_work_by_hand():
     tau = jnp.asarray([1, 2, 0, 3])
     u_norms = jnp.asarray([0.5, 0.25, 1.0, 7.0])   # newest first: bounds 0.5, 0.75, 0, 1.75
     tx = ja.ce_asgd_lite(learning_rate=1.0, threshold=2.0)
-    u, s = jax.jit(tx.update)(g, with_rows(tx.init(p), 4), p, staleness=tau,
+    u, s = jax.jit(tx.update)(g, keep_decisions(tx, 4).init(p), p, staleness=tau,
                               update_norms=u_norms)
     # 5 >= 1 accept; 1 < 1.5 reject; fresh accept; 3 < 3.5 reject
     np.testing.assert_array_equal(ja.last_decisions(s).applied, [True, False, True, False])
@@ -96,7 +96,7 @@ def test_ce_asgd_lite_decisions_and_server_work_by_hand():
     assert int(w["server_vector_ops"]) == 1   # K > 1: the new update norm is a vector norm
     # K = 1: the update norm is lr * s, one scalar op on an applied step, no vector op
     tx1 = ja.ce_asgd_lite(learning_rate=1.0, threshold=2.0)
-    _, s1 = jax.jit(tx1.update)(jax.tree.map(lambda x: x[:1], g), with_rows(tx1.init(p), 1), p,
+    _, s1 = jax.jit(tx1.update)(jax.tree.map(lambda x: x[:1], g), keep_decisions(tx1, 1).init(p), p,
                                 staleness=tau[:1], update_norms=u_norms)
     w1 = ja.server_work(s1)
     assert int(w1["server_scalar_ops"]) == 1 + 2 + 1 and int(w1["server_vector_ops"]) == 0
@@ -107,7 +107,7 @@ def test_threshold_from_kappa_and_smoothness():
     tau, drift = jnp.asarray([1, 1, 0, 3]), jnp.asarray([1.0, 1.0, 0.0, 2.0])
 
     def applied(tx):
-        _, s = tx.update(g, with_rows(tx.init(p), 4), p, staleness=tau, drift_norm=drift)
+        _, s = tx.update(g, keep_decisions(tx, 4).init(p), p, staleness=tau, drift_norm=drift)
         return np.asarray(ja.last_decisions(s).applied)
 
     want = applied(ja.ce_asgd(threshold=2.0))
@@ -166,7 +166,7 @@ def test_lite_never_accepts_what_full_rejects_on_random_histories(collinear):
         u_norms = jnp.linalg.norm(versions[1:] - versions[:-1], axis=1)[::-1]
         acc = []
         for tx, extra in ((full, {"drift_norm": drift}), (lite, {"update_norms": u_norms})):
-            _, s = tx.update({"x": g}, with_rows(tx.init(p), w), p, staleness=tau, **extra)
+            _, s = tx.update({"x": g}, keep_decisions(tx, w).init(p), p, staleness=tau, **extra)
             acc.append(ja.last_decisions(s).applied)
         bound = drift_bound(u_norms, tau)
         return acc[0], acc[1], drift, bound, row_norms({"x": g})

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 # The package exports the ``compress`` optax transform under the same name; import the module.
 C = importlib.import_module("jaxasync.compress")
+# The CPU radix top-k behind C.top_k_threshold (its internals are tested below).
+R = importlib.import_module("jaxasync._topk_radix")
 
 BIG_D, BIG_K = 40_000, 400   # above the fast-path threshold
 
@@ -39,11 +41,11 @@ BATCH = 6   # every fast-path test feeds this many rows, so one compilation serv
 @cache
 def big_select():
     """jit(vmap) of (top_k_select, whether the fast path succeeded) over BATCH rows."""
-    plan = C._plan(BIG_D, BIG_K)
+    plan = R._plan(BIG_D, BIG_K)
     assert plan is not None
 
     def one(v):
-        return C.top_k_select(v, BIG_K), C._fast_threshold(v, BIG_K, plan)[2]
+        return C.top_k_select(v, BIG_K), R._fast_threshold(v, BIG_K, plan)[2]
 
     return jax.jit(jax.vmap(one))
 
@@ -112,10 +114,10 @@ def test_small_layers_match_lax_top_k_set(size, density, seed):
 @jax.jit
 def _first_round_overflows(v):
     """Whether the first sample bracket's selected bucket holds more entries than its slots."""
-    plan = C._plan(BIG_D, BIG_K)
-    bits = C._abs_bits(v)
+    plan = R._plan(BIG_D, BIG_K)
+    bits = R._abs_bits(v)
     padded = jnp.pad(bits, (0, 4 * plan.words - BIG_D), constant_values=-1).reshape(4, plan.words)
-    return C._select_in_bracket(bits, padded, BIG_K, plan, *C._sample_bracket(bits, plan))[4]
+    return R._select_in_bracket(bits, padded, BIG_K, plan, *R._sample_bracket(bits, plan))[4]
 
 
 def test_fast_path_matches_lax_top_k_on_random_data():
@@ -158,7 +160,7 @@ def test_fast_path_ties_and_fallback_keep_exactly_k():
     sparse[rng.choice(BIG_D, BIG_K // 3, replace=False)] = rng.standard_normal(BIG_K // 3)
     # Fallbacks: all equal (one giant bucket) and a quantised vector (huge bucket), and a
     # vector the fixed sample misrepresents (small at the sampled positions only).
-    plan = C._plan(BIG_D, BIG_K)
+    plan = R._plan(BIG_D, BIG_K)
     fooled = np.full(BIG_D, 5.0, np.float32) + rng.random(BIG_D).astype(np.float32)
     fooled[np.asarray(plan.sample)] = 1e-3
     xs = jnp.asarray(np.stack([
@@ -325,48 +327,71 @@ def test_sign_scale_by_hand():
 # ============================================================================= error feedback
 
 
+def _ef_rows(comp, grads, memory, key, send=None):
+    """One error-feedback step of a stack of rows (the one implementation)."""
+    w = jax.tree.leaves(grads)[0].shape[0]
+    send = jnp.ones((w,), bool) if send is None else send
+    return jax.jit(C.error_feedback, static_argnums=0)(comp, grads, memory,
+                                                      jax.random.split(key, w), send)
+
+
 @pytest.mark.parametrize("make", [
     lambda: C.top_k(0.1), lambda: C.top_k(0.1, method="approx"), lambda: C.random_k(0.2),
     lambda: C.qsgd(2), lambda: C.sign_scale(), lambda: C.identity(),
 ])
 def test_error_feedback_conserves_mass(make):
+    """m + e' = e + g for the rows that send, over two steps; rows that do not send keep
+    their memory. Bitwise in the mask layout (each entry of v goes to one side); the dense
+    layout rounds v - m once: |error| <= ulp(|v|)."""
     comp = make()
-    tree = tree_example()
-    error = jax.tree.map(lambda a: 0.3 * jnp.ones_like(a), tree)
-    message, new_error, bits = jax.jit(C.ef_step, static_argnums=0)(comp, tree, error,
-                                                                     jax.random.key(0))
-    total = jax.tree.map(jnp.add, error, tree)
-    for m, e, t in zip(jax.tree.leaves(message), jax.tree.leaves(new_error),
-                       jax.tree.leaves(total), strict=True):
-        np.testing.assert_allclose(np.asarray(m + e), np.asarray(t), rtol=1e-6, atol=1e-6)
-    assert bits.shape == ()
-    step = jax.jit(C.with_error_feedback(comp))
-    m2, e2, b2 = step(tree, error, jax.random.key(0))
-    assert float(b2) == float(bits)
+    base = tree_example()
+    grads = jax.tree.map(lambda a: jnp.stack([a, -0.5 * a, 2.0 * a]), base)
+    memory = C.init_memory(comp, base, 3)
+    send = jnp.asarray([True, False, True])
+    for step in range(2):
+        before = memory.residual()
+        msg, memory, bits = _ef_rows(comp, grads, memory, jax.random.key(step), send)
+        after = memory.residual()
+        assert bits.shape == (3,)
+        for m, e0, e1, g in zip(*(jax.tree.leaves(t) for t in (msg, before, after, grads)),
+                                strict=True):
+            v = np.asarray(e0 + g)[[0, 2]]
+            m_sent = np.asarray(m)[[0, 2]]
+            got = np.asarray(m + e1)[[0, 2]]
+            # e' = fl(v - m) and the check's fl(m + e') round once each, relative to the
+            # larger of |v| and |m| (an unbiased compressor's m may exceed v): 2 ulp of that
+            bound = 2 * np.finfo(np.float32).eps * np.maximum(np.abs(v), np.abs(m_sent))
+            assert np.all(np.abs(got - v) <= bound), "m + e' = e + g up to rounding of v - m"
+            np.testing.assert_array_equal(np.asarray(e1)[1], np.asarray(e0)[1])
 
 
 def test_error_feedback_residual_stays_zero_at_density_one():
-    step = jax.jit(C.with_error_feedback(C.top_k(1.0)))
-    tree = tree_example()
-    error = jax.tree.map(jnp.zeros_like, tree)
+    comp = C.top_k(1.0)
+    tree = jax.tree.map(lambda a: a[None], tree_example())
+    memory = C.init_memory(comp, tree_example(), 1)
     for i in range(3):
         grad = jax.tree.map(lambda a, i=i: a * (i + 1), tree)
-        message, error, _ = step(grad, error, jax.random.key(i))
-        for e in jax.tree.leaves(error):
+        message, memory, _ = _ef_rows(comp, grad, memory, jax.random.key(i))
+        for e in jax.tree.leaves(memory.residual()):
             assert not np.any(np.asarray(e))
         for m, g in zip(jax.tree.leaves(message), jax.tree.leaves(grad), strict=True):
             np.testing.assert_array_equal(np.asarray(m), np.asarray(g))
 
 
-def test_error_feedback_top_k_residual_is_the_unsent_part():
-    g = {"x": jnp.array([3.0, -1.0, 0.5, -4.0])}
-    e = {"x": jnp.zeros(4)}
-    m, e, _ = C.ef_step(C.top_k(0.5), g, e, jax.random.key(0))
-    np.testing.assert_array_equal(np.asarray(m["x"]), [3.0, 0.0, 0.0, -4.0])
-    np.testing.assert_array_equal(np.asarray(e["x"]), [0.0, -1.0, 0.5, 0.0])
-    m, e, _ = C.ef_step(C.top_k(0.5), g, e, jax.random.key(0))   # v = [3, -2, 1, -4]
-    np.testing.assert_array_equal(np.asarray(m["x"]), [3.0, 0.0, 0.0, -4.0])
-    np.testing.assert_array_equal(np.asarray(e["x"]), [0.0, -2.0, 1.0, 0.0])
+@pytest.mark.parametrize("layout", ["mask", "dense"])
+def test_error_feedback_top_k_residual_is_the_unsent_part(layout):
+    comp = C.top_k(0.5)
+    if layout == "dense":   # the same selection through a plain compressor: dense residuals
+        comp = (lambda c: lambda t, k: c(t, k))(comp)
+    g = {"x": jnp.array([[3.0, -1.0, 0.5, -4.0]])}
+    memory = C.init_memory(comp, {"x": jnp.zeros(4)}, 1)
+    assert memory.masked == (layout == "mask")
+    m, memory, _ = _ef_rows(comp, g, memory, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(m["x"][0]), [3.0, 0.0, 0.0, -4.0])
+    np.testing.assert_array_equal(np.asarray(memory.residual()["x"][0]), [0.0, -1.0, 0.5, 0.0])
+    m, memory, _ = _ef_rows(comp, g, memory, jax.random.key(0))   # v = [3, -2, 1, -4]
+    np.testing.assert_array_equal(np.asarray(m["x"][0]), [3.0, 0.0, 0.0, -4.0])
+    np.testing.assert_array_equal(np.asarray(memory.residual()["x"][0]), [0.0, -2.0, 1.0, 0.0])
 
 
 # ============================================================================= vmap
@@ -429,18 +454,19 @@ def test_registry_names():
         assert float(bits) > 0
 
 
-def test_package_compress_is_still_the_transform():
-    # This module shares its name with the optax transform the package exports; importing it
-    # must not take ``ja.compress(...)`` away from users of the transform.
+def test_no_name_shadows_its_module():
+    """``import jaxasync.compress as C`` gives the module (the transform is ``compress_rows``),
+    and no other package attribute hides a submodule of the same name."""
+    import importlib
+    import pkgutil
+
     import jaxasync as ja
 
-    import importlib
-
-    importlib.import_module("jaxasync.compress")
-    importlib.import_module("jaxasync.lazy")
-    tx = ja.compress(C.identity())
-    assert hasattr(tx, "init") and hasattr(tx, "update")
-    assert ja.compress.__module__ == "jaxasync.transforms"
+    assert importlib.import_module("jaxasync.compress") is ja.compress
+    assert callable(ja.compress_rows) and ja.compress_rows.__module__ == "jaxasync.transforms"
+    for info in pkgutil.iter_modules(ja.__path__):
+        attr = getattr(ja, info.name, None)
+        assert attr is None or isinstance(attr, type(ja)), f"ja.{info.name} shadows its module"
 
 
 # ----------------------------------------------------------------------------- any algorithm
@@ -477,7 +503,7 @@ def test_error_feedback_memories_belong_to_the_workers_that_arrived():
     # 8 workers, one arrival per step, 3 steps: at most 3 workers ever compressed anything
     r = _sim_with(("random_k", (("density", 0.25),), True), m=8, steps=3)
     (state,) = find_states(r.final_state.opt_state, CompressState)
-    err = np.asarray(state.error["w"][0])                    # [M, 8] for the one seed
+    err = np.asarray(state.memory.error["w"][0])             # [M, 8] for the one seed
     nonzero = np.flatnonzero(np.abs(err).sum(axis=1))
     assert err.shape == (8, 8) and 1 <= nonzero.size <= 3
     # random-k keeps 2 of 8 (scaled by 4): each residual is v minus that message, so it is
@@ -499,7 +525,7 @@ def test_synchronous_error_feedback_reads_its_memories_in_place():
     wl = least_squares()
     hp = {"learning_rate": jnp.float32(0.05)}
     for name, static, compressor in [
-            ("topk_ef", {"density": 0.25}, None),
+            ("sparse", {"density": 0.25}, None),
             ("sgd_sum", {}, ("random_k", (("density", 0.25),), True))]:
         cfg = sim.SimConfig(num_workers=4, batch_size=8, ring_size=4, steps=4, eval_every=4,
                             delay=dl.DelayConfig(kind="none"), compressor=compressor)
@@ -622,15 +648,15 @@ def test_mask_form_error_feedback_equals_the_dense_memory_with_arrivals():
     # wrapped in a plain function (stores a dense residual); 2 of 5 workers arrive per step,
     # one of them sometimes masked out, so memories must follow the workers that sent
     import jaxasync as ja
-    from jaxasync.transforms import CompressState, find_states, with_rows
+    from jaxasync.transforms import CompressState, find_states, keep_decisions
 
     top = C.top_k(0.2)
     plain = lambda tree, key: top(tree, key)                  # noqa: E731
     p = {"a": jnp.zeros((6, 5)), "b": jnp.zeros((9,))}
     states, outs = {}, {}
     for name, comp in (("mask", top), ("dense", plain)):
-        tx = ja.compress(comp, error_feedback=True, num_workers=5)
-        s = with_rows(tx.init(p), 2)
+        tx = ja.compress_rows(comp, error_feedback=True, num_workers=5)
+        s = keep_decisions(tx, 2).init(p)
         update = jax.jit(tx.update)
         outs[name] = []
         for t in range(12):
@@ -642,13 +668,13 @@ def test_mask_form_error_feedback_equals_the_dense_memory_with_arrivals():
             rows, s = update(g, s, p, worker_ids=ids.astype(jnp.int32), mask=mask)
             outs[name].append(rows)
         (states[name],) = find_states(s, CompressState)
-    assert states["mask"].error == () and states["dense"].sent == ()
+    assert states["mask"].memory.masked and not states["dense"].memory.masked
     # Bitwise across the two programs: no rounding can differ. Both add v = e + g (one
     # addition of the same inputs, no product to contract into it), then only select entries
     # of v: message C(v), residual v - C(v) (v - v = 0 or v - 0 = v, exact) or v kept whole.
     for a, b in zip(outs["mask"], outs["dense"], strict=True):
         jax.tree.map(np.testing.assert_array_equal, a.grads, b.grads)
         np.testing.assert_array_equal(a.bits_up, b.bits_up)
-    mem = states["mask"].memory()
-    jax.tree.map(np.testing.assert_array_equal, mem, states["dense"].memory())
+    mem = states["mask"].residual()
+    jax.tree.map(np.testing.assert_array_equal, mem, states["dense"].residual())
     assert sum(int(jnp.count_nonzero(e)) for e in jax.tree.leaves(mem)) > 0

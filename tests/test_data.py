@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxasync import data
+from jaxasync.data import downloads  # private names (_urlopen, _Resource) live there
 
 # ---------------------------------------------------------------------------------------------
 # Offline sources.
@@ -394,7 +395,7 @@ def test_download_offline_fails_clearly(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "_urlopen", offline)
+    monkeypatch.setattr(downloads, "_urlopen", offline)
     with pytest.raises(ConnectionError) as info:
         data.download("cifar10", str(tmp_path))
     message = str(info.value)
@@ -421,16 +422,16 @@ def test_download_verifies_and_extracts(tmp_path, monkeypatch):
         tar.add(src / "cifar-100-python", arcname="cifar-100-python")
     payload = archive.getvalue()
     name = "cifar-100-python.tar.gz"
-    monkeypatch.setattr(data, "_urlopen", _serve({name: payload}))
+    monkeypatch.setattr(downloads, "_urlopen", _serve({name: payload}))
     folder, resources, extract = data.DOWNLOADS["cifar100"]
-    fake = data._Resource(name, hashlib.md5(payload).hexdigest(), resources[0].urls)
+    fake = downloads._Resource(name, hashlib.md5(payload).hexdigest(), resources[0].urls)
     monkeypatch.setitem(data.DOWNLOADS, "cifar100", (folder, (fake,), extract))
     root = tmp_path / "root"
     data.download("cifar100", str(root))
     assert data.verify_checksum(str(root / name), fake.md5)
     assert data.load_cifar(str(root), 100).x_train.shape == (4, 32, 32, 3)
     # Wrong checksum: refused, and nothing half-written is left behind.
-    bad = data._Resource(name, "0" * 32, resources[0].urls)
+    bad = downloads._Resource(name, "0" * 32, resources[0].urls)
     monkeypatch.setitem(data.DOWNLOADS, "cifar100", (folder, (bad,), extract))
     root2 = tmp_path / "root2"
     with pytest.raises(ValueError, match=r"cifar-100-python.tar.gz downloaded into .* MD5"):
@@ -442,10 +443,10 @@ def test_download_mnist_layout_is_what_the_loader_reads(tmp_path, monkeypatch):
     src = tmp_path / "src"
     _write_mnist(src, gz=True)
     files = {p: (src / p).read_bytes() for p in os.listdir(src)}
-    monkeypatch.setattr(data, "_urlopen", _serve(files))
+    monkeypatch.setattr(downloads, "_urlopen", _serve(files))
     folder, resources, extract = data.DOWNLOADS["mnist"]
     fakes = tuple(
-        data._Resource(r.filename, hashlib.md5(files[r.filename]).hexdigest(), r.urls)
+        downloads._Resource(r.filename, hashlib.md5(files[r.filename]).hexdigest(), r.urls)
         for r in resources
     )
     monkeypatch.setitem(data.DOWNLOADS, "mnist", (folder, fakes, extract))

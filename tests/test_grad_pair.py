@@ -96,7 +96,7 @@ def test_workloads_with_an_mlp_carry_the_fast_pair_and_others_the_generic_one():
 def test_lazy_upload_takes_the_distance_or_the_gradients_alike():
     tx = lazy.lazy_upload(0.5, 2, history=3, warmup=0)
     p = {"x": jnp.zeros(2)}
-    s = ja.transforms.with_rows(tx.init(p), 2)._replace(skips=jnp.asarray([1, 1], jnp.int32))
+    s = ja.transforms.keep_decisions(tx, 2).init(p)._replace(skips=jnp.asarray([1, 1], jnp.int32))
     g = {"x": jnp.asarray([[1.0, 2.0], [3.0, 4.0]])}
     ref = {"x": jnp.asarray([[1.0, 0.0], [3.0, 7.0]])}       # ||g - ref||^2 = 4 and 9
     norms = jnp.asarray([3.0, 4.0, 0.0])

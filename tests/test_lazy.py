@@ -18,7 +18,7 @@ from helpers import (
 import jaxasync as ja
 from jaxasync import delays as dl
 from jaxasync import lazy, rules, sim
-from jaxasync.transforms import with_rows
+from jaxasync.transforms import keep_decisions
 
 M = 3
 
@@ -36,7 +36,7 @@ def _grads(t, w=M, scale=1.0):
 def _drive(tx, steps, *, ref=None, norms=None, w=M, grad_fn=_grads):
     """Runs ``tx`` on synthetic gradients; returns the parameter trajectory and the state."""
     p = _params()
-    s = with_rows(tx.init(p), w)
+    s = keep_decisions(tx, w).init(p)
     update = jax.jit(tx.update)
     traj = [p]
     for t in range(steps):
@@ -69,7 +69,7 @@ def test_sasg_that_never_skips_equals_topk_ef_exactly():
     norms = lambda t: jnp.zeros(12)
     ref = lambda t, g: jax.tree.map(jnp.zeros_like, g)
     sasg = ja.sasg(learning_rate=0.1, num_workers=M, density=0.2, threshold="never")
-    sparse = ja.topk_ef(learning_rate=0.1, num_workers=M, density=0.2)
+    sparse = ja.sparse(learning_rate=0.1, num_workers=M, density=0.2)
     t1, s1 = _drive(sasg, 12, ref=ref, norms=norms)
     t2, s2 = _drive(sparse, 12)
     _assert_same(t1, t2, 12)
@@ -81,10 +81,10 @@ def test_sasg_that_never_skips_equals_topk_ef_exactly():
 
 
 def test_topk_ef_at_density_one_equals_sgd_and_keeps_no_residual():
-    t1, s1 = _drive(ja.topk_ef(learning_rate=0.05, num_workers=M, density=1.0), 10)
+    t1, s1 = _drive(ja.sparse(learning_rate=0.05, num_workers=M, density=1.0), 10)
     t2, _ = _drive(ja.sgd_sum(learning_rate=0.05), 10)
     _assert_same(t1, t2, 10)
-    err = s1[1].memory()
+    err = s1[1].residual()
     assert jax.tree.leaves(err) and all(float(jnp.max(jnp.abs(e))) == 0.0
                                         for e in jax.tree.leaves(err))
 
@@ -118,7 +118,7 @@ def test_hand_computed_skip_decision():
     alpha, d_hist = 0.5, 3
     tx = lazy.lazy_upload(alpha, 2, history=d_hist, warmup=0, threshold="2alpha")
     p = {"x": jnp.zeros(2)}
-    s = with_rows(tx.init(p), 2)
+    s = keep_decisions(tx, 2).init(p)
     s = s._replace(messages={"x": jnp.asarray([[10.0, 10.0], [20.0, 20.0]])},
                    skips=jnp.asarray([1, 1], jnp.int32))
     g = {"x": jnp.asarray([[1.0, 2.0], [3.0, 4.0]])}
@@ -137,7 +137,7 @@ def test_hand_computed_skip_decision():
     # the server sums stored messages: x1 = -(10 + 1.5, 10 + 2)
     tx_full = optax.chain(lazy.lazy_upload(alpha, 2, history=d_hist, warmup=0), ja.aggregate("sum"),
                           optax.scale(-1.0))
-    st = with_rows(tx_full.init(p), 2)
+    st = keep_decisions(tx_full, 2).init(p)
     st = (st[0]._replace(messages=s.messages, skips=s.skips),) + tuple(st[1:])
     u, st = jax.jit(tx_full.update)(g, st, p, ref_grads=ref, update_norms=norms)
     np.testing.assert_allclose(u["x"], [-11.5, -12.0])
@@ -164,7 +164,7 @@ def test_forced_upload_on_the_d_plus_first_consecutive_skip():
     d_hist, steps = 3, 20
     tx = ja.lasg(learning_rate=0.1, num_workers=1, history=d_hist)
     p = _params()
-    s = with_rows(tx.init(p), 1)
+    s = keep_decisions(tx, 1).init(p)
     update = jax.jit(tx.update)
     got = []
     for t in range(steps):
@@ -200,7 +200,8 @@ def test_sasg_stored_as_sent_vectors_equals_dense_messages_and_memories():
         runs[name] = _drive(tx, 15, ref=ref, norms=norms)
     _assert_same(runs["mask"][0], runs["dense"][0], 15)
     mask_state, dense_state = (lazy.lazy_state(runs[n][1]) for n in ("mask", "dense"))
-    assert mask_state.messages == () and mask_state.error == () and dense_state.sent == ()
+    assert mask_state.messages == () and mask_state.memory.masked
+    assert not dense_state.memory.masked
     # the stored messages and memories: v = alpha g + e (up to one rounding each step, which a
     # contracted multiply-add may save), then selections of v: exact
     for a, b in zip(mask_state.stored(), dense_state.stored(), strict=True):
@@ -214,7 +215,7 @@ def test_sasg_stored_as_sent_vectors_equals_dense_messages_and_memories():
 def test_error_feedback_conserves_mass_and_changes_only_on_upload():
     tx = ja.sasg(learning_rate=0.1, num_workers=M, density=0.1, history=2)
     p = _params()
-    s = with_rows(tx.init(p), M)
+    s = keep_decisions(tx, M).init(p)
     update = jax.jit(tx.update)
     sent = jax.tree.map(lambda x: jnp.zeros((M,) + x.shape), p)
     inputs = jax.tree.map(lambda x: jnp.zeros((M,) + x.shape), p)
@@ -394,7 +395,7 @@ def test_lag_skips_and_still_converges_on_full_gradients(variant):
                                                  - b) / n})
     tx = ja.lag(lr, m, variant=variant, smoothness=lip)
     p = {"x": jnp.zeros(d)}
-    s = with_rows(tx.init(p), m)
+    s = keep_decisions(tx, m).init(p)
     update = jax.jit(tx.update)
     ref_x, norms = jnp.zeros((m, d)), []
     for _ in range(steps):
@@ -415,7 +416,7 @@ def test_lag_skips_and_still_converges_on_full_gradients(variant):
 def test_lazy_rejects_wrong_row_count_and_missing_extra_args():
     tx = ja.lasg(learning_rate=0.1, num_workers=3)
     p = _params()
-    s = jax.eval_shape(lambda: with_rows(tx.init(p), 3))
+    s = jax.eval_shape(lambda: keep_decisions(tx, 3).init(p))
     g2, g3 = jax.eval_shape(lambda: _grads(0, 2)), jax.eval_shape(lambda: _grads(0))
     norms = jnp.zeros(12)
     with pytest.raises(ValueError, match="got 2 rows"):
@@ -433,7 +434,7 @@ def test_registry_declares_what_the_simulator_supplies():
         spec = ja.get_algorithm(name)
         assert spec.needs == {"ref_grad_dist", "update_norms"} and spec.synchronous
     assert ja.get_algorithm("lag_ps").needs == {"update_norms"}
-    for name in ("topk_ef", "sgd_sum"):
+    for name in ("sparse", "sgd_sum"):
         assert ja.get_algorithm(name).needs == frozenset() and ja.get_algorithm(name).synchronous
 
 
@@ -457,7 +458,7 @@ def test_a_step_size_schedule_changes_new_messages_only():
     sched = optax.piecewise_constant_schedule(0.1, {1: 0.5})    # 0.1, then 0.05 from k = 1
     tx = ja.lasg(learning_rate=sched, num_workers=2, history=1)  # warm-up 1, window 0: thr 0
     p = {"w": jnp.zeros((3,))}
-    s = with_rows(tx.init(p), 2)
+    s = keep_decisions(tx, 2).init(p)
     g0 = {"w": jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}
     g1 = {"w": jnp.array([[7.0, 8.0, 9.0], [10.0, 11.0, 12.0]])}
     norms = jnp.zeros((1,))
@@ -473,7 +474,7 @@ def test_a_step_size_schedule_changes_new_messages_only():
 
 @pytest.mark.parametrize("algorithm, static, up_bits", [
     ("sgd_sum", {}, 32 * 8),                                  # dense alpha g: 8 params
-    ("topk_ef", {"density": 0.25}, 64 * 2),                   # top-2 of 8: value + index
+    ("sparse", {"density": 0.25}, 64 * 2),                   # top-2 of 8: value + index
     ("sasg", {"density": 0.25, "history": 2, "threshold_scale": 1e9}, 0),   # skips
 ])
 def test_a_synchronous_round_lasts_its_slowest_compute_upload_and_download(
@@ -499,11 +500,11 @@ def test_a_synchronous_round_lasts_its_slowest_compute_upload_and_download(
 def test_factories_whose_rule_depends_on_m_require_num_workers():
     # a silent default of M = 1 would change the rule (delay-adaptive at tau = 4 would take a
     # quarter step) or clamp error memories; a direct call must say M
-    for make in (ja.sasg, ja.lasg, ja.lag_wk, ja.topk_ef, ja.delay_adaptive, ja.koloskova):
+    for make in (ja.sasg, ja.lasg, ja.lag_wk, ja.sparse, ja.delay_adaptive, ja.koloskova):
         with pytest.raises(ValueError, match="num_workers"):
             make(learning_rate=0.1)
     comp = lazy.top_k_compressor(0.5)
-    tx = ja.compress(comp, error_feedback=True, num_workers=2)
+    tx = ja.compress_rows(comp, error_feedback=True, num_workers=2)
     p = {"w": jnp.zeros((4,))}
     with pytest.raises(ValueError, match="3 rows without worker_ids"):
         tx.update({"w": jnp.ones((3, 4))}, tx.init(p), p)

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
              # iterates sharded along M; threshold_scale keeps some skips in 20 steps
              ("sasg", None, {**lazy, "density": 0.25, "threshold_scale": 30.0}),
              ("lasg", None, {**lazy, "threshold_scale": 30.0}),
-             ("topk_ef", None, {"density": 0.25})]
+             ("sparse", None, {"density": 0.25})]
     for alg, k, extra in cases:
         rows = []
         for mesh in (1, 8):
@@ -83,10 +83,9 @@ def test_sharded_worker_axis_equals_single_device():
             # messages, error memories (or the sent vectors and their selections: SASG's top-k),
             # skip counters (seed axis first): split along M; the scalar counters replicated
             spec = sharded["lazy_spec"]
-            per_worker = [x for f in ("messages", "error", "sent", "selection", "skips")
-                          for x in spec[f]]
+            per_worker = [x for f in ("messages", "memory", "skips") for x in spec[f]]
             assert per_worker and set(per_worker) == {"P(None, 'workers')"}, spec
             assert {x for f in ("count", "forced", "tested") for x in spec[f]} == {"P()"}, spec
-            assert spec["sent" if name.startswith("sasg") else "messages"], spec
+            assert spec["memory" if name.startswith("sasg") else "messages"], spec
     # the lazy runs did skip (else the test would not cover the stored-message path)
     assert out["sasg-None"][0]["skips"][-1] > 0 and out["lasg-None"][0]["skips"][-1] > 0

@@ -104,12 +104,9 @@ def _prepared(name):
     base = {"workload": {"name": "least_squares", "batch_size": 4, "options": {"n": 64, "d": 3}},
             "run": {"num_workers": 4, "steps": 4, "eval_every": 2, "seeds": [0, 1]},
             "delay": {"kind": "uniform", "high": 2}}
-    try:
-        return experiment.prepare({**base, "algorithm": {"name": name,
-                                                         "params": {"learning_rate": 0.05}}})
-    except ConfigError:  # an algorithm that needs a parameter more
-        return experiment.prepare({**base, "algorithm": {
-            "name": name, "params": {"learning_rate": 0.05, "threshold": 0.1}}})
+    spec = ja.get_algorithm(name)
+    params = {"learning_rate": 0.05, **{k: v for k, v in spec.example.items()}}
+    return experiment.prepare({**base, "algorithm": {"name": name, "params": params}})
 
 
 @pytest.mark.parametrize("name", sorted(ja.ALGORITHMS))

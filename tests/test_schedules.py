@@ -15,13 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxasync as ja
+
 from jaxasync import data as data_lib
 from jaxasync import delays as dl
 from jaxasync import sim
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.checkpoint import config_hash
 from jaxasync.config import to_config
-from jaxasync.experiment import _takes_schedule, prepare, run_experiment
+from jaxasync.experiment import prepare, run_experiment
 from jaxasync.workloads import get_workload
 
 from helpers import assert_f32_close, assert_loss_close, least_squares, sgd_roundings, toy_data
@@ -86,22 +88,13 @@ def test_decay_equals_a_run_switched_by_hand_at_the_boundary(name):
     # (a schedule ignored would run chunk 2 at LR, not LR_AFTER, and end elsewhere)
 
 
-#: parameters some factories need before they build at all
-_NEEDED = {"ce_asgd": {"threshold": 1.0}, "ce_asgd_lite": {"threshold": 1.0},
-           "picky": {"threshold": 1.0}}
-
-
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_every_registered_algorithm_takes_a_schedule(name):
-    """All of them build on optax.sgd or on the lazy family's lr_at, except Koloskova's
-    shrink rule, min(lr, 1/(4 L tau)), which uses the number itself."""
-    spec = get_algorithm(name)
-    cfg = sim.SimConfig(num_workers=4, arrivals=1, ring_size=16,
-                        delay=dl.DelayConfig(kind="uniform", low=0, high=3))
-    static = dict(_NEEDED.get(name, {}))
-    assert _takes_schedule(spec, static, {"learning_rate": [0.1]}, cfg)
-    if name == "koloskova":
-        assert not _takes_schedule(spec, {"mode": "shrink"}, {"learning_rate": [0.1]}, cfg)
+def test_koloskova_shrink_refuses_a_schedule_with_one_line():
+    """Its rule min(lr, 1/(4 L tau)) uses the number itself; every other algorithm's schedule
+    is driven by the conformance table (tests/test_contract.py)."""
+    sched = sim.step_decay(0.1, (5,), 0.5)
+    with pytest.raises(ValueError, match="learning_rate.*schedule"):
+        ja.koloskova(learning_rate=sched, num_workers=4, mode="shrink", smoothness=1.0)
+    ja.koloskova(learning_rate=sched, num_workers=4, mode="drop")
 
 
 def test_step_decay_values():

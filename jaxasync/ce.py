@@ -9,7 +9,7 @@ only the *norm* of its stale gradient; the server accepts the gradient when
 :math:`\|g\| / \|x_{global} - x_{local}\|` exceeds a threshold; with a proper threshold the
 rate matches synchronous SGD independently of the staleness; a simplified variant lowers
 the server's computation without losing the rate. The protocol below (and the meaning of
-"simplified variant") is our reading, fixed here:
+"simplified variant") is our reading:
 
 Per arrival of worker :math:`i` with a gradient :math:`g_i` computed at :math:`x_{t-\tau_i}`:
 
@@ -37,8 +37,8 @@ computes one :math:`d`-vector drift norm (about :math:`2d` flops) per stale deci
 keeps :math:`D` model versions; lite adds :math:`\tau_i` scalars per decision and keeps
 :math:`D` scalars.
 
-``jaxasync.ce_asgd`` (the package attribute) is the factory function; the helpers of this
-module are imported by path: ``from jaxasync.ce_asgd import drift_bound, server_work``.
+The factories are ``jaxasync.ce_asgd`` and ``jaxasync.ce_asgd_lite``; the helpers are in
+this module, ``jaxasync.ce`` (``from jaxasync.ce import drift_bound, server_work``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jaxasync import hparams as hp
 from jaxasync import rules
 from jaxasync.algorithms import register
 from jaxasync.transforms import accept_if, aggregate, as_rows, find_states, num_params
@@ -59,6 +60,10 @@ PyTree = Any
 PROBE_BITS = 32.0
 
 VARIANTS = ("full", "lite")
+
+#: the CE-ASGD arguments' declarations (both variants)
+_PARAMS = {"threshold": hp.threshold("c"), "kappa": hp.threshold("kappa: c = kappa L"),
+           "smoothness": hp.positive("L", optional=True)}
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -168,8 +173,7 @@ def count_server_work(variant: str) -> optax.GradientTransformationExtraArgs:
         return ServerWorkState(z, z, z, jnp.asarray(num_params(params), jnp.int32))
 
     def update_fn(updates, state, params=None, *, staleness, mask=None, **extra):
-        del params, extra
-        rows = as_rows(updates, mask)
+        rows = as_rows(updates, mask, params, {**extra, "staleness": staleness})
         w = rows.scale.shape[0]
         decided = (rows.applied | rows.rejected) & ~rows.dropped
         n_dec = jnp.sum(decided.astype(jnp.int32))
@@ -213,7 +217,8 @@ def server_work(opt_state: PyTree) -> dict[str, Array]:
 # ----------------------------------------------------------------------------- the algorithms
 
 
-@register("ce_asgd", needs={"drift_norm"}, own_messages=True)
+@register("ce_asgd", needs={"drift_norm"}, own_messages=True, params=_PARAMS,
+          example={"threshold": 1.0})
 def ce_asgd(learning_rate: float = 0.05, threshold: float | None = None,
             kappa: float | None = None, smoothness: float | None = None
             ) -> optax.GradientTransformationExtraArgs:
@@ -268,7 +273,8 @@ def ce_asgd(learning_rate: float = 0.05, threshold: float | None = None,
     )
 
 
-@register("ce_asgd_lite", needs={"update_norms"}, own_messages=True)
+@register("ce_asgd_lite", needs={"update_norms"}, own_messages=True, params=_PARAMS,
+          example={"threshold": 1.0})
 def ce_asgd_lite(learning_rate: float = 0.05, threshold: float | None = None,
                  kappa: float | None = None, smoothness: float | None = None
                  ) -> optax.GradientTransformationExtraArgs:
