@@ -5,7 +5,9 @@ entries in ``benchmarks/leaderboard/entries.yaml``, both at its root. A wheel (`
 .`` or ``pip wheel .``) ships them inside the package, as ``jaxasync/conf/`` and
 ``jaxasync/board/entries.yaml`` (``setup.py`` maps those package directories onto the
 repository's folders, so no file is duplicated in git). The functions below return the
-installed copy when there is one, else the checkout's.
+installed copy when there is one, else the checkout's. The leaderboard's results and rendered
+files are written to the checkout's ``benchmarks/leaderboard``, or for an installed package to
+``./leaderboard`` (:func:`board_dir`; ``--results`` and ``--out`` choose others).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def entries_file() -> Path:
     """The leaderboard's entry definitions (``entries.yaml``)."""
     return _first(_PACKAGE / "board" / "entries.yaml",
                   _CHECKOUT / "benchmarks" / "leaderboard" / "entries.yaml")
+
+
+def board_dir() -> Path:
+    """The leaderboard's folder: ``benchmarks/leaderboard`` of a checkout (its rendered
+    ``LEADERBOARD.md`` and stored ``results/``); for an installed package, ``leaderboard/``
+    in the current directory (a relative path: wherever ``jaxasync-leaderboard`` runs)."""
+    root = checkout()
+    return root / "benchmarks" / "leaderboard" if root is not None else Path("leaderboard")
 
 
 def checkout() -> Path | None:

@@ -8,6 +8,7 @@ files of a directory added that way, so the editable install of the checkout sta
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_the_wheel_holds_every_config_file(wheel):
 
 
 def test_installed_wheel_runs_from_a_temporary_directory(venv, tmp_path):
+    """jaxasync debug=fast, --version, jaxasync-leaderboard --list and --render-only."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv}{os.pathsep}{env.get('PATH', '')}"
     where = _run([str(venv / "python"), "-c", "import sys, jaxasync, jaxasync.cli as c; "
@@ -96,3 +98,11 @@ def test_installed_wheel_runs_from_a_temporary_directory(venv, tmp_path):
     assert summary.read_text().count("| mnist1d_mlp ") == 3
     version = _run([str(venv / "jaxasync"), "--version"], cwd=tmp_path, env=env)
     assert version.stdout.startswith("jaxasync ")
+    # the leaderboard: its entries ship in the wheel; results and renders go to ./leaderboard
+    listed = _run([str(venv / "jaxasync-leaderboard"), "--list"], cwd=tmp_path, env=env)
+    ids = re.findall(r"^- id: (\w+)", (ROOT / "benchmarks/leaderboard/entries.yaml").read_text(),
+                     re.M)
+    assert ids and all(f"{i}: " in listed.stdout for i in ids)
+    _run([str(venv / "jaxasync-leaderboard"), "--render-only", "--no-plots", "-q"], cwd=tmp_path,
+         env=env)
+    assert "not run" in (tmp_path / "leaderboard" / "LEADERBOARD.md").read_text()
