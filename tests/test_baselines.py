@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from helpers import EPS32, assert_f32_close, least_squares, sgd_roundings, toy_data
 

@@ -14,19 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_f32_close, assert_loss_close, least_squares, sgd_roundings, toy_data
 
 import jaxasync as ja
-
 from jaxasync import data as data_lib
 from jaxasync import delays as dl
 from jaxasync import sim
-from jaxasync.algorithms import ALGORITHMS, get_algorithm
+from jaxasync.algorithms import get_algorithm
 from jaxasync.checkpoint import config_hash
 from jaxasync.config import to_config
 from jaxasync.experiment import prepare, run_experiment
 from jaxasync.workloads import get_workload
-
-from helpers import assert_f32_close, assert_loss_close, least_squares, sgd_roundings, toy_data
 
 LR, FACTOR, BOUNDARY = 0.02, 0.1, 30
 #: the decayed rate as the schedule computes it, in float32
