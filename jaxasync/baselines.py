@@ -1,4 +1,4 @@
-r"""The asynchronous baselines CE-ASGD competes against (ALGORITHMS.md, "Asynchronous baselines").
+r"""The asynchronous baselines CE-ASGD competes against (each factory cites its paper).
 
 Each one is an ``optax.chain`` of worker-axis pieces (:mod:`jaxasync.transforms`),
 registered for the simulator (registry name, then the extra args it needs):

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from jaxasync.config import ConfigError, register_configs
+from jaxasync.resources import conf_dir
 
-#: the Hydra config directory (the repository's ``conf/``)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: the Hydra config directory: the repository's ``conf/``, shipped in the wheel as
+#: ``jaxasync/conf`` (:mod:`jaxasync.resources`)
+CONF_DIR = conf_dir()
 
 
 def _fail(msg: str, debug: bool) -> None:
@@ -51,6 +53,7 @@ def _job(cfg: Any) -> None:
         from jaxasync.mesh import initialize_distributed
 
         initialize_distributed()
+    _import_in_job(cfg)
     out_dir = cfg.get("out_dir") or HydraConfig.get().runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
@@ -272,7 +275,10 @@ def _precheck(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``jaxasync``.
 
+    ``--help`` and ``--version`` are jaxasync's (Hydra's own help: ``--hydra-help``).
     ``--debug`` (removed before Hydra parses the command line) is ``traceback=true``.
+    Entry points of ``jaxasync.plugins`` and the modules of ``imports=`` are loaded before
+    anything is composed (:mod:`jaxasync.plugins`).
     """
     import hydra
 
@@ -283,10 +289,136 @@ def main(argv: list[str] | None = None) -> None:
         if not any(a.lstrip("+").startswith("traceback=") for a in sys.argv[1:]):
             sys.argv.append("traceback=true")
     register_configs()
+    _load_plugins(sys.argv[1:])
+    if "--version" in sys.argv[1:]:
+        print(f"jaxasync {version()}")
+        return
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text())
+        return
     _precheck(sys.argv[1:])
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
     app()
 
 
-if __name__ == "__main__":
-    main()
+# ----------------------------------------------------------------------------- plugins
+
+
+def _load_plugins(argv: list[str]) -> None:
+    """Entry points and ``imports=`` modules; a module that fails to import exits with 2."""
+    from jaxasync import plugins
+
+    try:
+        plugins.load(argv, CONF_DIR)
+    except plugins.PluginError as e:
+        _fail_plugin(e, _wants_traceback(argv))
+
+
+def _fail_plugin(e: Exception, debug: bool) -> None:
+    if debug:
+        raise e
+    print(f"jaxasync: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _import_in_job(cfg: Any) -> None:
+    """A job's ``imports`` (for launchers that run jobs in fresh processes; idempotent)."""
+    from jaxasync import plugins
+
+    names = list(cfg.get("imports") or [])
+    if names:
+        try:
+            plugins.import_modules(names)
+        except plugins.PluginError as e:
+            _fail_plugin(e, bool(cfg.get("traceback")))
+
+
+# ----------------------------------------------------------------------------- help, version
+
+
+def version() -> str:
+    """jaxasync's version: the installed distribution's (pyproject.toml is its one source)."""
+    from jaxasync import __version__
+
+    return __version__
+
+
+def _group_options() -> dict[str, list[str]]:
+    """Each config group's options: YAML files and ConfigStore nodes, without ``schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    groups: dict[str, set[str]] = {}
+    for d in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        groups[d.name] = {f.stem for f in d.glob("*.yaml")}
+    for name, node in repo.items():
+        if isinstance(node, dict) and name in groups:
+            groups[name] |= {k.removesuffix(".yaml") for k in node if k != "schema.yaml"}
+    return {g: sorted(o - {"schema"}) for g, o in groups.items()}
+
+
+def _key_lines(prefix: str, schema: Any) -> list[str]:
+    """``prefix.key=default  help`` for every field of ``schema`` that carries a declaration
+    (its ``doc`` is the help text)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from jaxasync.hparams import declaration_of
+
+    lines = []
+    for f in dataclasses.fields(schema):
+        param = declaration_of(f)
+        if param is None or not param.doc:
+            continue
+        default = OmegaConf.to_container(OmegaConf.structured(schema))[f.name]
+        shown = "null" if default is None else str(default).replace(" ", "").replace("'", "")
+        lines.append((f"{prefix}{f.name}={shown}".lower() if isinstance(default, bool)
+                      else f"{prefix}{f.name}={shown}", param.doc))
+    width = max(len(k) for k, _ in lines)
+    return [_wrap(f"  {k:<{width}}  ", h) for k, h in lines]
+
+
+def _wrap(head: str, text: str, width: int = 100) -> str:
+    """``head`` then ``text`` wrapped to ``width`` columns, continued under its start."""
+    import textwrap
+
+    return textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_on_hyphens=False)
+
+
+def help_text() -> str:
+    """``jaxasync --help``: rendered from the config directory and the schema, so it cannot
+    drift from them."""
+    from jaxasync.config import Config, RunConf
+
+    groups = _group_options()
+    gw = max(len(g) for g in groups)
+    lines = [
+        f"jaxasync {version()}: a benchmark suite for communication-efficient asynchronous "
+        "and distributed SGD (JAX)",
+        "",
+        "usage: jaxasync [--help] [--version] [--debug] [-m] [group=option ...] "
+        "[key=value ...]",
+        "",
+        _wrap("", "Without arguments: ASGD vs delay-adaptive ASGD vs synchronous SGD on "
+              "MNIST-1D, a multirun ending with one table. -m with comma-separated values "
+              "sweeps (jaxasync -m algorithm=asgd,sync_sgd); a list of seeds or numbers "
+              "(run.seeds=[0,1,2]) runs as one vmapped program. Each job writes run.json, "
+              "metrics.csv and metrics.png."),
+        "",
+        "Config groups (group=option):",
+        *[_wrap(f"  {g:<{gw}}  ", ", ".join(o)) for g, o in groups.items()],
+        "",
+        "Run keys (run.key=default):",
+        *_key_lines("run.", RunConf),
+        "",
+        "Other keys:",
+        *_key_lines("", Config),
+        _wrap("  algorithm.params.<name>=...  ", "the algorithm's parameters (a list of "
+              "numbers: a vmapped sweep)"),
+        "",
+        _wrap("", "--debug: the full traceback of an error. --hydra-help: Hydra's own "
+              "options. Your own algorithm: imports=[module] (see the README)."),
+    ]
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Structured config: the Hydra schemas, and their conversion to plain numbers.
 
-Config stops here (DESIGN.md, item 8): everything below takes plain numbers. The same
+Config stops here: everything below it takes plain numbers. The same
 :func:`validate` runs for the CLI and for the Python API, so both raise the same
 :class:`ConfigError`, a one-line message naming the key, the bad value and what is
 allowed.
@@ -162,7 +162,7 @@ class NetworkConf:
 
 @dataclasses.dataclass
 class RunConf:
-    """How long, how many workers, which seeds."""
+    """``run.*``: how long, how many workers, which seeds (each key's help is ``--help``'s)."""
 
     num_workers: int = hp.field(_count(1, "M, the workers"), 16)
     gradients: int = hp.field(_count(1, "budget in worker gradients (steps = gradients / "
@@ -225,6 +225,8 @@ class LoggerConf:
 
 @dataclasses.dataclass
 class Config:
+    """The whole config (``config.yaml`` composes its groups onto it)."""
+
     algorithm: AlgorithmConf = field(default_factory=AlgorithmConf)
     workload: WorkloadConf = field(default_factory=WorkloadConf)
     delay: DelayConf = field(default_factory=DelayConf)
@@ -233,6 +235,8 @@ class Config:
     logger: LoggerConf = field(default_factory=LoggerConf)
     target: TargetConf | None = hp.field(hp.Param("any", optional=True, doc="what \"reached\" "
                                                   "means (null: the workload's target)"), None)
+    imports: list[str] = hp.field(_text("modules to import first, e.g. your own algorithms: "
+                                        "imports=[my_algos]", items=True), default_factory=list)
     out_dir: str | None = hp.field(_text("where the run writes (the CLI: Hydra's run "
                                          "directory)", optional=True), None)
     plot: bool = hp.field(hp.flag("write metrics.png"), True)

@@ -1,6 +1,6 @@
 """Delay models: how stale each arriving gradient is, and when workers finish.
 
-Two families (DESIGN.md, item 5):
+Two families:
 
 * **sampled** delays draw each arrival's staleness tau from a distribution
   (``constant``, ``uniform``, ``geometric``, ``pareto``, ``trace``), as in the theory

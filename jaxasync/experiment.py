@@ -409,7 +409,7 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
         labels = np.zeros(labels.shape[0], np.int32)
     try:
         if w.partition == "shared":  # every worker indexes the whole set: M x n int32
-            from jaxasync.resources import check_host_bytes
+            from jaxasync.memory import check_host_bytes
 
             check_host_bytes(4 * m * labels.shape[0], "num_workers", m,
                              f"the shard index of partition=shared ({m} workers x "
@@ -475,7 +475,7 @@ class Prepared:
         self.simulator = Simulator(self.spec, self.static, self.workload, self.sim_config,
                                    worker_axis)
         if res.ring_depth is not None:
-            from jaxasync.resources import check_run_fits
+            from jaxasync.memory import check_run_fits
 
             check_run_fits(self, res.ring_depth)
 
@@ -606,35 +606,39 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     digest = ckpt.config_hash(cfg_obj)
     name = cfg_obj.algorithm.name
     shown = Progress(name, quiet=not progress or cfg_obj.run.quiet)
+    code = ckpt.code_identity(name)   # (what the cache of finished runs compares)
     if out is not None and cfg_obj.run.resume:
-        done = _finished(out, digest, shown)
+        done = _finished(out, digest, code, shown)
         if done is not None:
             return done
     prep = prepare(cfg_obj, workload_factory)
     trackers.tracker_class(cfg_obj)   # (a missing extra: an error before the directory)
     compile_cache.configure_run(cfg_obj.run)
     if out is None:
-        return _execute(prep, None, digest, shown, t_start)
+        return _execute(prep, None, digest, code, shown, t_start)
     with OutputDir(out, progress=progress) as target:
         if cfg_obj.run.resume:   # (finished meanwhile, or an earlier result put back)
-            done = _finished(out, digest, shown)
+            done = _finished(out, digest, code, shown)
             if done is not None:
                 return done
         else:
             target.set_aside()
-        return _execute(prep, target, digest, shown, t_start)
+        return _execute(prep, target, digest, code, shown, t_start)
 
 
-def _finished(out: Path, digest: str, shown) -> dict | None:
+def _finished(out: Path, digest: str, code: dict, shown) -> dict | None:
+    """A finished ``run.json`` of this config and code in ``out`` (None: none, or of other
+    code, which is then said)."""
     from jaxasync import checkpoint as ckpt
 
-    done = ckpt.finished_record(out, digest)
+    done = ckpt.finished_record(out, digest, code, shown.info)
     if done is not None:
         shown.info(f"{out}: finished run of this config (hash {digest}) found; skipped")
     return done
 
 
-def _execute(prep: Prepared, target, digest: str, shown, t_start: float) -> dict:
+def _execute(prep: Prepared, target, digest: str, code: dict, shown,
+             t_start: float) -> dict:
     """Runs a prepared experiment (resuming and saving checkpoints in ``target``, an open
     :class:`jaxasync.outputs_dir.OutputDir`, if given), reports to the configured tracker and
     writes its outputs there."""
@@ -653,7 +657,8 @@ def _execute(prep: Prepared, target, digest: str, shown, t_start: float) -> dict
             sc = prep.sim_config
             checkpoints = ckpt.Checkpoints(target.path, digest, every, sc.eval_every,
                                            math.ceil(sc.steps / sc.eval_every),
-                                           on_first_save=target.first_result)
+                                           on_first_save=target.first_result,
+                                           code=code, say=shown.info)
             state, history = checkpoints.restore(prep.simulator, keys, hparams)
             if state is not None:
                 shown.info(f"resuming from {checkpoints.directory} after chunk "
@@ -676,6 +681,7 @@ def _execute(prep: Prepared, target, digest: str, shown, t_start: float) -> dict
             shown.close()
         record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
         record["config_hash"] = digest
+        record["code"] = code
         record["timing"]["resumed_after_chunk"] = resumed
     finally:
         if checkpoints is not None:

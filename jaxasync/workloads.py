@@ -474,8 +474,8 @@ def mnist_fc(
 ) -> Workload:
     """Full MNIST (IDX files in ``data_dir``) with FC 784-512-10, as in SASG (Deng et al., 2021).
 
-    Target: test accuracy >= 0.98, the SASG threshold (TARGETS.md; authors' logs). The split is
-    fixed, so ``seed`` has no effect on the data.
+    Target: test accuracy >= 0.98, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088; the authors' run logs, github.com/xiaogdeng/SASG, log_seed/).
+    The split is fixed, so ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(
@@ -538,8 +538,9 @@ def cifar10_resnet18(
 ) -> Workload:
     """CIFAR-10 (python pickles in ``data_dir``) with ResNet-18 (GroupNorm variant), crop + flip.
 
-    Target: test accuracy >= 0.92, the SASG threshold (TARGETS.md; authors' logs, BatchNorm
-    ResNet-18 with a step decay at epoch 20). ``seed`` has no effect on the data.
+    Target: test accuracy >= 0.92, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088;
+    the authors' run logs, github.com/xiaogdeng/SASG, log_seed/: a BatchNorm ResNet-18 with a
+    step decay at epoch 20). ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(
@@ -560,8 +561,8 @@ def cifar100_resnet18(
 ) -> Workload:
     """CIFAR-100 (fine labels) with ResNet-18 (GroupNorm variant), crop + flip.
 
-    Target: test top-5 accuracy >= 0.92, the SASG threshold (TARGETS.md); ``evaluate`` also
-    reports top-1 ``accuracy``. ``seed`` has no effect on the data.
+    Target: test top-5 accuracy >= 0.92, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088; the authors' run logs, github.com/xiaogdeng/SASG, log_seed/);
+    ``evaluate`` also reports top-1 ``accuracy``. ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(

@@ -24,7 +24,7 @@ import pytest
 from helpers import BASE, BASE_CLI, assert_one_line, merge_config, snapshot, write_tiny_mnist
 
 import jaxasync as ja
-from jaxasync import cli, resources
+from jaxasync import cli, memory
 from jaxasync import compress as compress_lib
 from jaxasync import transforms as tx_lib
 from jaxasync.config import Config, ConfigError, RunConf
@@ -403,7 +403,7 @@ def test_steps_not_a_multiple_of_eval_every_run_exactly_those_steps():
 
 def test_memory_refusal_names_the_part_that_drives_the_size(earlier, monkeypatch):
     """With 2 MB of memory: the part of the estimate that is largest names the key."""
-    monkeypatch.setattr(resources, "available", lambda device=None: (2_000_000, "test memory"))
+    monkeypatch.setattr(memory, "available", lambda device=None: (2_000_000, "test memory"))
     path, before = earlier
     for delta, key in (
             ({"run": {"ring_size": 10**5}}, "run.ring_size"),

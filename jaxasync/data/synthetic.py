@@ -46,7 +46,7 @@ def _check_size(n: int, n_test: int, d: int) -> None:
     """Refuses a problem whose generation would not fit in the host's memory: the rows are
     drawn in float64 and kept in float32, the constants need a float64 copy and d x d
     matrices (about 3 (n + n_test) d + 2 d^2 doubles)."""
-    from jaxasync.resources import check_host_bytes
+    from jaxasync.memory import check_host_bytes
 
     nbytes = 8 * (3 * (n + n_test) * d + 2 * d * d)
     key, value = ("n", n) if n * d >= d * d else ("d", d)

@@ -30,6 +30,7 @@ from jaxasync.leaderboard.entries import (
     config_digest,
     load_entries,
     read_json,
+    stale_reason,
 )
 from jaxasync.leaderboard.rendering import _minutes, markdown_table, render
 
@@ -84,8 +85,7 @@ def _check_runnable(entry: Entry, configs: dict[str, dict], edir: Path, *,
     finished = {}
     for run in entry.runs:
         old = read_json(edir / run.slug / "run.json")
-        if old is not None and old.get("config_hash") == config_digest(configs[run.label]) \
-                and not rerun:
+        if old is not None and not rerun and stale_reason(old, configs[run.label]) is None:
             finished[run.label] = old
     backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
     estimate = entry.minutes.get(backend)
@@ -98,16 +98,18 @@ def _check_runnable(entry: Entry, configs: dict[str, dict], edir: Path, *,
     return finished, None
 
 
-def _clear_run_dir(entry: Entry, run: Run, out: Path, old: dict | None, digest: str, *,
+def _clear_run_dir(entry: Entry, run: Run, out: Path, old: dict | None, cfg: dict, *,
                    reused: bool, rerun: bool, progress: bool, data_dir: str | None) -> bool:
-    """Whether the run must start afresh (its directory holds another config's result, or
-    any with ``rerun``); says what happens to the run. Nothing is deleted here: the run is
-    started with ``run.resume=false``, which checks its config first and moves the earlier
-    result aside until it has written its own (:mod:`jaxasync.outputs_dir`)."""
+    """Whether the run must start afresh (its directory holds a stale result: another config,
+    older code; any, with ``rerun``); says what happens to the run. Nothing is deleted here:
+    the run is started with ``run.resume=false``, which checks its config first and moves the
+    earlier result aside until it has written its own (:mod:`jaxasync.outputs_dir`)."""
     afresh = not reused and out.exists() and (rerun or old is not None)
     if afresh and progress and old is not None and not rerun:
-        print(f"[leaderboard] {entry.id}/{run.slug}: config changed "
-              f"({old.get('config_hash')} -> {digest}); rerunning", flush=True)
+        why = stale_reason(old, cfg)
+        if why == "another config":
+            why = f"config changed ({old.get('config_hash')} -> {config_digest(cfg)})"
+        print(f"[leaderboard] {entry.id}/{run.slug}: {why}; rerunning", flush=True)
     if progress:
         print(f"[leaderboard] {entry.id}/{run.slug}: "
               + ("finished result of this config found; reused" if reused
@@ -189,7 +191,7 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         digest = config_digest(cfg)
         old = read_json(out / "run.json")
         reused = run.label in finished
-        if _clear_run_dir(entry, run, out, old, digest, reused=reused, rerun=rerun,
+        if _clear_run_dir(entry, run, out, old, cfg, reused=reused, rerun=rerun,
                           progress=progress, data_dir=data_dir):
             cfg = _afresh(cfg)
         if reused:
@@ -301,9 +303,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip entries whose estimated time (entries.yaml: minutes) exceeds "
                         "what is left of this many minutes")
     p.add_argument("--entries-file", type=Path, default=ENTRIES_FILE)
-    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="result files directory")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR,
+                   help=f"result files directory (default: {RESULTS_DIR}; an installed "
+                        "package: ./leaderboard/results)")
     p.add_argument("--out", type=Path, default=BOARD_DIR,
-                   help="where LEADERBOARD.md, leaderboard.csv and plots/ go")
+                   help=f"where LEADERBOARD.md, leaderboard.csv and plots/ go (default: "
+                        f"{BOARD_DIR}; an installed package: ./leaderboard)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
