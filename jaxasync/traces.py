@@ -3,7 +3,7 @@
 Three formats, all given by path (``delay=trace delay.trace_file=PATH``; none is vendored):
 
 * a plain trace: whitespace- or comma-separated non-negative integers, replayed as one
-  sequence (:func:`read_trace`);
+  sequence (:func:`jaxasync.delays.read_trace`);
 * a per-worker staleness table: one row per server iteration, one column per worker, the
   format of the delays Wu, Chen, Duan & Yuan logged from real MPI runs of PIAG and Async-BCD
   with 8 workers ("Delay-adaptive step-sizes for asynchronous learning", ICML 2022,
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxasync.delays import read_trace
+
 
 def _file(path: str | Path) -> Path:
     path = Path(path)
@@ -36,42 +38,18 @@ def _file(path: str | Path) -> Path:
     return path
 
 
-def _delay(path: Path, i: int, tok: str) -> int:
-    try:
-        v = float(tok)
-    except ValueError:
-        raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} is not a number") from None
-    if not (np.isfinite(v) and v >= 0 and v == int(v)):
-        raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} must be a non-negative "
-                         "integer")
-    return int(v)
-
-
-def read_trace(path: str | Path) -> tuple[int, ...]:
-    """Reads a delay trace: whitespace- or comma-separated non-negative integers."""
-    path = _file(path)
-    text = path.read_text().replace(",", " ").split()
-    out = tuple(_delay(path, i, tok) for i, tok in enumerate(text))
-    if not out:
-        raise ValueError(f"delay.trace_file {path}: no delays in the file")
-    return out
-
-
 def read_delay_table(path: str | Path) -> tuple[tuple[int, ...], int]:
     """``(entries row by row, columns)`` of a delay file.
 
     A file whose every non-empty line has the same number C > 1 of comma- or
     whitespace-separated entries is a per-worker table of C columns (Wu et al.'s 8-column
-    CSVs); anything else is one sequence (C = 1, :func:`read_trace`).
+    CSVs); anything else is one sequence (C = 1). Entries are checked by
+    :func:`jaxasync.delays.read_trace`.
     """
-    path = _file(path)
-    lines = [ln.replace(",", " ").split() for ln in path.read_text().splitlines()]
-    lines = [ln for ln in lines if ln]
-    widths = {len(ln) for ln in lines}
-    if len(widths) != 1 or widths == {1}:
-        return read_trace(path), 1
-    flat = [tok for ln in lines for tok in ln]
-    return tuple(_delay(path, i, tok) for i, tok in enumerate(flat)), widths.pop()
+    flat = read_trace(path)   # every entry checked, row by row
+    widths = {len(ln.replace(",", " ").split()) for ln in Path(path).read_text().splitlines()}
+    widths.discard(0)
+    return flat, (widths.pop() if len(widths) == 1 else 1)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -89,16 +67,18 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def is_pickle(path: str | Path) -> bool:
-    """Whether ``path`` names a pickle (FedScale's capacity file): by suffix, or by the pickle
-    protocol's opening byte 0x80."""
+    """Whether ``path`` names a pickle (FedScale's capacity file): by suffix, or by the
+    opening PROTO opcode 0x80 followed by a protocol number 2-5 (any other binary file is
+    left to :func:`jaxasync.delays.read_trace`, which names its first bad byte)."""
     p = Path(path)
     if p.suffix in (".pkl", ".pickle"):
         return True
     try:
         with open(p, "rb") as f:
-            return f.read(1) == b"\x80"
+            head = f.read(2)
     except OSError:
         return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def read_fedscale(path: str | Path, num_workers: int, batch_size: int

@@ -14,9 +14,8 @@ import pytest
 
 from jaxasync import delays as dl
 from jaxasync import sim, traces
-from jaxasync.config import ConfigError
+from jaxasync.config import ConfigError, to_config
 from jaxasync.experiment import prepare, resolve, run_experiment
-from jaxasync.config import to_config
 
 # ----------------------------------------------------------------------------- presets, noise
 
@@ -121,11 +120,19 @@ def test_ring_is_sized_by_what_the_run_can_use():
     assert last["dropped"] == 0 and last["staleness_max"] <= bound
 
 
-def test_rennala_s_grid_runs_as_one_program_and_select_picks_the_fastest():
+def test_rennala_s_grid_runs_as_one_program_and_select_picks_the_fastest(tmp_path):
+    """A grid of learning rates x Rennala's S: one program; ``run.select=time`` reports the
+    value reaching the target first; the table shows that row only, the files keep all."""
+    import csv
+    import json
+
+    from jaxasync import tables
+
     rec = run_experiment(_cfg(**{"algorithm.name": "rennala",
                                  "algorithm.params": {"learning_rate": [0.3, 0.1],
                                                       "batch": [1, 4]},
-                                 "run.select": "time", "run.steps": 600}), progress=False)
+                                 "run.select": "time", "run.steps": 600}),
+                         tmp_path / "job", progress=False)
     assert len(rec["members"]) == 4
     sel = rec["selected"]
     times = {}
@@ -134,11 +141,41 @@ def test_rennala_s_grid_runs_as_one_program_and_select_picks_the_fastest():
         times[(m["params"]["learning_rate"], m["params"]["batch"])] = (
             hit["time"] if hit else math.inf)
     best = min(times, key=times.get)
+    assert math.isfinite(times[best]) and len(set(times.values())) > 1
     assert (sel["params"]["learning_rate"], sel["params"]["batch"]) == best
     assert sel["value"] == times[best] and sel["reached"]
+    [row] = tables.build([rec]).rows
+    assert row["select"] == "best time of 4"
+    assert (float(row["learning_rate"]), int(row["batch"])) == best
+    saved = json.loads((tmp_path / "job" / "run.json").read_text())
+    assert len(saved["members"]) == 4 and saved["selected"]["params"] == sel["params"]
+    with open(tmp_path / "job" / "metrics.csv") as f:
+        assert {r["member"] for r in csv.DictReader(f)} == {"0", "1", "2", "3"}
+    assert len(tables.groups([rec], selected=False)) == 4
+
+
+def test_select_without_a_hit_takes_the_lowest_final_value():
+    """No grid value reaches the target: the one with the lowest final metric (mean over
+    seeds) is reported, and ``reached`` says so; a diverged value is never chosen."""
     from jaxasync import report
-    rows = report.summary_rows(rec)
-    assert len(rows) == 1 and "best time of 4" in rows[0]["params"]
+
+    def member(lr, seed, finals, status="ok"):
+        hist = [{"step": i, "time": float(i), "train_gap": v} for i, v in enumerate(finals)]
+        return {"params": {"learning_rate": lr}, "seed": seed, "status": status,
+                "history": hist}
+
+    target = {"metric": "train_gap", "value": 0.01, "mode": "min"}
+    members = [member(0.1, 0, [5.0, 1.0]), member(0.1, 1, [5.0, 3.0]),     # mean 2
+               member(0.2, 0, [5.0, 1.5]), member(0.2, 1, [5.0, 1.5]),     # mean 1.5
+               member(0.4, 0, [5.0, 0.1], "diverged"), member(0.4, 1, [5.0, 0.1])]
+    sel = report.select_members(members, target, "time")
+    assert sel == {"by": "time", "params": {"learning_rate": 0.2}, "members": [2, 3],
+                   "value": None, "reached": False}
+    members[1]["history"].append({"step": 2, "time": 2.0, "train_gap": 0.005})
+    members[0]["history"].append({"step": 2, "time": 2.0, "train_gap": 0.001})
+    sel = report.select_members(members, target, "time")
+    assert sel["params"] == {"learning_rate": 0.1} and sel["value"] == 2.0 and sel["reached"]
+    assert report.select_members(members, target, "none") is None
 
 
 # ----------------------------------------------------------------------------- delay files
