@@ -80,6 +80,24 @@ def worst_case_terms(dim: int, smoothness: float = 1.0, strong_convexity: float 
     return diag, off, b, x_star, f_star, lmax
 
 
+def optimal_time_of(times, epsilon: float, *, dim: int = 1000, smoothness: float = 1.0,
+                    strong_convexity: float = 1e-5, noise: str = "add", sigma: float = 0.0,
+                    batch_size: int = 1, **_) -> tuple[float, int] | None:
+    r"""``(T*, m*)`` (:func:`jaxasync.optimal.optimal_time`) of this problem under fixed
+    compute ``times``: :math:`L` its largest eigenvalue, :math:`\Delta = f(x_0) - f^*`,
+    :math:`\sigma^2 = d\sigma_{add}^2 / B` the variance of a stochastic gradient with
+    ``noise="add"`` (one scalar on every coordinate); None for ``zero-last`` (its variance
+    depends on the iterate). The other keyword arguments (the workload's other options) are
+    ignored."""
+    from jaxasync.optimal import optimal_time
+
+    if noise != "add":
+        return None
+    diag, _, b, _, f_star, lmax = worst_case_terms(dim, smoothness, strong_convexity)
+    f0 = 0.5 * dim * diag[0] - b[0] * math.sqrt(dim)      # x0 = sqrt(d) e_1
+    return optimal_time(times, lmax, f0 - f_star, dim * sigma**2 / batch_size, epsilon)
+
+
 def _matvec(diag, off, x):
     """A x for the symmetric tridiagonal A (float32, shifted copies: no d x d matrix)."""
     zero = jnp.zeros((1,), x.dtype)
@@ -113,7 +131,8 @@ def build(dim: int = 1000, smoothness: float = 1.0, strong_convexity: float = 1e
     b, x_star = jnp.asarray(b64, jnp.float32), jnp.asarray(xs64, jnp.float32)
     rng = np.random.default_rng(seed)
     draws = np.stack([rng.standard_normal(pool), rng.random(pool)], 1).astype(np.float32)
-    dataset = data_lib.Dataset(draws, np.zeros(pool, np.float32), draws[:1], np.zeros(1, np.float32))
+    dataset = data_lib.Dataset(draws, np.zeros(pool, np.float32), draws[:1],
+                               np.zeros(1, np.float32))
     x0 = np.zeros(dim, np.float32)
     x0[0] = math.sqrt(dim)
 

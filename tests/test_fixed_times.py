@@ -4,6 +4,7 @@ needs, delay files (Wu et al. tables, FedScale capacities), the worst-case quadr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -282,3 +283,40 @@ def test_prepare_builds_the_fixed_model_end_to_end():
                                                 "epsilon": 1.0}}))
     # sigma^2 = 0: one worker, the fastest, is optimal; its times were passed to the factory
     assert prep.static["worker_times"] == pytest.approx(tuple(np.sqrt(np.arange(1, 9))))
+
+
+def test_optimal_time_of_the_quadratic_and_the_leaderboard_ratio():
+    """T* of the worst-case quadratic: L, Delta = f(x0) - f* and sigma^2 = d sigma_add^2 / B
+    computed here from the dense matrix (float64); the leaderboard's time_over_optimal divides a
+    member's time to target by it, and is undefined off the quadratic or with random times."""
+    from jaxasync import quadratic
+    from jaxasync.leaderboard import verdicts
+    from jaxasync.optimal import optimal_time
+
+    d, sigma, eps = 6, 0.5, 0.2
+    diag, off, b, _, _, _ = quadratic.worst_case_terms(d)
+    a = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
+    x0 = np.zeros(d)
+    x0[0] = math.sqrt(d)
+    x_star = np.linalg.solve(a, b)
+    f = lambda x: 0.5 * x @ a @ x - b @ x  # noqa: E731
+    times = dl.preset_times("sqrt", 5)
+    want = optimal_time(times, float(np.linalg.eigvalsh(a).max()), f(x0) - f(x_star),
+                        d * sigma**2 / 2, eps)
+    got = quadratic.optimal_time_of(times, eps, dim=d, sigma=sigma, batch_size=2)
+    # L in optimal_time_of is the analytic eigenvalue; the matrix here has the float32-rounded
+    # coefficients (relative change <= 2^-24 each): T* agrees to ~1e-7
+    assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-6)
+    assert quadratic.optimal_time_of(times, eps, dim=d, noise="zero-last") is None
+    target = {"metric": "train_gap", "value": eps, "mode": "min"}
+    record = {"workload": "worst_case_quadratic", "target": target,
+              "config": {"workload": {"options": {"dim": d, "sigma": sigma, "epsilon": eps}}},
+              "resolved": {"num_workers": 5, "batch_size": 2, "delay": dataclasses.asdict(
+                  dl.DelayConfig(kind="event", compute="constant", times="sqrt"))},
+              "members": [{"history": [{"time": 0.0, "train_gap": 9.0},
+                                       {"time": 3.0 * got[0], "train_gap": eps / 2}]}]}
+    assert verdicts.optimal_time(record) == pytest.approx(got[0], rel=1e-12)
+    s = verdicts.summarize(record, "time_over_optimal")
+    assert s.values[0] == pytest.approx(3.0)
+    record["resolved"]["delay"]["noise"] = "exponential"
+    assert verdicts.summarize(record, "time_over_optimal").values == (None,)

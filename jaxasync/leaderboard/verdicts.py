@@ -42,6 +42,8 @@ class Quantity:
     lower_is_better: bool
     kind: str  # how to print: count, bits, percent, float, sci
     fn: Callable[[dict, dict | None], float | None]
+    #: the record's divisor of every member's value (None: the quantity is undefined there)
+    scale: Callable[[dict], float | None] | None = None
 
     @property
     def worst(self) -> float:
@@ -72,6 +74,27 @@ def _fraction(member: dict, part: str, whole: Iterable[str]) -> float | None:
     return 100.0 * float(last[part]) / total
 
 
+def optimal_time(record: dict) -> float | None:
+    """T*, the lower bound of Tyurin & Richtarik (NeurIPS 2023, Theorem 6.4) for the run's
+    worst-case quadratic, fixed compute times and target (None for any other run)."""
+    from jaxasync import delays as dl
+    from jaxasync import quadratic
+
+    config, res, target = record.get("config") or {}, record.get("resolved") or {}, \
+        record.get("target")
+    if record.get("workload") != "worst_case_quadratic" or not target:
+        return None
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in res.get("delay", {}).items()}
+    times = dl.known_times(dl.DelayConfig(**d), res["num_workers"])
+    if times is None or d.get("compute") != "constant" or d.get("noise", "none") != "none":
+        return None
+    opts = dict((config.get("workload") or {}).get("options") or {})
+    opts.pop("epsilon", None)
+    got = quadratic.optimal_time_of(times, target["value"], **opts,
+                                    batch_size=res.get("batch_size") or 1)
+    return None if got is None else got[0]
+
+
 def _hist_median(member: dict) -> float | None:
     hist = np.asarray(member.get("staleness_hist") or [], float)
     if hist.sum() <= 0:
@@ -90,6 +113,8 @@ QUANTITIES: dict[str, Quantity] = {
                                 lambda m, t: _hit(m, t, "step")),
     "time_to_target": Quantity("simulated time to target", True, "float",
                                lambda m, t: _hit(m, t, "time")),
+    "time_over_optimal": Quantity("time to target / T*", True, "float",
+                                  lambda m, t: _hit(m, t, "time"), optimal_time),
     "final_accuracy": Quantity("final test accuracy (%)", False, "percent",
                                lambda m, t: _final(m, "test_accuracy", 100.0)),
     "final_top5": Quantity("final test top-5 (%)", False, "percent",
@@ -156,7 +181,11 @@ def summarize(record: dict, name: str, target: dict | None = None) -> Summary:
     """Quantity ``name`` over the members of ``record`` (target: the entry's, else the record's)."""
     q = quantity(name)
     t = target if target is not None else record.get("target")
-    return Summary(tuple(q.fn(m, t) for m in report.selected_members(record)), q.worst)
+    values = [q.fn(m, t) for m in report.selected_members(record)]
+    if q.scale is not None:
+        scale = q.scale(record)
+        values = [None if v is None or not scale else v / scale for v in values]
+    return Summary(tuple(values), q.worst)
 
 
 # ============================================================================ formatting
