@@ -186,7 +186,7 @@ def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
 
     from jaxasync import plots
 
-    curves = [plots.Curve(lab, r["members"]) for lab, r in records.items()]
+    curves = [plots.Curve(lab, report.selected_members(r)) for lab, r in records.items()]
     curves = [c for c in curves if c.members]
     if not curves:
         return False
