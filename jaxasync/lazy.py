@@ -294,29 +294,14 @@ def lazy_upload(
         live = rows.applied
         warm = state.count < warmup
         lr = lr_at(learning_rate, state.count)
-        _, scale = threshold_form(threshold, lr, m, history)
         if never:
             diff_sq = jnp.zeros((m,), jnp.float32)
             thr = jnp.asarray(-jnp.inf, jnp.float32)
         else:
-            if update_norms is None:
-                raise ValueError("lazy_upload needs the update_norms extra arg")
-            if update_norms.shape[0] < window:
-                raise ValueError(f"lazy_upload: update_norms holds {update_norms.shape[0]} "
-                                 f"differences, the threshold sums {window} (history={history})")
-            thr = rules.lazy_threshold(update_norms, window, scale) * threshold_scale
-            if rule == "gradient":
-                if ref_grad_dist is not None:
-                    diff_sq = jnp.asarray(ref_grad_dist, jnp.float32)
-                elif ref_grads is not None:
-                    diff_sq = row_sq_dist(rows.grads, ref_grads)
-                else:
-                    raise ValueError("lazy_upload(rule='gradient') needs the ref_grad_dist "
-                                     "(or ref_grads) extra arg")
-            else:
-                x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
-                diff_sq = (jnp.asarray(smoothness, jnp.float32) ** 2
-                           * row_sq_dist(state.reference, x_w))
+            _, scale = threshold_form(threshold, lr, m, history)
+            thr = _threshold(update_norms, window, history, scale) * threshold_scale
+            diff_sq = _change(rule, rows.grads, ref_grads, ref_grad_dist, state.reference,
+                              params, smoothness, m)
         passes = rules.lazy_upload(diff_sq, thr, state.skips, max_skips)
         upload = live & (warm | passes)
         skipped = live & ~upload
@@ -325,24 +310,11 @@ def lazy_upload(
 
         scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
-        memory = state.memory
-        # Every row is compressed, skipped ones too, and their results discarded: the runner
-        # vmaps members, which turns any per-row branch into the same select.
-        if compressor is None:
-            fresh = scaled
-            bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
-        elif error_feedback:
-            fresh, memory, bits = compress_lib.error_feedback(compressor, scaled, memory, keys,
-                                                              upload)
-        else:
-            fresh, bits = jax.vmap(compressor)(scaled, keys)
-            bits = jnp.asarray(bits, jnp.float32)
-        # (the mask layout gives every row its stored message: the fresh one where it sent)
-        messages = fresh if masked else select_rows(upload, fresh, state.messages)
+        messages, memory, bits = _messages(compressor, error_feedback, masked, scaled,
+                                           state, keys, upload)
         reference = state.reference
         if rule == "parameter":
-            x_w = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), params)
-            reference = select_rows(upload, x_w, state.reference)
+            reference = select_rows(upload, repeat_rows(params, m), state.reference)
         count_i = lambda b: jnp.sum(b.astype(jnp.int32))
         new_state = LazyState(
             messages=() if masked else messages, memory=memory, reference=reference,
@@ -356,6 +328,54 @@ def lazy_upload(
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _threshold(update_norms: Array | None, window: int, history: int, scale: Array) -> Array:
+    """The lazy threshold from the ``update_norms`` extra arg (newest first)."""
+    if update_norms is None:
+        raise ValueError("lazy_upload needs the update_norms extra arg")
+    if update_norms.shape[0] < window:
+        raise ValueError(f"lazy_upload: update_norms holds {update_norms.shape[0]} "
+                         f"differences, the threshold sums {window} (history={history})")
+    return rules.lazy_threshold(update_norms, window, scale)
+
+
+def _change(rule: str, grads: PyTree, ref_grads: PyTree | None, ref_grad_dist: Array | None,
+            reference: PyTree, params: PyTree, smoothness, m: int) -> Array:
+    """float32[M]: the change each worker's upload rule compares with the threshold:
+    ``||g_m - g_m^ref||^2`` (gradient rule) or ``L^2 ||x_hat_m - x_k||^2`` (parameter rule)."""
+    if rule == "parameter":
+        return (jnp.asarray(smoothness, jnp.float32) ** 2
+                * row_sq_dist(reference, repeat_rows(params, m)))
+    if ref_grad_dist is not None:
+        return jnp.asarray(ref_grad_dist, jnp.float32)
+    if ref_grads is not None:
+        return row_sq_dist(grads, ref_grads)
+    raise ValueError("lazy_upload(rule='gradient') needs the ref_grad_dist (or ref_grads) "
+                     "extra arg")
+
+
+def _messages(compressor, error_feedback: bool, masked: bool, scaled: PyTree,
+              state: LazyState, keys: Array, upload: Array):
+    """Every worker's stored message after this round (the fresh one where it uploads), the
+    error-feedback memory and the bits of a fresh message per row.
+
+    Every row is compressed, skipped ones too, and their results discarded: the runner vmaps
+    members, which turns any per-row branch into the same select."""
+    memory = state.memory
+    if compressor is None:
+        fresh = scaled
+        bits = jnp.full((upload.shape[0],), float(dense_bits(scaled, leading_axes=1)),
+                        jnp.float32)
+    elif error_feedback:
+        fresh, memory, bits = compress_lib.error_feedback(compressor, scaled, memory, keys,
+                                                          upload)
+    else:
+        fresh, bits = jax.vmap(compressor)(scaled, keys)
+        bits = jnp.asarray(bits, jnp.float32)
+    # (the mask layout gives every row its stored message: the fresh one where it sent)
+    messages = fresh if masked else select_rows(upload, fresh, state.messages)
+    return messages, memory, bits
 
 
 # ----------------------------------------------------------------------------- small pieces

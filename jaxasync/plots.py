@@ -30,6 +30,9 @@ AXIS = {
 }
 #: metrics drawn on a log axis
 LOG_METRICS = ("train_gap", "train_loss", "test_loss", "train_grad_norm", "bits_up")
+#: x metrics drawn on a log axis when the curves end more than this factor apart (simulated
+#: time: a synchronous run waiting for stragglers would squeeze the others into a corner)
+SPREAD_LOG = {"time": 10.0}
 DPI = 150
 BAND = "min–max over seeds"
 
@@ -90,7 +93,7 @@ def draw_panel(ax, curves: Sequence[Curve], x: str, y: str, *, xscale: str | Non
     """
     from matplotlib.ticker import MaxNLocator
 
-    xscale = xscale or ("log" if x in LOG_METRICS else "linear")
+    xscale = xscale or _default_xscale(curves, x)
     yscale = yscale or ("log" if y in LOG_METRICS else "linear")
     for i, c in enumerate(curves):
         if not c.members:
@@ -128,6 +131,19 @@ def draw_panel(ax, curves: Sequence[Curve], x: str, y: str, *, xscale: str | Non
     ax.set_xlabel(AXIS.get(x, x))
     ax.set_ylabel(AXIS.get(y, y))
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _default_xscale(curves: Sequence[Curve], x: str) -> str:
+    """log for :data:`LOG_METRICS`, and for :data:`SPREAD_LOG` metrics whose curves end
+    further apart than its factor; linear otherwise."""
+    if x in LOG_METRICS:
+        return "log"
+    if x in SPREAD_LOG:
+        ends = [np.nanmax(c.arrays(x)) for c in curves if c.members]
+        ends = [e for e in ends if np.isfinite(e) and e > 0]
+        if len(ends) > 1 and max(ends) > SPREAD_LOG[x] * min(ends):
+            return "log"
+    return "linear"
 
 
 def _clip_divergence(ax, curves: Sequence[Curve], y: str) -> None:

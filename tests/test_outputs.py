@@ -106,6 +106,17 @@ def test_figure_has_a_line_and_a_band_per_group_and_a_log_bits_axis_from_the_fir
     assert _count(hist, "curve") == 3          # a line per curve where the delays differ
 
 
+def test_simulated_time_is_logarithmic_only_when_the_runs_end_10x_apart():
+    fast, slow = _record("asgd"), _record("sync_sgd", synchronous=True)
+    for m in slow["members"]:
+        for h in m["history"]:
+            h["time"] *= 20.0          # ends 20x later than the asynchronous run
+    spread = plots.records_figure([fast, slow])
+    assert _panel(spread, "time", "test_accuracy").get_xscale() == "log"
+    close = plots.records_figure([fast, _record("delay_adaptive")])
+    assert _panel(close, "time", "test_accuracy").get_xscale() == "linear"
+
+
 def test_diverging_run_leaves_the_top_of_a_log_panel():
     fig = plots.records_figure([_record("asgd"), _record("asgd_big", diverge=True)])
     ax = _panel(fig, "grads", "train_loss")
