@@ -273,12 +273,16 @@ def lazy_upload(
     # top-k with error feedback: the memory stores the compressed vector and its selection,
     # which give the message too (no dense message and dense memory: one array less)
     masked = error_feedback and isinstance(compressor, compress_lib.MaskCompressor)
+    # memories: error feedback's, or only a stateful compressor's per-worker state
+    keeps = error_feedback or (compressor is not None and compress_lib.is_stateful(compressor))
 
     def init_fn(params):
         z = jnp.zeros((), jnp.int32)
         return LazyState(
             messages=() if masked else zeros_rows(params, m),
-            memory=compress_lib.init_memory(compressor, params, m) if error_feedback else None,
+            memory=compress_lib.init_memory(compressor, params, m,
+                                            "ef14" if error_feedback else None)
+            if keeps else None,
             reference=repeat_rows(params, m) if rule == "parameter" else (),
             skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
         )
@@ -331,7 +335,7 @@ def lazy_upload(
         if compressor is None:
             fresh = scaled
             bits = jnp.full((m,), float(dense_bits(scaled, leading_axes=1)), jnp.float32)
-        elif error_feedback:
+        elif keeps:
             fresh, memory, bits = compress_lib.error_feedback(compressor, scaled, memory, keys,
                                                               upload)
         else:

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from jax import Array
 
+from jaxasync import _feistel as feistel
 from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
 from jaxasync import side_info
@@ -211,45 +212,20 @@ def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
     return tree_norm(total)
 
 
-def _mix32(x: Array) -> Array:
-    """A 32-bit integer hash (the MurmurHash3 finaliser), uint32 -> uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
 def epoch_position(key: Array, size: Array, q: Array) -> Array:
     r"""Where the ``q``-th draw of a shuffled pass over ``size`` examples lands: int32 in
     ``[0, size)``.
 
     Draw :math:`q` belongs to epoch :math:`e = \lfloor q / n \rfloor` and is the
     :math:`(q \bmod n)`-th entry of that epoch's random order :math:`\pi_e`, so every
-    epoch visits each example exactly once. :math:`\pi_e` is a 4-round Feistel network on
-    :math:`2b` bits (:math:`4^b \ge n`) keyed by ``fold_in(key, e)``, restricted to
-    :math:`[0, n)` by cycle walking (re-encrypt until inside; a bijection, fewer than 4
-    rounds of walking expected). No sort, no state: any draw of any epoch is computed
-    directly, which a scan over server steps needs.
+    epoch visits each example exactly once. :math:`\pi_e` is the Feistel permutation of
+    :func:`jaxasync._feistel.permute` keyed by ``fold_in(key, e)``. No sort, no state: any
+    draw of any epoch is computed directly, which a scan over server steps needs.
     """
     size = jnp.asarray(size, jnp.int32)
     q = jnp.asarray(q, jnp.int32)
     epoch, r = q // size, q % size
-    # b = ceil(ceil(log2 n) / 2) half-width bits
-    log2 = jnp.where(size > 1, 32 - jax.lax.clz(jnp.maximum(size - 1, 1)), 0)
-    half = ((log2 + 1) // 2).astype(jnp.uint32)
-    mask = (jnp.uint32(1) << half) - jnp.uint32(1)
-    rounds = jax.random.bits(jax.random.fold_in(key, epoch), (4,), jnp.uint32)
-
-    def encrypt(x):
-        left, right = x >> half, x & mask
-        for i in range(4):
-            left, right = right, left ^ (_mix32(right ^ rounds[i]) & mask)
-        return (left << half) | right
-
-    x = jax.lax.while_loop(lambda x: x >= size.astype(jnp.uint32), encrypt,
-                           encrypt(r.astype(jnp.uint32)))
-    return x.astype(jnp.int32)
+    return feistel.permute(jax.random.fold_in(key, epoch), size, r)
 
 
 class Simulator:
