@@ -19,6 +19,7 @@ from jaxasync.algorithms import (
 )
 from jaxasync.baselines import dc_asgd, dc_asgd_adaptive, fedbuff, koloskova, picky
 from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
+from jaxasync.ef21 import ef21, ef21_step_size
 from jaxasync.lazy import (
     LazyState,
     lag,
@@ -53,7 +54,7 @@ __all__ = [
     "keep_decisions", "last_decisions", "register", "register_compressor", "rules",
     "scale_by_staleness", "staleness_aware", "sync_sgd", "total_bits", "transforms",
     "ce_asgd", "ce_asgd_lite", "server_work",
-    "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky",
+    "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky", "ef21", "ef21_step_size",
     "LazyState", "lag", "lag_ps", "lag_wk", "lasg", "lazy_counters", "lazy_state", "lazy_upload",
     "sasg", "sgd_sum", "sparse",
 ]

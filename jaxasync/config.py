@@ -44,13 +44,26 @@ class LrDecayConf:
 @dataclasses.dataclass
 class CompressorConf:
     """``algorithm.compressor``: a compressor in front of an algorithm that sends gradients as
-    they are (``none``: no compression). ``name`` is one of :data:`jaxasync.compress.COMPRESSORS`
-    (``top_k``, ``random_k``, ``qsgd``, ``sign``, ``identity``), ``params`` its arguments
-    (``density``, ``levels``...), ``error_feedback`` a residual per worker (v = e + g, send
-    C(v), e = v - C(v))."""
+    they are (``none``: no compression; EF21 takes it as its own). ``name`` is one of
+    :data:`jaxasync.compress.COMPRESSORS` (``top_k``, ``powersgd``, ``dgc``, ``qsgd``...),
+    ``params`` its arguments (``density``, ``levels``, ``rank``...), ``error_feedback`` a
+    residual per worker (v = e + g, send C(v), e = v - C(v))."""
 
     name: str = "none"
     error_feedback: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DownlinkConf:
+    """``algorithm.downlink``: the server's broadcast compressed (``none``: the dense model).
+    ``name`` is one of :data:`jaxasync.compress.COMPRESSORS`, ``params`` its arguments,
+    ``rule`` the server's feedback: ``doublesqueeze`` (EF14 on the update), ``ef21_bc``
+    (EF21 on the update) or ``ef21_p`` (EF21 on the model; the workers' view differs from
+    the server's model). See :mod:`jaxasync.downlink`."""
+
+    name: str = "none"
+    rule: str = "doublesqueeze"
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +76,7 @@ class AlgorithmConf:
     params: dict[str, Any] = field(default_factory=dict)
     lr_decay: LrDecayConf = field(default_factory=LrDecayConf)
     compressor: CompressorConf = field(default_factory=CompressorConf)
+    downlink: DownlinkConf = field(default_factory=DownlinkConf)
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from jaxasync import report
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.config import Config, ConfigError, to_config
 from jaxasync.data import PARTITION_SCHEMES
-from jaxasync.sim import SimConfig, Simulator, put_data, run
+from jaxasync.sim import SimConfig, Simulator, put_data, run, with_workers
 
 # ----------------------------------------------------------------------------- validation
 
@@ -201,7 +201,7 @@ def lr_boundaries(dec, steps_per_epoch: float) -> tuple[int, ...]:
     return bounds
 
 
-def _compressor(spec, conf) -> tuple | None:
+def _compressor(spec, conf, num_workers: int) -> tuple | None:
     """``algorithm.compressor`` as the simulator takes it, ``(name, params, error_feedback)``,
     or None; a one-line error for what cannot run."""
     params = dict(conf.params)
@@ -214,16 +214,45 @@ def _compressor(spec, conf) -> tuple | None:
     if conf.name not in lib.COMPRESSORS:
         raise ConfigError(f"algorithm.compressor.name={conf.name!r}: unknown; choose one of: "
                           f"none, {', '.join(sorted(lib.COMPRESSORS))}")
-    if spec.own_messages:
-        ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages)
+    takes = "compressor" in spec.params          # the algorithm applies it itself (EF21)
+    if spec.own_messages and not takes:
+        ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages or
+                    "compressor" in s.params)
         raise ConfigError(f"algorithm.compressor.name={conf.name!r}: algorithm {spec.name!r} "
-                          f"decides what its workers send; a compressor goes in front of "
+                          f"decides what its workers send; a compressor goes with "
                           f"{', '.join(ok)}")
+    if takes and conf.error_feedback:
+        raise ConfigError(f"algorithm.compressor.error_feedback=true: algorithm {spec.name!r} "
+                          "is its own error feedback; set it to false")
     try:
-        lib.make_compressor(conf.name, **params)
+        lib.make_compressor(conf.name, **with_workers(conf.name, params, num_workers))
     except ValueError as e:
         raise ConfigError(f"algorithm.compressor.params={params}: {e}") from None
     return conf.name, tuple(sorted(params.items())), bool(conf.error_feedback)
+
+
+def _downlink(conf, num_workers: int) -> tuple | None:
+    """``algorithm.downlink`` as the simulator takes it, ``(name, params, rule)``, or None;
+    a one-line error for what cannot run."""
+    params = dict(conf.params)
+    if conf.name == "none":
+        if params:
+            raise ConfigError("algorithm.downlink.name=none: params given without a "
+                              "compressor; name one")
+        return None
+    lib = importlib.import_module("jaxasync.compress")
+    if conf.name not in lib.COMPRESSORS:
+        raise ConfigError(f"algorithm.downlink.name={conf.name!r}: unknown; choose one of: "
+                          f"none, {', '.join(sorted(lib.COMPRESSORS))}")
+    rules = importlib.import_module("jaxasync.downlink").RULES
+    if conf.rule not in rules:
+        raise ConfigError(f"algorithm.downlink.rule={conf.rule!r}: unknown; choose one of: "
+                          f"{', '.join(rules)}")
+    try:
+        lib.make_compressor(conf.name, **with_workers(conf.name, params, num_workers))
+    except ValueError as e:
+        raise ConfigError(f"algorithm.downlink.params={params}: {e}") from None
+    return conf.name, tuple(sorted(params.items())), conf.rule
 
 
 # ----------------------------------------------------------------------------- the four stages
@@ -250,6 +279,7 @@ class Resolved:
     steps: int
     eval_every: int
     compressor: tuple | None
+    downlink: tuple | None = None
 
 
 def _algorithm(cfg: Config):
@@ -356,12 +386,13 @@ def resolve(cfg: Config) -> Resolved:
     static, numeric = split_params(spec, dict(cfg.algorithm.params))
     ring = _ring_depth(cfg, spec, delay, static, rows)
     steps, every = _steps(cfg, rows)
-    compressor = _compressor(spec, cfg.algorithm.compressor)
+    compressor = _compressor(spec, cfg.algorithm.compressor, cfg.run.num_workers)
+    downlink = _downlink(cfg.algorithm.downlink, cfg.run.num_workers)
     _check_lr_decay(cfg.algorithm.lr_decay)
     _check_schedule(spec, cfg.algorithm.lr_decay)
     network = dl.Network(cfg.network.bandwidth, cfg.network.latency)
     return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring, steps,
-                    every, compressor)
+                    every, compressor, downlink)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +477,7 @@ class Prepared:
             lr_boundaries=data.lr_boundaries,
             lr_factor=float(decay.factor) if data.lr_boundaries else 1.0,
             eval_grad_norm=bool(r.eval_grad_norm), compressor=res.compressor,
+            downlink=res.downlink,
         )
         self.static = _with_smoothness(res, data.workload.smoothness)
         _trial_build(res, self.static, data.lr_boundaries, self.sim_config.lr_factor)

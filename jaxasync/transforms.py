@@ -480,7 +480,7 @@ def _compress_lib():
 def compress_rows(
     compressor: Callable[[PyTree, Array], tuple[PyTree, Array]],
     *,
-    error_feedback: bool = False,
+    error_feedback: bool | str = False,
     num_workers: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Compresses each applied row; optionally with error feedback.
@@ -495,7 +495,9 @@ def compress_rows(
     Args:
       compressor: ``(tree, key) -> (decompressed_tree, bits)`` for one worker
         (see :mod:`jaxasync.compress`).
-      error_feedback: keep a residual per worker.
+      error_feedback: keep a residual per worker (True, or ``"ef14"``); ``"ef21"``: EF21's
+        Markov compressor instead, :math:`m_i = C(g_i - h_w)`, :math:`h_w \leftarrow h_w + m_i`
+        (what :func:`jaxasync.ef21.ef21` sends).
       num_workers: M; the memories have a leading ``M`` axis indexed by the
         ``worker_ids`` extra arg (required with error feedback or a stateful compressor).
         Without worker ids, rows are taken to be workers ``0..W-1`` in order.
@@ -509,7 +511,11 @@ def compress_rows(
 
     # memories per worker: error feedback's, and a stateful compressor's state (PowerSGD's Q,
     # DGC's momentum...), both carried by the one error_feedback step
-    keeps = error_feedback or lib.is_stateful(compressor)
+    if error_feedback not in (False, True, "ef14", "ef21"):
+        raise ValueError(f"compress_rows: error_feedback={error_feedback!r}: must be true, "
+                         "false, 'ef14' or 'ef21'")
+    feedback = "ef14" if error_feedback is True else (error_feedback or None)
+    keeps = feedback is not None or lib.is_stateful(compressor)
 
     def init_fn(params):
         if not keeps:
@@ -517,8 +523,7 @@ def compress_rows(
         if num_workers is None:
             raise ValueError("compress_rows(error_feedback=True) or a stateful compressor "
                              "needs num_workers")
-        return CompressState(lib.init_memory(compressor, params, num_workers,
-                                             "ef14" if error_feedback else None))
+        return CompressState(lib.init_memory(compressor, params, num_workers, feedback))
 
     def update_fn(updates, state, params=None, *, mask=None, key=None, worker_ids=None, **extra):
         rows = as_rows(updates, mask, params, {**extra, "worker_ids": worker_ids})

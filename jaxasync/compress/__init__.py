@@ -21,7 +21,7 @@ carries it. :func:`error_feedback` is the one step of compression with memory (E
 feedback, EF21's Markov compressor, or none), for every transform that compresses.
 
 Modules: :mod:`~jaxasync.compress.mask` (the mask form of top-k), :mod:`~.sparsify` (top-k,
-random-k, unbiased rand-k, PermK), :mod:`~.threshold` (hard threshold, DGC),
+random-k, unbiased rand-k, PermK), :mod:`~.thresholding` (hard threshold, DGC),
 :mod:`~.quantize` (identity, fp16, QSGD, sign, signum, 1-bit SGD, TernGrad, natural),
 :mod:`~.hadamard` (the fast Walsh–Hadamard transform, FO-SGD), :mod:`~.lowrank` (PowerSGD),
 :mod:`~.feedback` (:class:`Memory`, :func:`error_feedback`), :mod:`~.registry`
@@ -67,7 +67,7 @@ from jaxasync.compress.sparsify import (
     top_k_select,
     top_k_threshold,
 )
-from jaxasync.compress.threshold import dgc, threshold
+from jaxasync.compress.thresholding import dgc, threshold
 
 __all__ = [
     "COMPRESSORS", "Compressor", "CompressorSpec", "MaskCompressor", "Memory", "Stateful",

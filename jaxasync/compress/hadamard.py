@@ -13,7 +13,7 @@ than the :math:`p` butterfly passes (52 vs 59 ms at :math:`2^{20}`, under load;
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ PyTree = Any
 _BLOCK_BITS = 7
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sylvester(bits: int) -> np.ndarray:
     h = np.ones((1, 1), np.float32)
     for _ in range(bits):

@@ -5,7 +5,7 @@ path of SASG and Sparse (10 workers x 401,408 entries per step on a 2-core CPU),
 ``jax.lax.top_k`` costs several milliseconds per vector, so :func:`top_k` selects with a
 sample-bracket radix select built from XLA-friendly primitives (:mod:`jaxasync._topk_radix`);
 it keeps exactly the set ``jax.lax.top_k`` keeps, ties included. The hard threshold and DGC
-live in :mod:`jaxasync.compress.threshold`.
+live in :mod:`jaxasync.compress.thresholding`.
 """
 
 from __future__ import annotations

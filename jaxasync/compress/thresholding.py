@@ -17,7 +17,7 @@ from jax import Array, lax
 
 from jaxasync import hparams as hp
 from jaxasync._topk_radix import _abs_bits, _kth_largest, top_k_threshold
-from jaxasync.compress.base import DENSITY, Stateful, f32, size, top_k_count, when
+from jaxasync.compress.base import DENSITY, Stateful, size, top_k_count, when
 from jaxasync.compress.mask import apply_selection
 from jaxasync.compress.registry import register_compressor
 from jaxasync.compress.sparsify import _count_true
