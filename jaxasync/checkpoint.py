@@ -72,6 +72,7 @@ NEUTRAL = {
     "algorithm.compressor": lambda v: v["name"] == "none",
     "algorithm.downlink": lambda v: v["name"] == "none",
     "workload.sampling": lambda v: v == "replacement",
+    "workload.init": lambda v: v == "flax",
 }
 
 CHECKPOINT_DIR = "checkpoint"

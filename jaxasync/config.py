@@ -90,6 +90,7 @@ class WorkloadConf:
     partition: str = "iid"        # iid | dirichlet | shards | shared (every worker: all examples)
     dirichlet_alpha: float = 0.5
     shards_per_worker: int = 2
+    init: str = "flax"            # flax (LeCun normal, zero bias) | torch (U(+-1/sqrt(fan_in)))
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -324,6 +324,10 @@ def _check_values(cfg: Config) -> None:
     if w.sampling not in ("replacement", "epochs"):
         raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
                           f"or epochs")
+    from jaxasync.models import INITS
+
+    if w.init not in INITS:
+        raise ConfigError(f"workload.init={w.init!r}: unknown; choose one of: {', '.join(INITS)}")
     if w.sampling == "epochs" and w.full_batch:
         raise ConfigError("workload.sampling=epochs: has no effect with "
                           "workload.full_batch=true (each batch is the whole shard)")
@@ -428,8 +432,12 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
     """Loads the workload and partitions it over the workers (data-dependent checks)."""
     from jaxasync.data import partition
 
+    from jaxasync.models import with_init
+
     cfg, w, m = res.cfg, res.cfg.workload, res.cfg.run.num_workers
     workload = _workload(cfg, workload_factory)
+    if w.init != "flax":
+        workload = dataclasses.replace(workload, init=with_init(workload.init, w.init))
     labels = np.asarray(workload.data.y_train)
     if workload.num_classes is None:
         if w.partition not in ("iid", "shared"):

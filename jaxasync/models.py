@@ -16,12 +16,64 @@ import jax.numpy as jnp
 from jaxasync.transforms import tree_sq_dist
 
 __all__ = ["MLP", "CNN1D", "Conv1D", "ResNet18", "BasicBlock", "Linear", "count_params",
-           "mlp_grad_pair"]
+           "mlp_grad_pair", "INITS", "torch_init", "with_init"]
 
 
 def count_params(params) -> int:
     """Number of scalars in a params pytree."""
     return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+#: ``workload.init``: ``flax`` (its defaults: LeCun-normal kernels, zero biases) or ``torch``
+INITS = ("flax", "torch")
+
+
+def torch_init(params, key: jax.Array):
+    r"""``params`` with every dense and convolutional layer initialised as PyTorch does.
+
+    ``torch.nn.Linear`` and ``torch.nn.Conv1d/2d`` draw the weight with
+    ``kaiming_uniform_(a=sqrt(5))``, i.e. :math:`U(-b, b)` with
+    :math:`b = \sqrt{2/(1+5)}\sqrt{3/	ext{fan\_in}} = 1/\sqrt{	ext{fan\_in}}`, and the bias
+    from the same :math:`U(-1/\sqrt{	ext{fan\_in}}, 1/\sqrt{	ext{fan\_in}})`
+    (``reset_parameters`` in torch/nn/modules/linear.py and conv.py). A layer here is any dict
+    holding a ``kernel`` of rank >= 2 (Flax's ``Dense`` [in, out], ``Conv`` [..., in, out] and
+    :class:`Conv1D`), with fan_in = the product of all but the last axis, and its ``bias`` if it
+    has one. Normalisation layers (scale 1, bias 0 in both libraries) and the convex models'
+    zero-initialised :class:`Linear` keep their values. Each layer gets its own key, folded in
+    from ``key`` by the layer's path, so adding a layer changes no other layer's draw.
+    """
+    import zlib
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return node
+        kernel = node.get("kernel")
+        if kernel is not None and getattr(kernel, "ndim", 0) >= 2:
+            fan_in = 1
+            for d in kernel.shape[:-1]:
+                fan_in *= int(d)
+            bound = 1.0 / fan_in**0.5
+            k = jax.random.fold_in(key, zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)
+            k_w, k_b = jax.random.split(k)
+            out = dict(node)
+            out["kernel"] = jax.random.uniform(k_w, kernel.shape, kernel.dtype, -bound, bound)
+            if "bias" in node:
+                b = node["bias"]
+                out["bias"] = jax.random.uniform(k_b, b.shape, b.dtype, -bound, bound)
+            return out
+        return {name: walk(child, (*path, str(name))) for name, child in node.items()}
+
+    return walk(params, ())
+
+
+def with_init(init, scheme: str):
+    """The workload's ``init`` (PRNG key -> params) under initialisation ``scheme``."""
+    if scheme not in INITS:
+        raise ValueError(f"init={scheme!r}: unknown; choose one of {', '.join(INITS)}")
+    if scheme == "flax":
+        return init
+    # (the flax draw is made and replaced: its key is not reused for the torch draw)
+    return lambda key: torch_init(init(key), jax.random.fold_in(key, 0x7041))
 
 
 class Linear(nn.Module):

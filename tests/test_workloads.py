@@ -428,3 +428,63 @@ def test_cifar_augment_is_deterministic_per_key_with_uniform_crops_and_flips():
     keep = np.flatnonzero((rows == 4) & (cols == 4) & ~flips)
     for b in keep:
         np.testing.assert_array_equal(out[b], x[b])
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def test_torch_init_is_uniform_within_one_over_sqrt_fan_in_for_every_layer():
+    """workload.init=torch: every dense/conv kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (torch.nn.Linear / Conv reset_parameters); norm layers and shapes untouched."""
+    import flax.linen as nn
+
+    from jaxasync.models import CNN1D, MLP, with_init
+
+    for module, x in ((MLP((64,), 10), jnp.zeros((1, 784))),
+                      (CNN1D(channels=8), jnp.zeros((1, 40))),
+                      (nn.Sequential([nn.Conv(16, (3, 3)), nn.GroupNorm(4)]),
+                       jnp.zeros((1, 8, 8, 3)))):
+        flax_init = lambda k, m=module, x=x: m.init(k, x)          # noqa: E731
+        torch = with_init(flax_init, "torch")(jax.random.PRNGKey(0))
+        ref = flax_init(jax.random.PRNGKey(0))
+        assert jax.tree.structure(torch) == jax.tree.structure(ref)
+        flat = jax.tree_util.tree_flatten_with_path(torch)[0]
+        layers = 0
+        for path, leaf in flat:
+            names = [getattr(p, "key", "") for p in path]
+            parent = torch
+            for n in names[:-1]:
+                parent = parent[n]
+            if "kernel" not in parent or parent["kernel"].ndim < 2:
+                # a norm layer: as flax (and torch) leave it, scale 1 and bias 0
+                ref_leaf = ref
+                for n in names:
+                    ref_leaf = ref_leaf[n]
+                np.testing.assert_array_equal(leaf, ref_leaf)
+                continue
+            fan_in = int(np.prod(parent["kernel"].shape[:-1]))
+            bound = 1 / np.sqrt(fan_in)
+            a = np.asarray(leaf)
+            assert np.all(np.abs(a) <= bound)
+            if a.size >= 500:   # uniform: mean 0, variance b^2/3 within 6 standard errors
+                assert abs(a.mean()) < 6 * bound / np.sqrt(3 * a.size)
+                assert abs(a.var() / (bound**2 / 3) - 1) < 6 * np.sqrt(0.8 / a.size)
+            if names[-1] == "bias":
+                assert np.any(a != 0)          # torch draws biases too (flax: zeros)
+            layers += names[-1] == "kernel"
+        assert layers >= 1
+
+
+def test_workload_init_torch_through_the_config_and_refused_when_unknown():
+    from jaxasync.config import ConfigError
+    from jaxasync.experiment import prepare
+
+    cfg = {"algorithm": {"name": "asgd"}, "workload": {"name": "digits_mlp", "init": "torch"},
+           "run": {"num_workers": 2, "steps": 2, "eval_every": 1}}
+    prep = prepare(cfg)
+    p = prep.workload.init(jax.random.PRNGKey(1))
+    k = p["params"]["Dense_0"]["kernel"]
+    assert np.abs(np.asarray(k)).max() <= 1 / np.sqrt(k.shape[0])
+    assert np.any(np.asarray(p["params"]["Dense_0"]["bias"]) != 0)
+    with pytest.raises(ConfigError, match="workload.init='jax'"):
+        prepare({**cfg, "workload": {"name": "digits_mlp", "init": "jax"}})

@@ -234,6 +234,21 @@ def _list(entries: list[Entry], data_dir: str | None) -> str:
     return "\n".join(lines)
 
 
+#: where ``--data-dir`` looks by default, in order: the environment variable, ``./data``, and a
+#: ``shared/data`` folder beside the working directory (a team's machines may keep datasets
+#: there; nothing is copied into the repository)
+DATA_SEARCH_PATH = ("$JAXASYNC_DATA", "./data", "../shared/data")
+
+
+def default_data_dir() -> str:
+    """The first folder of :data:`DATA_SEARCH_PATH` that exists (``./data`` if none does)."""
+    for entry in DATA_SEARCH_PATH:
+        path = os.path.expandvars(entry)
+        if path and "$" not in path and os.path.isdir(path):
+            return path
+    return "data"
+
+
 def _parser() -> argparse.ArgumentParser:
     """The command line of ``jaxasync-leaderboard``."""
     p = argparse.ArgumentParser(
@@ -246,8 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list entries and their commands")
     p.add_argument("--rerun", action="store_true",
                    help="discard the chosen entries' results and run them again")
-    p.add_argument("--data-dir", default=os.environ.get("JAXASYNC_DATA", "data"),
-                   help="where MNIST / CIFAR files are (default: $JAXASYNC_DATA or ./data)")
+    p.add_argument("--data-dir", default=default_data_dir(),
+                   help="where MNIST / CIFAR files are (default: the first of "
+                        f"{', '.join(DATA_SEARCH_PATH)} that exists; now {default_data_dir()})")
     p.add_argument("--download", action="store_true",
                    help="download missing datasets (checksum-verified) before running")
     p.add_argument("--allow-cpu", action="store_true", help="run GPU entries on a CPU too")

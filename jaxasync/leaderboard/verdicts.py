@@ -225,32 +225,35 @@ class Verdict:
 def judge_value(s: Summary, kind: str = "float", *, published: float | None = None,
                 rel: float | None = None, abs_: float | None = None,
                 lo: float | None = None, hi: float | None = None) -> Verdict:
-    """One run's mean against a published number (``rel`` or ``abs_`` tolerance) or a range.
+    """One run's mean against a published number (``rel`` or ``abs_`` tolerance), a range
+    (``lo``/``hi``), or both: then either passes (a published mean with the published min–max
+    of its seeds: within the tolerance of the mean, or inside the range).
 
     Without a published value or a range the result is reported for reference (``ok=None``).
     Members without a value (target not reached, diverged) fail a judged check.
     """
+    parts, tests = [], []
     if published is not None:
         if (rel is None) == (abs_ is None):
             raise EntryError("a published value needs exactly one tolerance: rel or abs")
-        tol = _fmt_tol(rel, abs_, kind)
-        if not s.complete:
-            return Verdict(False, f"✗ ({tol})")
+        parts.append(_fmt_tol(rel, abs_, kind))
         width = rel * abs(published) if rel is not None else abs_
-        ok = abs(s.mean - published) <= width + 1e-12 * abs(published)
-        return Verdict(ok, f"{'✓' if ok else '✗'} ({tol})")
+        tests.append(lambda m: abs(m - published) <= width + 1e-12 * abs(published))
     if lo is not None or hi is not None:
         if lo is not None and hi is not None:
-            tol = f"in {fmt_number(lo, kind)}–{fmt_number(hi, kind)}"
+            parts.append(f"in {fmt_number(lo, kind)}–{fmt_number(hi, kind)}")
         elif lo is not None:
-            tol = f"≥ {fmt_number(lo, kind)}"
+            parts.append(f"≥ {fmt_number(lo, kind)}")
         else:
-            tol = f"≤ {fmt_number(hi, kind)}"
-        if not s.complete:
-            return Verdict(False, f"✗ ({tol})")
-        ok = (lo is None or s.mean >= lo) and (hi is None or s.mean <= hi)
-        return Verdict(ok, f"{'✓' if ok else '✗'} ({tol})")
-    return Verdict(None, "-")
+            parts.append(f"≤ {fmt_number(hi, kind)}")
+        tests.append(lambda m: (lo is None or m >= lo) and (hi is None or m <= hi))
+    if not tests:
+        return Verdict(None, "-")
+    tol = " or ".join(parts)
+    if not s.complete:
+        return Verdict(False, f"✗ ({tol})")
+    ok = any(t(s.mean) for t in tests)
+    return Verdict(ok, f"{'✓' if ok else '✗'} ({tol})")
 
 
 RELATIONS = {"<<": "≪", "<=": "≤", "<": "<", "~": "≈"}
