@@ -115,9 +115,9 @@ def bench_compressors(names: list[str], workers: int, reps: int) -> list[tuple]:
     rows = []
     for name in names:
         fn = compressor_call(name, workers)
-        fns = {"comp": lambda: fn(tree, keys), "top_k": lambda: top_k(tree, keys),
+        fns = {"comp": lambda f=fn: f(tree, keys), "top_k": lambda: top_k(tree, keys),
                "grad": lambda: grad_fn(*grad_args)}
-        stats = time_many({k: (lambda f=f: f()) for k, f in fns.items()}, (), reps)
+        stats = time_many(fns, (), reps)
         bits = float(np.mean(np.asarray(fn(tree, keys)[1])))
         t, tk, tg = (stats[k]["median"] for k in ("comp", "top_k", "grad"))
         rows.append((name, t, t / tk, t / tg, bits, tk, tg))
@@ -137,7 +137,7 @@ def bench_fwht(reps: int) -> dict:
              "fwht (butterfly)": lambda: fns["fwht (butterfly)"](x),
              "matmul 1024^3": lambda: fns["matmul 1024^3"](a, b)}
     err = float(jnp.max(jnp.abs(calls["fwht (kronecker)"]() - calls["fwht (butterfly)"]())))
-    stats = time_many({k: (lambda f=f: f()) for k, f in calls.items()}, (), reps)
+    stats = time_many(calls, (), reps)
     base = stats["matmul 1024^3"]["median"]
     print(f"\nWalsh-Hadamard at d = 2^20 ({H.fwht_flops(n):.3g} multiply-adds as three "
           f"128-blocks; max |kronecker - butterfly| = {err:.2g}) vs a dense matmul of two "

@@ -201,19 +201,38 @@ def lr_boundaries(dec, steps_per_epoch: float) -> tuple[int, ...]:
     return bounds
 
 
+def _named(key: str, conf, what: str, given: bool) -> bool:
+    """Whether ``algorithm.<key>`` names a registered compressor (False for ``none``); a
+    one-line error for an unknown name, or for ``what`` given (``given``) without one."""
+    if conf.name == "none":
+        if given:
+            raise ConfigError(f"algorithm.{key}.name=none: {what} given without a compressor; "
+                              "name one")
+        return False
+    lib = importlib.import_module("jaxasync.compress")
+    if conf.name not in lib.COMPRESSORS:
+        raise ConfigError(f"algorithm.{key}.name={conf.name!r}: unknown; choose one of: "
+                          f"none, {', '.join(sorted(lib.COMPRESSORS))}")
+    return True
+
+
+def _trial_compressor(key: str, conf, num_workers: int) -> tuple:
+    """``(name, params)`` of ``algorithm.<key>`` once a build with them succeeded."""
+    params = dict(conf.params)
+    try:
+        importlib.import_module("jaxasync.compress").make_compressor(
+            conf.name, **with_workers(conf.name, params, num_workers))
+    except ValueError as e:
+        raise ConfigError(f"algorithm.{key}.params={params}: {e}") from None
+    return conf.name, tuple(sorted(params.items()))
+
+
 def _compressor(spec, conf, num_workers: int) -> tuple | None:
     """``algorithm.compressor`` as the simulator takes it, ``(name, params, error_feedback)``,
     or None; a one-line error for what cannot run."""
-    params = dict(conf.params)
-    if conf.name == "none":
-        if params or conf.error_feedback:
-            raise ConfigError("algorithm.compressor.name=none: params or error_feedback given "
-                              "without a compressor; name one")
+    if not _named("compressor", conf, "params or error_feedback",
+                  bool(conf.params) or bool(conf.error_feedback)):
         return None
-    lib = importlib.import_module("jaxasync.compress")
-    if conf.name not in lib.COMPRESSORS:
-        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: unknown; choose one of: "
-                          f"none, {', '.join(sorted(lib.COMPRESSORS))}")
     takes = "compressor" in spec.params          # the algorithm applies it itself (EF21)
     if spec.own_messages and not takes:
         ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages or
@@ -224,35 +243,19 @@ def _compressor(spec, conf, num_workers: int) -> tuple | None:
     if takes and conf.error_feedback:
         raise ConfigError(f"algorithm.compressor.error_feedback=true: algorithm {spec.name!r} "
                           "is its own error feedback; set it to false")
-    try:
-        lib.make_compressor(conf.name, **with_workers(conf.name, params, num_workers))
-    except ValueError as e:
-        raise ConfigError(f"algorithm.compressor.params={params}: {e}") from None
-    return conf.name, tuple(sorted(params.items())), bool(conf.error_feedback)
+    return *_trial_compressor("compressor", conf, num_workers), bool(conf.error_feedback)
 
 
 def _downlink(conf, num_workers: int) -> tuple | None:
     """``algorithm.downlink`` as the simulator takes it, ``(name, params, rule)``, or None;
     a one-line error for what cannot run."""
-    params = dict(conf.params)
-    if conf.name == "none":
-        if params:
-            raise ConfigError("algorithm.downlink.name=none: params given without a "
-                              "compressor; name one")
+    if not _named("downlink", conf, "params", bool(conf.params)):
         return None
-    lib = importlib.import_module("jaxasync.compress")
-    if conf.name not in lib.COMPRESSORS:
-        raise ConfigError(f"algorithm.downlink.name={conf.name!r}: unknown; choose one of: "
-                          f"none, {', '.join(sorted(lib.COMPRESSORS))}")
     rules = importlib.import_module("jaxasync.downlink").RULES
     if conf.rule not in rules:
         raise ConfigError(f"algorithm.downlink.rule={conf.rule!r}: unknown; choose one of: "
                           f"{', '.join(rules)}")
-    try:
-        lib.make_compressor(conf.name, **with_workers(conf.name, params, num_workers))
-    except ValueError as e:
-        raise ConfigError(f"algorithm.downlink.params={params}: {e}") from None
-    return conf.name, tuple(sorted(params.items())), conf.rule
+    return *_trial_compressor("downlink", conf, num_workers), conf.rule
 
 
 # ----------------------------------------------------------------------------- the four stages

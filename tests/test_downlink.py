@@ -22,31 +22,25 @@ def _step(rule, comp, state, params, updates, ids=(0,), advance=True):
                          jnp.asarray(ids, jnp.int32), jax.random.PRNGKey(0))
 
 
-def test_doublesqueeze_by_hand():
-    """m = top1(u + e), e <- u + e - m; everybody applies m."""
+@pytest.mark.parametrize("rule,second", [
+    # DoubleSqueeze: m = top1(u + e), e <- u + e - m; u + e = [2, -3, 4, 1] -> top-1 is 4
+    ("doublesqueeze", [0.0, 0.0, 4.0, 0.0]),
+    # EF21-BC: m = top1(u - h), h <- h + m, apply h; u - h = [1, 0, 2, 0.5] -> h = [0, -3, 2, 0]
+    ("ef21_bc", [0.0, -3.0, 2.0, 0.0]),
+])
+def test_the_update_rules_by_hand(rule, second):
+    """Two broadcasts of the same update u with top-1: the first sends -3 under both rules."""
     comp = C.top_k(0.25)
     p = {"w": jnp.zeros(4)}
-    st = downlink.init(comp, "doublesqueeze", p, num_workers=2)
+    st = downlink.init(comp, rule, p, num_workers=2)
     u = {"w": jnp.array([1.0, -3.0, 2.0, 0.5])}
-    applied, view, st, paid = _step("doublesqueeze", comp, st, p, u)
-    assert view is None
+    applied, view, st, _ = _step(rule, comp, st, p, u)
+    assert view is None                       # everybody applies the broadcast: the ring holds x
     np.testing.assert_array_equal(applied["w"], [0.0, -3.0, 0.0, 0.0])
-    applied, _, st, _ = _step("doublesqueeze", comp, st, p, u)
-    # u + e = [2, -3, 4, 1]: top-1 is 4
-    np.testing.assert_array_equal(applied["w"], [0.0, 0.0, 4.0, 0.0])
-    np.testing.assert_array_equal(st.memory.residual()["w"][0], [2.0, -3.0, 0.0, 1.0])
-
-
-def test_ef21_bc_applies_the_servers_estimate():
-    comp = C.top_k(0.25)
-    p = {"w": jnp.zeros(4)}
-    st = downlink.init(comp, "ef21_bc", p, num_workers=1)
-    u = {"w": jnp.array([1.0, -3.0, 2.0, 0.5])}
-    applied, _, st, _ = _step("ef21_bc", comp, st, p, u)
-    np.testing.assert_array_equal(applied["w"], [0.0, -3.0, 0.0, 0.0])       # h = c
-    applied, _, st, _ = _step("ef21_bc", comp, st, p, u)
-    # u - h = [1, 0, 2, 0.5]: c = [0, 0, 2, 0], h = [0, -3, 2, 0]
-    np.testing.assert_array_equal(applied["w"], [0.0, -3.0, 2.0, 0.0])
+    applied, _, st, _ = _step(rule, comp, st, p, u)
+    np.testing.assert_array_equal(applied["w"], second)
+    if rule == "doublesqueeze":
+        np.testing.assert_array_equal(st.memory.residual()["w"][0], [2.0, -3.0, 0.0, 1.0])
 
 
 def test_ef21_p_keeps_the_exact_model_and_moves_the_view():
