@@ -359,3 +359,38 @@ def test_fwht_is_the_sylvester_hadamard_matrix():
         np.testing.assert_allclose(fwht(fwht(x)) / n, x, atol=4 * p * EPS32 * np.sqrt(n))
     with pytest.raises(ValueError, match="power of two"):
         fwht(jnp.zeros(6))
+
+
+# ----------------------------------------------------------------------------- state per worker
+
+
+def test_a_stateful_compressors_state_belongs_to_the_worker_that_arrived():
+    """signum's momentum in compress_rows: only the arriving worker's advances, with or
+    without error feedback (the state lives in the same memories)."""
+    for feedback in (False, True):
+        tx = ja.compress_rows(C.signum(0.5), error_feedback=feedback, num_workers=3)
+        p = {"w": jnp.zeros(2)}
+        state = tx.init(p)
+        g = {"w": jnp.array([[1.0, -2.0]])}
+        _, state = tx.update(g, state, p, worker_ids=jnp.array([2]), key=jax.random.PRNGKey(0))
+        _, state = tx.update(g, state, p, worker_ids=jnp.array([2]), key=jax.random.PRNGKey(1))
+        momentum = np.asarray(state.memory.state["w"])
+        # m = 0.5 m + 0.5 g twice: 0.75 g for worker 2, zero for the others
+        np.testing.assert_allclose(momentum, [[0, 0], [0, 0], [0.75, -1.5]])
+
+
+def test_lazy_upload_carries_a_stateful_compressors_state():
+    """The lazy family compresses with the same memories: PowerSGD's warm-start Q advances
+    for the workers that upload (all of them in the warm-up)."""
+    from jaxasync.lazy import lazy_upload
+
+    comp = C.powersgd(rank=1, min_compression_rate=0.0)
+    tx = lazy_upload(0.1, 2, threshold="never", compressor=comp, warmup=5)
+    p = {"w": jnp.zeros((4, 3))}
+    state = tx.init(p)
+    q0 = np.asarray(state.memory.state["q"][0])
+    g = {"w": jax.random.normal(jax.random.PRNGKey(0), (2, 4, 3))}
+    out, state = tx.update(g, state, p, key=jax.random.PRNGKey(1))
+    assert not np.allclose(np.asarray(state.memory.state["q"][0]), q0)
+    assert np.asarray(state.memory.state["count"]).tolist() == [1, 1]
+    assert float(jnp.sum(out.bits_up)) == 2 * 32 * (4 + 3)
