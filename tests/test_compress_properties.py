@@ -164,13 +164,13 @@ def test_unbiased_mean_over_keys_and_variance_within_omega(name):
         mse = float(np.mean(np.sum((samples - x) ** 2, axis=1)))
         # the stated variance bound, with 10% for the Monte-Carlo error of the mean square
         assert mse <= 1.1 * omega * float(np.sum(x ** 2)) + 1e-9, (name, mse, omega)
-        # the mean's squared error has expectation sum(var_i) / n; over 12 coordinates the
-        # ratio is chi-square-like with 12 degrees of freedom, below 3 with probability
-        # > 0.999: the tolerance is 3 sum(var_i) / n (estimated variances), plus float32
-        # rounding of the messages
-        err = float(np.sum((samples.mean(axis=0) - x) ** 2))
-        tol = 3.0 * float(np.sum(samples.var(axis=0))) / n + (64 * EPS32) ** 2 * np.sum(x ** 2)
-        assert err <= tol, (name, err, tol)
+        # each coordinate's mean is within 5 standard errors sqrt(var_i / n) (estimated):
+        # for an unbiased compressor, over the 36 coordinates of the three inputs, a failure
+        # has probability below 2e-5 (normal tails of the Monte-Carlo mean), plus float32
+        # rounding of the messages (a few ulp of the largest entry)
+        err = np.abs(samples.mean(axis=0) - x)
+        tol = 5.0 * np.sqrt(samples.var(axis=0) / n) + 64 * EPS32 * np.abs(x).max()
+        assert np.all(err <= tol), (name, err.max(), tol[np.argmax(err - tol)])
 
 
 @pytest.mark.parametrize("name", CONTRACTIVE)

@@ -38,6 +38,7 @@ import numpy as np
 from jax import Array
 
 from jaxasync import hparams as hp
+from jaxasync._feistel import mix32
 
 PyTree = Any
 Compressor = Callable[[PyTree, Array], tuple[PyTree, Array]]
@@ -127,10 +128,29 @@ def is_stateful(compressor: Any) -> bool:
     return isinstance(compressor, Stateful)
 
 
+def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    """Pseudo-random uint32 per entry: a counter-based hash, two MurmurHash3 finaliser rounds
+    of the entry's index keyed by 64 bits drawn from ``key``.
+
+    Written for speed: the stochastic compressors draw one or two numbers per gradient entry,
+    and ``jax.random.bits`` (threefry) costs 45x more on a 2-core CPU (10 x 401,408 draws:
+    1,070 vs 24 ms, measured side by side under load), more than the gradient itself. The
+    property tests check the compressors' unbiasedness and variance with these bits.
+    """
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    return mix32(mix32(index ^ seed[0]) + seed[1])
+
+
 def uniform_bits(key: Array, shape: tuple[int, ...], bits: int) -> Array:
     """Uniform random integers in ``[0, 2**bits)`` as uint32 (``bits <= 32``)."""
-    raw = jax.random.bits(key, shape, jnp.uint32)
+    raw = random_bits(key, shape)
     return raw if bits == 32 else raw >> jnp.uint32(32 - bits)
+
+
+def uniform(key: Array, shape: tuple[int, ...]) -> Array:
+    """Uniform float32 in ``[0, 1)`` on a grid of :math:`2^{-24}` (from :func:`random_bits`)."""
+    return uniform_bits(key, shape, 24).astype(jnp.float32) * jnp.float32(2.0 ** -24)
 
 
 def when(need: Array, fn: Callable[[PyTree], PyTree], value: PyTree, operand: PyTree) -> PyTree:

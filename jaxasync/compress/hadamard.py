@@ -22,7 +22,7 @@ import numpy as np
 from jax import Array
 
 from jaxasync import hparams as hp
-from jaxasync.compress.base import Compressor, per_leaf, size
+from jaxasync.compress.base import Compressor, per_leaf, random_bits, size, uniform
 from jaxasync.compress.registry import register_compressor
 
 PyTree = Any
@@ -113,11 +113,11 @@ def fo_sgd(lam: float | None = None) -> Compressor:
         n = padded_size(d)
         k_sign, k_dither = jax.random.split(key)
         x = jnp.pad(jnp.ravel(leaf).astype(jnp.float32), (0, n - d))
-        eps = jnp.where(jax.random.bernoulli(k_sign, 0.5, (n,)), 1.0, -1.0)
+        eps = jnp.where(random_bits(k_sign, (n,)) >> 31 == 1, 1.0, -1.0)
         scale = 1.0 / math.sqrt(n)
         y = fwht(eps * x) * scale
         lam_ = jnp.max(jnp.abs(y)) if lam is None else jnp.float32(lam)
-        tau = jax.random.uniform(k_dither, (n,), minval=-1.0, maxval=1.0) * lam_
+        tau = (2.0 * uniform(k_dither, (n,)) - 1.0) * lam_
         q = jnp.where(y + tau >= 0, lam_, -lam_)
         out = (eps * fwht(q) * scale)[:d]
         return out.reshape(jnp.shape(leaf)).astype(leaf.dtype), n + (32 if lam is None else 0)

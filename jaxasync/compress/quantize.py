@@ -15,7 +15,15 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxasync import hparams as hp
-from jaxasync.compress.base import Compressor, Stateful, f32, per_leaf, size, uniform_bits
+from jaxasync.compress.base import (
+    Compressor,
+    Stateful,
+    f32,
+    per_leaf,
+    size,
+    uniform,
+    uniform_bits,
+)
 from jaxasync.compress.registry import register_compressor
 
 PyTree = Any
@@ -107,7 +115,7 @@ def qsgd(levels: int) -> Compressor:
         safe = jnp.where(norm > 0, norm, 1.0)
         scaled = jnp.abs(x) / safe * s
         lower = jnp.floor(scaled)
-        up = jax.random.uniform(key, x.shape) < (scaled - lower)
+        up = uniform(key, x.shape) < (scaled - lower)
         xi = lower + up.astype(jnp.float32)
         q = norm * jnp.sign(x) * xi / s
         return q.astype(leaf.dtype), 32 + size(leaf) * per_entry
@@ -269,7 +277,7 @@ def terngrad(clip: float | None = None) -> Compressor:
             sigma = jnp.sqrt(jnp.mean(jnp.square(x - jnp.mean(x))))
             x = jnp.clip(x, -clip * sigma, clip * sigma)
         s = jnp.max(jnp.abs(x))
-        keep = jax.random.uniform(key, x.shape) * s < jnp.abs(x)
+        keep = uniform(key, x.shape) * s < jnp.abs(x)
         out = jnp.where(keep, s * jnp.sign(x), 0.0).astype(leaf.dtype)
         return out, 2 * size(leaf) + 32
 

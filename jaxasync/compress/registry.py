@@ -15,8 +15,8 @@ what the compressor guarantees, in the two standard classes of the literature:
 ``alpha`` / ``omega`` are functions ``(sizes, **kwargs) -> float | None`` of the leaf sizes of
 the tree compressed (top-k's :math:`\alpha = \min_l k_l / d_l` depends on them) and the build
 arguments. The property tests (``tests/test_compress_properties.py``) check every registered
-compressor against what it states; :func:`jaxasync.algorithms_ef21.ef21_step_size` reads
-:math:`\alpha` for EF21's theoretical step.
+compressor against what it states; EF21's theoretical step reads :math:`\alpha` through
+:func:`contraction` (:func:`jaxasync.ef21.ef21_step_size`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class CompressorSpec:
       alpha: ``(sizes, **kwargs) -> alpha``, the contraction constant of a biased
         compressor on a tree with these leaf sizes (None: none is stated).
       omega: ``(sizes, **kwargs) -> omega``, the variance bound of an unbiased one.
-      stateful: builds a :class:`jaxasync.compress.base.Stateful` (state per worker).
     """
 
     name: str

@@ -27,6 +27,7 @@ from jaxasync.compress.base import (
     Stateful,
     f32,
     per_leaf,
+    random_bits,
     size,
     top_k_count,
 )
@@ -223,7 +224,7 @@ def _count_true(mask: Array) -> Array:
 def _uniform_noise(key: Array, d: int) -> Array:
     """d i.i.d. uniform floats in [1, 2) (23 random mantissa bits each)."""
     return lax.bitcast_convert_type(
-        lax.shift_right_logical(jax.random.bits(key, (d,), jnp.uint32), jnp.uint32(9))
+        lax.shift_right_logical(random_bits(key, (d,)), jnp.uint32(9))
         | jnp.uint32(0x3F800000), jnp.float32)
 
 
