@@ -19,7 +19,7 @@ from jaxasync.algorithms import (
 )
 from jaxasync.baselines import dc_asgd, dc_asgd_adaptive, fedbuff, koloskova, picky
 from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
-from jaxasync.ef21 import ef21, ef21_step_size
+from jaxasync.markov import ef21, ef21_step_size
 from jaxasync.lazy import (
     LazyState,
     lag,

@@ -497,7 +497,7 @@ def compress_rows(
         (see :mod:`jaxasync.compress`).
       error_feedback: keep a residual per worker (True, or ``"ef14"``); ``"ef21"``: EF21's
         Markov compressor instead, :math:`m_i = C(g_i - h_w)`, :math:`h_w \leftarrow h_w + m_i`
-        (what :func:`jaxasync.ef21.ef21` sends).
+        (what :func:`jaxasync.markov.ef21` sends).
       num_workers: M; the memories have a leading ``M`` axis indexed by the
         ``worker_ids`` extra arg (required with error feedback or a stateful compressor).
         Without worker ids, rows are taken to be workers ``0..W-1`` in order.

@@ -3,7 +3,7 @@ r"""Compression with memory: error feedback (EF14), EF21's Markov compressor, co
 One pure step, :func:`error_feedback`, over a stack of rows (workers) and their
 :class:`Memory`, is the only place where a compressor meets its per-worker memories; every
 transform that compresses with memory calls it (:func:`jaxasync.transforms.compress_rows`,
-:func:`jaxasync.lazy.lazy_upload`, :func:`jaxasync.ef21.ef21`, the simulator's downlink).
+:func:`jaxasync.lazy.lazy_upload`, :func:`jaxasync.markov.ef21`, the simulator's downlink).
 What the memory holds decides the rule:
 
 * ``error`` (EF14, classic error feedback: Seide et al. 2014; Stich, Cordonnier, Jaggi,

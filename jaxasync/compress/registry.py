@@ -16,7 +16,7 @@ what the compressor guarantees, in the two standard classes of the literature:
 the tree compressed (top-k's :math:`\alpha = \min_l k_l / d_l` depends on them) and the build
 arguments. The property tests (``tests/test_compress_properties.py``) check every registered
 compressor against what it states; EF21's theoretical step reads :math:`\alpha` through
-:func:`contraction` (:func:`jaxasync.ef21.ef21_step_size`).
+:func:`contraction` (:func:`jaxasync.markov.ef21_step_size`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""EF21: error feedback by a Markov compressor of gradient differences.
+r"""EF21 (the ``ef21`` algorithm): error feedback by a Markov compressor of gradient differences.
 
 Each worker :math:`i` keeps :math:`g_i`, the server keeps :math:`g = \frac1n \sum_i g_i`:
 
