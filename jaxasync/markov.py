@@ -98,7 +98,6 @@ def _theory_scale(compressor, multiplier, smoothness, smoothness_qm
 
 
 @register("ef21", arrivals="all", own_messages=True,
-          example={"compressor": compress_lib.make_compressor("top_k", density=0.5)},
           params={"compressor": hp.Param("any", optional=True, static=True,
                                          doc="the run's algorithm.compressor (default identity)"),
                   "smoothness": hp.positive("L", optional=True, static=True),
