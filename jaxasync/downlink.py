@@ -47,11 +47,13 @@ import jax.numpy as jnp
 from jax import Array
 
 from jaxasync import compress as compress_lib
+from jaxasync.config import DOWNLINK_RULES
 from jaxasync.trees import dense_bits, repeat_rows
 
 PyTree = Any
 
-RULES = ("doublesqueeze", "ef21_bc", "ef21_p")
+#: the server's feedback rules (declared once, with the config key ``algorithm.downlink.rule``)
+RULES = DOWNLINK_RULES
 
 
 class DownlinkState(NamedTuple):

@@ -5,7 +5,7 @@ Every compressor is called as ``compressor(tree, key) -> (message, bits)``:
 * ``tree`` is one worker's gradient, a pytree of float arrays (a Flax params dict, say);
 * ``message`` has the same structure, shapes and dtypes: the *decompressed* message the
   server sees, dense, zeros where nothing is sent;
-* ``bits`` is a float32 scalar: the size of the message on the wire (DESIGN.md item 7).
+* ``bits`` is a float32 scalar: the size of the message on the wire (what the counters add).
 
 They read no config object and are pure, jittable and ``jax.vmap``-able over a leading
 worker axis of ``tree`` and ``key`` (the caller vmaps). Hyperparameters are bound by factories

@@ -57,7 +57,7 @@ def top_k_count(density: float, size: int) -> int:
 
 
 def f32(value) -> Array:
-    """A float32 scalar (message sizes are float32: DESIGN.md item 7)."""
+    """A float32 scalar (message sizes are float32)."""
     return jnp.asarray(value, jnp.float32)
 
 

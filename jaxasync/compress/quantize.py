@@ -41,7 +41,7 @@ def _as_f32(leaf: Array) -> Array:
 def identity() -> Compressor:
     r"""No compression: the dense gradient.
 
-    :math:`C(x) = x`; bits :math:`= 32\,d` (a dense float32 vector, DESIGN.md item 7).
+    :math:`C(x) = x`; bits :math:`= 32\,d` (a dense float32 vector).
     """
 
     def compressor(tree: PyTree, key: Array) -> tuple[PyTree, Array]:
