@@ -154,16 +154,17 @@ def main() -> None:
     steps = 10
 
     def ef_scan(comp):
-        step = C.with_error_feedback(comp)
-
         def run(grads, keys):
-            def body(err, i):
+            rows = keys.shape[0]
+            send = jnp.ones((rows,), bool)
+
+            def body(memory, i):
                 g = jax.tree.map(lambda a: a * (1.0 + 0.01 * i), grads)
-                msg, err, bits = jax.vmap(step)(g, err, jax.vmap(
-                    lambda k: jax.random.fold_in(k, i))(keys))
-                return err, bits
-            err0 = jax.tree.map(jnp.zeros_like, grads)
-            return jax.lax.scan(body, err0, jnp.arange(steps, dtype=jnp.float32))
+                _, memory, bits = C.error_feedback(comp, g, memory, jax.vmap(
+                    lambda k: jax.random.fold_in(k, i.astype(jnp.int32)))(keys), send)
+                return memory, bits
+            memory0 = C.init_memory(comp, jax.tree.map(lambda a: a[0], grads), rows)
+            return jax.lax.scan(body, memory0, jnp.arange(steps, dtype=jnp.float32))
 
         return jax.jit(run)
 

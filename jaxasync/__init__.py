@@ -18,16 +18,9 @@ from jaxasync.algorithms import (
     sync_sgd,
 )
 from jaxasync.baselines import asgd_drop, dc_asgd, dc_asgd_adaptive, koloskova, picky
-from jaxasync.federated import fedasync, fedbuff
-from jaxasync.optimal import (
-    naive_optimal_asgd,
-    optimal_time,
-    rennala,
-    ringmaster,
-    ringmaster_stop,
-)
-from jaxasync.rounds import malenia, mindflayer
 from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
+from jaxasync.compress import COMPRESSORS, register_compressor
+from jaxasync.federated import fedasync, fedbuff
 from jaxasync.lazy import (
     LazyState,
     lag,
@@ -41,7 +34,15 @@ from jaxasync.lazy import (
     sgd_sum,
     sparse,
 )
-from jaxasync.compress import COMPRESSORS, register_compressor
+from jaxasync.markov import ef21, ef21_step_size
+from jaxasync.optimal import (
+    naive_optimal_asgd,
+    optimal_time,
+    rennala,
+    ringmaster,
+    ringmaster_stop,
+)
+from jaxasync.rounds import malenia, mindflayer
 from jaxasync.transforms import (
     Control,
     WorkerRows,
@@ -86,6 +87,7 @@ __all__ = [
     "dc_asgd", "dc_asgd_adaptive", "fedbuff", "koloskova", "picky", "asgd_drop",
     "Control", "control", "worker_control", "fedasync", "malenia", "mindflayer",
     "naive_optimal_asgd", "optimal_time", "rennala", "ringmaster", "ringmaster_stop",
+    "ef21", "ef21_step_size",
     "LazyState", "lag", "lag_ps", "lag_wk", "lasg", "lazy_counters", "lazy_state", "lazy_upload",
     "sasg", "sgd_sum", "sparse",
 ]

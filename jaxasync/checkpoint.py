@@ -86,6 +86,7 @@ NEUTRAL = {
     "algorithm.lr_decay": lambda v: not v["epochs"] and not v["steps"],
     "run.eval_grad_norm": lambda v: not v,
     "algorithm.compressor": lambda v: v["name"] == "none",
+    "algorithm.downlink": lambda v: v["name"] == "none",
     "workload.sampling": lambda v: v == "replacement",
     "run.select": lambda v: v == "none",
     "delay.times": lambda v: v is None,

@@ -61,16 +61,38 @@ class LrDecayConf:
 @dataclasses.dataclass
 class CompressorConf:
     """``algorithm.compressor``: a compressor in front of an algorithm that sends gradients as
-    they are (``none``: no compression). ``name`` is one of :data:`jaxasync.compress.COMPRESSORS`
-    (``top_k``, ``random_k``, ``qsgd``, ``sign``, ``identity``), ``params`` its arguments
-    (``density``, ``levels``...), ``error_feedback`` a residual per worker (v = e + g, send
-    C(v), e = v - C(v))."""
+    they are (``none``: no compression; EF21 takes it as its own). ``name`` is one of
+    :data:`jaxasync.compress.COMPRESSORS` (``top_k``, ``powersgd``, ``dgc``, ``qsgd``...),
+    ``params`` its arguments (``density``, ``levels``, ``rank``...), ``error_feedback`` a
+    residual per worker (v = e + g, send C(v), e = v - C(v))."""
 
     name: str = hp.field(_text("a compressor of jaxasync.compress.COMPRESSORS, or none"),
                          "none")
     error_feedback: bool = hp.field(hp.flag("a residual per worker"), False)
     params: dict[str, Any] = hp.field(hp.Param("any", doc="the compressor's arguments (its "
                                                           "own declarations)"),
+                                      default_factory=dict)
+
+
+#: the downlink rules (:data:`jaxasync.downlink.RULES` is this tuple; named here so that the
+#: config needs no JAX)
+DOWNLINK_RULES = ("doublesqueeze", "ef21_bc", "ef21_p")
+
+
+@dataclasses.dataclass
+class DownlinkConf:
+    """``algorithm.downlink``: the server's broadcast compressed (``none``: the dense model).
+    ``name`` is one of :data:`jaxasync.compress.COMPRESSORS`, ``params`` its arguments,
+    ``rule`` the server's feedback: ``doublesqueeze`` (EF14 on the update), ``ef21_bc``
+    (EF21 on the update) or ``ef21_p`` (EF21 on the model; the workers' view differs from
+    the server's model). See :mod:`jaxasync.downlink`."""
+
+    name: str = hp.field(_text("a compressor of jaxasync.compress.COMPRESSORS for the "
+                               "server's broadcast, or none"), "none")
+    rule: str = hp.field(hp.one_of(*DOWNLINK_RULES, doc="the server's feedback on what it "
+                                   "broadcasts (jaxasync.downlink.RULES)"), "doublesqueeze")
+    params: dict[str, Any] = hp.field(hp.Param("any", doc="the downlink compressor's "
+                                                          "arguments (its own declarations)"),
                                       default_factory=dict)
 
 
@@ -87,6 +109,7 @@ class AlgorithmConf:
                                       default_factory=dict)
     lr_decay: LrDecayConf = field(default_factory=LrDecayConf)
     compressor: CompressorConf = field(default_factory=CompressorConf)
+    downlink: DownlinkConf = field(default_factory=DownlinkConf)
 
 
 @dataclasses.dataclass

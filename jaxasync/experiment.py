@@ -34,7 +34,7 @@ from jaxasync import delays as dl
 from jaxasync import report, traces
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
 from jaxasync.config import INT32_MAX, Config, ConfigError, check_values, to_config
-from jaxasync.sim import SimConfig, Simulator, put_data, run
+from jaxasync.sim import SimConfig, Simulator, put_data, run, with_workers
 
 # ----------------------------------------------------------------------------- validation
 
@@ -217,29 +217,61 @@ def lr_boundaries(dec, steps_per_epoch: float) -> tuple[int, ...]:
     return bounds
 
 
-def _compressor(spec, conf) -> tuple | None:
-    """``algorithm.compressor`` as the simulator takes it, ``(name, params, error_feedback)``,
-    or None; a one-line error for what cannot run."""
-    params = dict(conf.params)
+def _named(key: str, conf, what: str, given: bool) -> bool:
+    """Whether ``algorithm.<key>`` names a registered compressor (False for ``none``); a
+    one-line error for an unknown name, or for ``what`` given (``given``) without one."""
     if conf.name == "none":
-        if params or conf.error_feedback:
-            raise ConfigError("algorithm.compressor.name=none: params or error_feedback given "
-                              "without a compressor; name one")
-        return None
+        if given:
+            raise ConfigError(f"algorithm.{key}.name=none: {what} given without a compressor; "
+                              "name one")
+        return False
     lib = importlib.import_module("jaxasync.compress")
     if conf.name not in lib.COMPRESSORS:
-        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: unknown; choose one of: "
+        raise ConfigError(f"algorithm.{key}.name={conf.name!r}: unknown; choose one of: "
                           f"none, {', '.join(sorted(lib.COMPRESSORS))}")
-    if spec.own_messages:
-        ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages)
-        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: algorithm {spec.name!r} "
-                          f"decides what its workers send; a compressor goes in front of "
-                          f"{', '.join(ok)}")
+    return True
+
+
+def _trial_compressor(key: str, conf, num_workers: int) -> tuple:
+    """``(name, params)`` of ``algorithm.<key>`` once a build with them succeeded."""
+    params = dict(conf.params)
     try:
-        lib.make_compressor(conf.name, **params)
+        importlib.import_module("jaxasync.compress").make_compressor(
+            conf.name, **with_workers(conf.name, params, num_workers))
     except ValueError as e:
-        raise ConfigError(f"algorithm.compressor.params={params}: {e}") from None
-    return conf.name, tuple(sorted(params.items())), bool(conf.error_feedback)
+        raise ConfigError(f"algorithm.{key}.params={params}: {e}") from None
+    return conf.name, tuple(sorted(params.items()))
+
+
+def _compressor(spec, conf, num_workers: int) -> tuple | None:
+    """``algorithm.compressor`` as the simulator takes it, ``(name, params, error_feedback)``,
+    or None; a one-line error for what cannot run."""
+    if not _named("compressor", conf, "params or error_feedback",
+                  bool(conf.params) or bool(conf.error_feedback)):
+        return None
+    takes = "compressor" in spec.params          # the algorithm applies it itself (EF21)
+    if spec.own_messages and not takes:
+        ok = sorted(n for n, s in ALGORITHMS.items() if not s.own_messages or
+                    "compressor" in s.params)
+        raise ConfigError(f"algorithm.compressor.name={conf.name!r}: algorithm {spec.name!r} "
+                          f"decides what its workers send; a compressor goes with "
+                          f"{', '.join(ok)}")
+    if takes and conf.error_feedback:
+        raise ConfigError(f"algorithm.compressor.error_feedback=true: algorithm {spec.name!r} "
+                          "is its own error feedback; set it to false")
+    return *_trial_compressor("compressor", conf, num_workers), bool(conf.error_feedback)
+
+
+def _downlink(conf, num_workers: int) -> tuple | None:
+    """``algorithm.downlink`` as the simulator takes it, ``(name, params, rule)``, or None;
+    a one-line error for what cannot run."""
+    if not _named("downlink", conf, "params", bool(conf.params)):
+        return None
+    rules = importlib.import_module("jaxasync.downlink").RULES
+    if conf.rule not in rules:
+        raise ConfigError(f"algorithm.downlink.rule={conf.rule!r}: unknown; choose one of: "
+                          f"{', '.join(rules)}")
+    return *_trial_compressor("downlink", conf, num_workers), conf.rule
 
 
 # ----------------------------------------------------------------------------- the four stages
@@ -267,6 +299,7 @@ class Resolved:
     eval_every: int
     compressor: tuple | None
     ring_depth: RingDepth | None = None   # D with the key that sets it (size messages)
+    downlink: tuple | None = None
 
 
 def _algorithm(cfg: Config):
@@ -401,12 +434,13 @@ def resolve(cfg: Config) -> Resolved:
     static, numeric = split_params(spec, dict(cfg.algorithm.params))
     ring = _ring_depth(cfg, spec, delay, static, numeric)
     steps, every = _steps(cfg, rows)
-    compressor = _compressor(spec, cfg.algorithm.compressor)
+    compressor = _compressor(spec, cfg.algorithm.compressor, cfg.run.num_workers)
+    downlink = _downlink(cfg.algorithm.downlink, cfg.run.num_workers)
     _check_lr_decay(cfg.algorithm.lr_decay)
     _check_schedule(spec, cfg.algorithm.lr_decay)
     network = dl.Network(cfg.network.bandwidth, cfg.network.latency)
     return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring.depth,
-                    steps, every, compressor, ring)
+                    steps, every, compressor, ring_depth=ring, downlink=downlink)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,6 +554,7 @@ class Prepared:
             lr_boundaries=data.lr_boundaries,
             lr_factor=float(decay.factor) if data.lr_boundaries else 1.0,
             eval_grad_norm=bool(r.eval_grad_norm), compressor=res.compressor,
+            downlink=res.downlink,
         )
         self.static = _with_smoothness(res, data.workload.smoothness)
         _trial_build(res, self.static, data.lr_boundaries, self.sim_config.lr_factor)

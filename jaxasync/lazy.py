@@ -273,12 +273,16 @@ def lazy_upload(
     # top-k with error feedback: the memory stores the compressed vector and its selection,
     # which give the message too (no dense message and dense memory: one array less)
     masked = error_feedback and isinstance(compressor, compress_lib.MaskCompressor)
+    # memories: error feedback's, or only a stateful compressor's per-worker state
+    keeps = error_feedback or (compressor is not None and compress_lib.is_stateful(compressor))
 
     def init_fn(params):
         z = jnp.zeros((), jnp.int32)
         return LazyState(
             messages=() if masked else zeros_rows(params, m),
-            memory=compress_lib.init_memory(compressor, params, m) if error_feedback else None,
+            memory=compress_lib.init_memory(compressor, params, m,
+                                            "ef14" if error_feedback else None)
+            if keeps else None,
             reference=repeat_rows(params, m) if rule == "parameter" else (),
             skips=jnp.zeros((m,), jnp.int32), count=z, forced=z, tested=z,
         )
@@ -310,7 +314,7 @@ def lazy_upload(
 
         scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
-        messages, memory, bits = _messages(compressor, error_feedback, masked, scaled,
+        messages, memory, bits = _messages(compressor, keeps, masked, scaled,
                                            state, keys, upload)
         reference = state.reference
         if rule == "parameter":
@@ -355,10 +359,11 @@ def _change(rule: str, grads: PyTree, ref_grads: PyTree | None, ref_grad_dist: A
                      "extra arg")
 
 
-def _messages(compressor, error_feedback: bool, masked: bool, scaled: PyTree,
+def _messages(compressor, keeps: bool, masked: bool, scaled: PyTree,
               state: LazyState, keys: Array, upload: Array):
     """Every worker's stored message after this round (the fresh one where it uploads), the
-    error-feedback memory and the bits of a fresh message per row.
+    memory (``keeps``: error feedback's, or a stateful compressor's per-worker state) and the
+    bits of a fresh message per row.
 
     Every row is compressed, skipped ones too, and their results discarded: the runner vmaps
     members, which turns any per-row branch into the same select."""
@@ -367,7 +372,7 @@ def _messages(compressor, error_feedback: bool, masked: bool, scaled: PyTree,
         fresh = scaled
         bits = jnp.full((upload.shape[0],), float(dense_bits(scaled, leading_axes=1)),
                         jnp.float32)
-    elif error_feedback:
+    elif keeps:
         fresh, memory, bits = compress_lib.error_feedback(compressor, scaled, memory, keys,
                                                           upload)
     else:

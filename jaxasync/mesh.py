@@ -77,6 +77,7 @@ def state_shardings(state: Any, mesh: Mesh, num_workers: int) -> Any:
         speed=worker(state.speed), ref_params=worker(state.ref_params),
         counts=replicated(state.counts), key=ns(P()), data_key=ns(P()),
         draws=worker(state.draws), events=worker(state.events),
+        downlink=replicated(state.downlink),   # the server's broadcast memory: one row
     )
 
 

@@ -37,8 +37,10 @@ import numpy as np
 import optax
 from jax import Array
 
+from jaxasync import _feistel as feistel
 from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
+from jaxasync import downlink as downlink_lib
 from jaxasync import side_info
 from jaxasync.algorithms import AlgorithmSpec
 from jaxasync.transforms import (
@@ -139,6 +141,10 @@ class SimConfig:
       eval_grad_norm: evaluations also report ``train_grad_norm``, the norm of the gradient
         of the mean training loss over the whole training set (a full pass: meant for the
         small convex workloads).
+      downlink: ``(name, ((key, value), ...), rule)``: the server's broadcast compressed with
+        a compressor of :data:`jaxasync.compress.COMPRESSORS` and its own feedback
+        (:mod:`jaxasync.downlink`: ``doublesqueeze``, ``ef21_bc``, ``ef21_p``), or None (the
+        dense model).
     """
 
     num_workers: int = 16
@@ -156,6 +162,7 @@ class SimConfig:
     compressor: tuple | None = None
     sampling: str = "replacement"
     eval_grad_norm: bool = False
+    downlink: tuple | None = None
 
 
 class SimCounts(NamedTuple):
@@ -207,6 +214,7 @@ class SimState(NamedTuple):
     data_key: Array         # constant per member: the epoch orders of sampling="epochs"
     draws: Array            # int32[M] minibatches each worker has drawn (sampling="epochs")
     events: EventState      # arrival index, timeouts, holds, stops (event model)
+    downlink: Any = ()      # jaxasync.downlink.DownlinkState with a compressed broadcast
 
 
 class Data(NamedTuple):
@@ -221,6 +229,13 @@ class Data(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- the simulator
+
+
+def with_workers(compressor: str, params: dict, num_workers: int) -> dict:
+    """A compressor's arguments with ``num_workers`` = M added where it takes one."""
+    if "num_workers" in compress_lib.COMPRESSORS[compressor].params:
+        params = {"num_workers": num_workers, **params}
+    return params
 
 
 def step_decay(learning_rate: float | Array, boundaries: tuple[int, ...],
@@ -254,45 +269,20 @@ def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
     return tree_norm(total)
 
 
-def _mix32(x: Array) -> Array:
-    """A 32-bit integer hash (the MurmurHash3 finaliser), uint32 -> uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
 def epoch_position(key: Array, size: Array, q: Array) -> Array:
     r"""Where the ``q``-th draw of a shuffled pass over ``size`` examples lands: int32 in
     ``[0, size)``.
 
     Draw :math:`q` belongs to epoch :math:`e = \lfloor q / n \rfloor` and is the
     :math:`(q \bmod n)`-th entry of that epoch's random order :math:`\pi_e`, so every
-    epoch visits each example exactly once. :math:`\pi_e` is a 4-round Feistel network on
-    :math:`2b` bits (:math:`4^b \ge n`) keyed by ``fold_in(key, e)``, restricted to
-    :math:`[0, n)` by cycle walking (re-encrypt until inside; a bijection, fewer than 4
-    rounds of walking expected). No sort, no state: any draw of any epoch is computed
-    directly, which a scan over server steps needs.
+    epoch visits each example exactly once. :math:`\pi_e` is the Feistel permutation of
+    :func:`jaxasync._feistel.permute` keyed by ``fold_in(key, e)``. No sort, no state: any
+    draw of any epoch is computed directly, which a scan over server steps needs.
     """
     size = jnp.asarray(size, jnp.int32)
     q = jnp.asarray(q, jnp.int32)
     epoch, r = q // size, q % size
-    # b = ceil(ceil(log2 n) / 2) half-width bits
-    log2 = jnp.where(size > 1, 32 - jax.lax.clz(jnp.maximum(size - 1, 1)), 0)
-    half = ((log2 + 1) // 2).astype(jnp.uint32)
-    mask = (jnp.uint32(1) << half) - jnp.uint32(1)
-    rounds = jax.random.bits(jax.random.fold_in(key, epoch), (4,), jnp.uint32)
-
-    def encrypt(x):
-        left, right = x >> half, x & mask
-        for i in range(4):
-            left, right = right, left ^ (_mix32(right ^ rounds[i]) & mask)
-        return (left << half) | right
-
-    x = jax.lax.while_loop(lambda x: x >= size.astype(jnp.uint32), encrypt,
-                           encrypt(r.astype(jnp.uint32)))
-    return x.astype(jnp.int32)
+    return feistel.permute(jax.random.fold_in(key, epoch), size, r)
 
 
 # ----------------------------------------------------------------------------- arrivals
@@ -375,6 +365,11 @@ class Simulator:
         # per-worker last-upload iterates are kept for the gradient at them (or its distance)
         self._needs_ref = side_info.keeps_reference(self.needs)
         self._fused = side_info.fused_with_gradients(self.needs)
+        self._down_comp = None
+        if config.downlink is not None:
+            name, params, _ = config.downlink
+            self._down_comp = compress_lib.make_compressor(name, **with_workers(
+                name, dict(params), m))
 
     # -- building blocks -----------------------------------------------------------------
 
@@ -385,13 +380,24 @@ class Simulator:
         if self.cfg.lr_boundaries:
             base = kwargs.get("learning_rate", self.spec.defaults().get("learning_rate"))
             kwargs["learning_rate"] = step_decay(base, self.cfg.lr_boundaries, self.cfg.lr_factor)
+        comp = self.compressor()
+        if comp is not None and "compressor" in self.spec.params:
+            # the algorithm applies the compressor its own way (EF21)
+            return keep_decisions(self.spec.build(**kwargs, compressor=comp), self.rows)
         tx = self.spec.build(**kwargs)
-        if self.cfg.compressor is not None:
-            name, params, error_feedback = self.cfg.compressor
-            comp = compress_lib.make_compressor(name, **dict(params))
-            tx = optax.chain(compress_rows(comp, error_feedback=error_feedback,
+        if comp is not None:
+            tx = optax.chain(compress_rows(comp, error_feedback=self.cfg.compressor[2],
                                            num_workers=self.cfg.num_workers), tx)
         return keep_decisions(tx, self.rows)
+
+    def compressor(self):
+        """The run's ``algorithm.compressor``, built (``num_workers`` filled in where the
+        compressor takes it: PermK, DGC's clipping), or None."""
+        if self.cfg.compressor is None:
+            return None
+        name, params, _ = self.cfg.compressor
+        return compress_lib.make_compressor(name, **with_workers(name, dict(params),
+                                                                 self.cfg.num_workers))
 
     def vmap_workers(self, fn, in_axes=0):
         """``jax.vmap`` over the worker axis (named ``"workers"``; sharded on a mesh)."""
@@ -433,6 +439,8 @@ class Simulator:
             # (folded in, not split off: the other streams, and so old results, are unchanged)
             data_key=jax.random.fold_in(key, 0x5EED), draws=jnp.zeros((m,), jnp.int32),
             events=events,
+            downlink=() if self.cfg.downlink is None else downlink_lib.init(
+                self._down_comp, self.cfg.downlink[2], params, m),
         )
 
     @property
@@ -513,19 +521,43 @@ class Simulator:
     def step(self, state: SimState, data: Data, hparams: dict) -> SimState:
         """One server step (pure)."""
         key, k_arr, k_batch, k_tx, k_next = jax.random.split(state.key, 5)
-        ctx = self._gather(state, data, k_arr, k_batch, k_tx)
+        ctx = self._gather(self._workers_view(state), data, k_arr, k_batch, k_tx)
         self._gradients(ctx)
         extra = {name: side_info.SIDE_INFO[name].compute(ctx) for name in self.offered}
         updates, opt_state = self.make_tx(hparams).update(ctx.grads_w, state.opt_state,
                                                           state.params, **extra)
         rows, ctrl = last_decisions(opt_state), worker_control(opt_state)
-        params, ring, norms, version = self._apply(state, updates, rows, ctrl)
+        updates, view, down, rows = self._downlink(state, ctx, updates, rows, ctrl)
+        params, ring, norms, version = self._apply(state, updates, rows, ctrl, view)
         now, finish, worker_version, events = self._clocks(state, ctx, rows, version, k_next,
                                                            ctrl)
         return SimState(params, opt_state, ring, version, norms, now, finish, worker_version,
-                        state.speed, self._references(state, ctx, rows),
+                        state.speed, self._references(ctx.state, ctx, rows),
                         self._counted(state, ctx, rows), key, state.data_key,
-                        state.draws.at[ctx.ids].add(1), events)
+                        state.draws.at[ctx.ids].add(1), events, down)
+
+    # -- compression of the broadcast (jaxasync.downlink) ---------------------------------
+
+    def _workers_view(self, state: SimState) -> SimState:
+        """The state the workers read their model from: where the server's model and the
+        workers' differ (``ef21_p``) a synchronous round computes at the newest view (the
+        ring's head); asynchronous rows read the ring anyway."""
+        if (self.cfg.downlink is None or self.cfg.downlink[2] != "ef21_p"
+                or not self.spec.synchronous):
+            return state
+        return state._replace(params=ring_read(state.ring, jnp.zeros((), jnp.int32)))
+
+    def _downlink(self, state: SimState, ctx, updates: PyTree, rows,
+                  ctrl: Control | None = None):
+        """The broadcast of this step: the update to apply, the view for the ring (None: the
+        new parameters), the downlink state, and the rows with the bits they download."""
+        if self.cfg.downlink is None:
+            return updates, None, state.downlink, rows
+        advance = jnp.any(rows.applied) if ctrl is None else ctrl.advance
+        applied, view, down, paid = downlink_lib.step(
+            self._down_comp, self.cfg.downlink[2], state.downlink, state.params, updates,
+            advance, ctx.ids, jax.random.fold_in(ctx.key, 0xD0))
+        return applied, view, down, rows._replace(bits_down=paid)
 
     def _gather(self, state: SimState, data: Data, k_arr: Array, k_batch: Array,
                 k_tx: Array) -> side_info.StepContext:
@@ -554,8 +586,10 @@ class Simulator:
         ctx.loss_w, ctx.grads_w = self.vmap_workers(jax.value_and_grad(self.workload.loss),
                                                     (axis, 0, 0))(base, ctx.x, ctx.y)
 
-    def _apply(self, state: SimState, updates: PyTree, rows, ctrl: Control | None = None):
-        """The new parameters, pushed into the ring, with the update's norm.
+    def _apply(self, state: SimState, updates: PyTree, rows, ctrl: Control | None = None,
+               view: PyTree | None = None):
+        """The new parameters, pushed into the ring (or the workers' ``view`` of them, where
+        the broadcast is compressed), with the update's norm.
 
         A step that applies nothing (all rejected or dropped) makes no new version, so
         staleness counts real updates; an algorithm that buffers rows says itself when its
@@ -568,7 +602,8 @@ class Simulator:
         new_params = jax.tree.map(lambda p, u: jnp.where(advance, p + u, p), state.params, updates)
         step_norm = jnp.where(advance, tree_norm(updates), 0.0)
         head = (state.ring.head + advance.astype(jnp.int32)) % d
-        ring = Ring(jax.tree.map(lambda r, p: r.at[head].set(p), state.ring.versions, new_params),
+        pushed = new_params if view is None else view
+        ring = Ring(jax.tree.map(lambda r, p: r.at[head].set(p), state.ring.versions, pushed),
                     head)
         norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
         return new_params, ring, norms, state.version + advance.astype(jnp.int32)
@@ -707,6 +742,8 @@ class Simulator:
             "staleness_max": c.staleness_max,
         })
         out.update(comm)
+        if self.cfg.downlink is not None:        # the broadcasts charged, not dense models
+            out.update(downlink_lib.metrics(state.downlink))
         out.update(algorithm_metrics(state.opt_state))
         leaves_ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
         out["finite"] = leaves_ok & jnp.isfinite(out["train_loss"])

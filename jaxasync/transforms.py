@@ -548,9 +548,9 @@ def accept_if(
 
 
 class CompressState(NamedTuple):
-    """State of :func:`compress_rows`: the error-feedback memories, one per worker
-    (a :class:`jaxasync.compress.Memory` with leading axis ``M``; ``None`` without error
-    feedback)."""
+    """State of :func:`compress_rows`: the memories, one per worker (a
+    :class:`jaxasync.compress.Memory` with leading axis ``M``: error feedback's residuals and a
+    stateful compressor's state; ``None`` when there is neither)."""
 
     memory: Any = None
 
@@ -568,23 +568,27 @@ def _compress_lib():
 def compress_rows(
     compressor: Callable[[PyTree, Array], tuple[PyTree, Array]],
     *,
-    error_feedback: bool = False,
+    error_feedback: bool | str = False,
     num_workers: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Compresses each applied row; optionally with error feedback.
 
     Without memory: :math:`m_i = C(g_i)`. With error feedback
     (:func:`jaxasync.compress.error_feedback`): :math:`v = e_w + g_i`, :math:`m_i = C(v)`,
-    :math:`e_w \leftarrow v - m_i`, where :math:`w` is the row's worker. The row's uplink
-    cost becomes the message size the compressor reports.
+    :math:`e_w \leftarrow v - m_i`, where :math:`w` is the row's worker. A stateful compressor
+    (:class:`jaxasync.compress.Stateful`: PowerSGD, DGC, signum...) keeps its state per worker
+    in the same memories, with or without error feedback. The row's uplink cost becomes the
+    message size the compressor reports.
 
     Args:
       compressor: ``(tree, key) -> (decompressed_tree, bits)`` for one worker
         (see :mod:`jaxasync.compress`).
-      error_feedback: keep a residual per worker.
-      num_workers: M; the residual has a leading ``M`` axis indexed by the
-        ``worker_ids`` extra arg. Without it, rows are taken to be workers
-        ``0..W-1`` in order.
+      error_feedback: keep a residual per worker (True, or ``"ef14"``); ``"ef21"``: EF21's
+        Markov compressor instead, :math:`m_i = C(g_i - h_w)`, :math:`h_w \leftarrow h_w + m_i`
+        (what :func:`jaxasync.markov.ef21` sends).
+      num_workers: M; the memories have a leading ``M`` axis indexed by the
+        ``worker_ids`` extra arg (required with error feedback or a stateful compressor).
+        Without worker ids, rows are taken to be workers ``0..W-1`` in order.
 
     Extra args: ``key`` (PRNG key, optional), ``worker_ids`` (int32[W], optional).
 
@@ -593,26 +597,35 @@ def compress_rows(
     """
     lib = _compress_lib()
 
+    # memories per worker: error feedback's, and a stateful compressor's state (PowerSGD's Q,
+    # DGC's momentum...), both carried by the one error_feedback step
+    if error_feedback not in (False, True, "ef14", "ef21"):
+        raise ValueError(f"compress_rows: error_feedback={error_feedback!r}: must be true, "
+                         "false, 'ef14' or 'ef21'")
+    feedback = "ef14" if error_feedback is True else (error_feedback or None)
+    keeps = feedback is not None or lib.is_stateful(compressor)
+
     def init_fn(params):
-        if not error_feedback:
+        if not keeps:
             return CompressState()
         if num_workers is None:
-            raise ValueError("compress_rows(error_feedback=True) needs num_workers")
-        return CompressState(lib.init_memory(compressor, params, num_workers))
+            raise ValueError("compress_rows(error_feedback=True) or a stateful compressor "
+                             "needs num_workers")
+        return CompressState(lib.init_memory(compressor, params, num_workers, feedback))
 
     def update_fn(updates, state, params=None, *, mask=None, key=None, worker_ids=None, **extra):
         rows = as_rows(updates, mask, params, {**extra, "worker_ids": worker_ids})
         w = rows.scale.shape[0]
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, w)
         live = rows.uploaded
-        if not error_feedback:
+        if not keeps:
             msg, bits = jax.vmap(compressor)(rows.grads, keys)
             new_state = state
         else:
             if worker_ids is None and w > num_workers:
                 # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped
                 # on read and lost on write, silently
-                raise ValueError(f"compress_rows: {w} rows without worker_ids, but error "
+                raise ValueError(f"compress_rows: {w} rows without worker_ids, but "
                                  f"memories for num_workers={num_workers}; give num_workers "
                                  f">= {w}")
             if worker_ids is not None and _concrete(worker_ids) and np.any(

@@ -391,6 +391,42 @@ def worst_case_quadratic(*, dim: int = 1000, smoothness: float = 1.0,
         description=f"worst-case quadratic d={dim} L={smoothness} mu={strong_convexity} "
                     f"noise={noise} {level} (f* = {f_star:.6g})",
     )
+def sign_counterexample(*, eps: float = 0.5, seed: int = 0, data_dir=None) -> Workload:
+    r"""Two examples on which sign-based steps cannot converge (Karimireddy et al. 2019).
+
+    :math:`F(x) = \tfrac12 \cdot \tfrac12 \sum_{i=1}^2 (a_i^\top x)^2` with
+    :math:`a_1 = (1, -1 + \epsilon)`, :math:`a_2 = (-1 + \epsilon, 1)` (:math:`0 < \epsilon <
+    1`), started at :math:`x_0 = (2, 0)`. Both examples' coordinates have opposite signs, so
+    every example gradient :math:`(a_i^\top x) a_i` has sign :math:`\pm(1, -1)`: any step
+    built from signs (signSGD, a scaled sign, their averages) moves along :math:`(1, -1)` and
+    never changes :math:`x_1 + x_2 = 2`, while the minimiser is :math:`x^\star = 0`
+    (:math:`F^\star = 0`). On that line :math:`F \ge F(1, 1) = \epsilon^2/2`. Error feedback
+    accumulates what the sign drops and leaves the line. This is the construction of the
+    paper's Section 3 counterexamples (two data points, sign steps confined to a line); the
+    exact vectors of the paper could not be checked from this machine, these are ours.
+
+    Target: ``train_gap <= 1e-3 * F(x_0)`` (below the line's floor for
+    :math:`\epsilon = 1/2`: :math:`F(x_0) = 1.25`, floor 0.125). ``seed``, ``data_dir``
+    ignored.
+
+    Reference: Karimireddy, Rebjock, Stich, Jaggi, "Error feedback fixes SignSGD and other
+    gradient compression schemes", ICML 2019 (arXiv 1901.09847), Section 3.
+    """
+    _check_seed(seed)
+    if not 0 < eps < 1:
+        raise ValueError(f"workload 'sign_counterexample': eps={eps!r}: must be in (0, 1)")
+    a = np.array([[1.0, eps - 1.0], [eps - 1.0, 1.0]], np.float32)
+    y = np.zeros((2,), np.float32)
+    x0 = np.array([2.0, 0.0], np.float32)
+    gram = a.astype(np.float64).T @ a.astype(np.float64) / 2
+    problem = data_lib.SyntheticProblem(data_lib.Dataset(a, y, a, y),
+                                        float(np.linalg.eigvalsh(gram).max()), 0.0,
+                                        np.zeros(2))
+    f0 = float(0.5 * x0 @ gram @ x0)
+    base = _least_squares_workload("sign_counterexample", problem,
+                                   Target("train_gap", 1e-3 * f0, "min"),
+                                   f"sign counterexample eps={eps}, x0=(2, 0)")
+    return dataclasses.replace(base, init=lambda key: {"params": {"w": jnp.asarray(x0)}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,6 +661,7 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
     "logistic": logistic,
     "mishchenko_quadratic": mishchenko_quadratic,
     "worst_case_quadratic": worst_case_quadratic,
+    "sign_counterexample": sign_counterexample,
     "mnist1d_mlp": mnist1d_mlp,
     "mnist1d_cnn": mnist1d_cnn,
     "digits_mlp": digits_mlp,
@@ -641,6 +678,7 @@ OFFLINE_WORKLOADS = (
     "logistic",
     "mishchenko_quadratic",
     "worst_case_quadratic",
+    "sign_counterexample",
     "mnist1d_mlp",
     "mnist1d_cnn",
     "digits_mlp",

@@ -443,7 +443,9 @@ def test_bad_names_and_values_raise_one_line(call, needle):
 
 
 def test_registry_names():
-    assert set(C.COMPRESSORS) == {"identity", "top_k", "random_k", "qsgd", "sign"}
+    assert set(C.COMPRESSORS) == {
+        "identity", "top_k", "random_k", "qsgd", "sign", "fp16", "onebit", "signum", "terngrad",
+        "natural", "threshold", "powersgd", "dgc", "fo_sgd", "perm_k", "rand_k_unbiased"}
     tree = tree_example()
     comps = [C.make_compressor(name, **kwargs) for name, kwargs in [
         ("identity", {}), ("top_k", {"density": 0.5}), ("random_k", {"density": 0.5}),

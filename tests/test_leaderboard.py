@@ -223,7 +223,9 @@ def test_shipped_entries_parse_and_compose():
                                          "params": {"learning_rate": 0.43},
                                          "lr_decay": {"epochs": [], "steps": [], "factor": 0.1},
                                          "compressor": {"name": "none", "error_feedback": False,
-                                                        "params": {}}}
+                                                        "params": {}},
+                                         "downlink": {"name": "none", "rule": "doublesqueeze",
+                                                      "params": {}}}
     assert cfgs["Minibatch SGD"]["run"]["gradients"] == 32000
     # the authors' batch of 256 drawn from all 10,000 examples by every worker
     assert (cfgs["ASGD"]["workload"]["batch_size"], cfgs["ASGD"]["workload"]["partition"]) == \

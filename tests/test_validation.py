@@ -159,6 +159,19 @@ CASES = [
     ("compressor-error-feedback-without-a-compressor",
      {"algorithm": {"compressor": {"error_feedback": True}}},
      ["algorithm.compressor.error_feedback=true"], "algorithm.compressor.name", False),
+    ("ef21-with-error-feedback",
+     {"algorithm": {"name": "ef21", "params": {"learning_rate": 0.05},
+                    "compressor": {"name": "top_k", "params": {"density": 0.5},
+                                   "error_feedback": True}}}, None,
+     "algorithm.compressor.error_feedback", False),
+    ("downlink-unknown", {"algorithm": {"downlink": {"name": "zip"}}},
+     ["algorithm.downlink.name=zip"], "algorithm.downlink.name", False),
+    ("downlink-rule-unknown",
+     {"algorithm": {"downlink": {"name": "top_k", "rule": "ef14", "params": {"density": 0.5}}}},
+     None, "algorithm.downlink.rule", False),
+    ("downlink-bad-params",
+     {"algorithm": {"downlink": {"name": "top_k", "params": {"density": 0.0}}}}, None,
+     "algorithm.downlink.params", False),
 ]
 IDS = [c[0] for c in CASES]
 assert len(CASES) >= 25 and len(set(IDS)) == len(IDS)
@@ -172,7 +185,7 @@ CLI_ROWS = {"unknown-algorithm", "unknown-workload", "unknown-delay-config",
             "lr-decay-epochs-and-steps", "lr-decay-step-fraction",
             "lr-decay-algorithm-without-schedules", "compressor-unknown", "sampling-unknown",
             "sampling-epochs-full-batch",
-            "compressor-on-an-algorithm-with-its-own-messages",
+            "compressor-on-an-algorithm-with-its-own-messages", "downlink-unknown",
             "compressor-error-feedback-without-a-compressor"}
 assert CLI_ROWS <= set(IDS)
 

@@ -138,6 +138,7 @@ def test_registry_names():
         "least_squares",
         "logistic",
         "mishchenko_quadratic",
+        "sign_counterexample",
         "mnist1d_mlp",
         "mnist1d_cnn",
         "digits_mlp",
@@ -208,8 +209,10 @@ def test_offline_workload_runs(offline, name):
         params = jax.tree.map(lambda p: p[0], stacked)
         return losses, grads, w.evaluate(params, x_test, y_test)
 
-    xw = jnp.asarray(d.x_train[:24]).reshape(3, 8, *d.x_train.shape[1:])
-    yw = jnp.asarray(d.y_train[:24]).reshape(3, 8)
+    # (a workload with fewer than 24 examples repeats them: sign_counterexample has 2)
+    rows = np.arange(24) % len(d.x_train)
+    xw = jnp.asarray(d.x_train[rows]).reshape(3, 8, *d.x_train.shape[1:])
+    yw = jnp.asarray(d.y_train[rows]).reshape(3, 8)
     keys = jax.random.split(KEY, 3)
     losses, grads, metrics = run(keys, xw, yw, jnp.asarray(d.x_test), jnp.asarray(d.y_test))
     assert losses.shape == (3,) and bool(jnp.all(jnp.isfinite(losses)))

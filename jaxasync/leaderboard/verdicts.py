@@ -93,6 +93,11 @@ def optimal_time(record: dict) -> float | None:
     got = quadratic.optimal_time_of(times, target["value"], **opts,
                                     batch_size=res.get("batch_size") or 1)
     return None if got is None else got[0]
+def _per_upload(member: dict) -> float | None:
+    """Mean uplink bits per upload over the run (a compressor's message size)."""
+    last = member["history"][-1]
+    uploads = float(last.get("uploads", 0.0))
+    return None if uploads <= 0 or "bits_up" not in last else float(last["bits_up"]) / uploads
 
 
 def _hist_median(member: dict) -> float | None:
@@ -133,6 +138,8 @@ QUANTITIES: dict[str, Quantity] = {
     "staleness_max": Quantity("max delay", True, "count", lambda m, t: _final(m, "staleness_max")),
     "bits_up": Quantity("uplink bits", True, "bits", lambda m, t: _final(m, "bits_up")),
     "uploads": Quantity("uploads", True, "count", lambda m, t: _final(m, "uploads")),
+    "bits_per_upload": Quantity("uplink bits per upload", True, "bits",
+                                lambda m, t: _per_upload(m)),
     "grads": Quantity("gradients computed", True, "count", lambda m, t: _final(m, "grads")),
 }
 
