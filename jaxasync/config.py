@@ -135,7 +135,14 @@ class RunConf:
     eval_train_size: int = 4096
     eval_grad_norm: bool = False  # report train_grad_norm = ||grad F(x)|| over the whole train set
     mesh_workers: int = 1         # devices along the worker axis; must divide num_workers
-    distributed: bool = False     # multi-host: jax.distributed.initialize() (Slurm / Open MPI)
+    members: str = "auto"         # auto | vmap | map: members batched or one after another
+    # several processes (hosts), see jaxasync.mesh: the coordinator (process 0's host:port), the
+    # number of processes and this one's id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    # JAX_PROCESS_ID; or distributed=true under a Slurm (srun) or Open MPI (mpirun) launch
+    distributed: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
     resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
 

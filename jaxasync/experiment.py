@@ -117,6 +117,7 @@ def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
 def _check_run(cfg: Config) -> None:
     """Run-level values that need no data: mesh, checkpoints, evaluation, speeds."""
     r, m = cfg.run, cfg.run.num_workers
+    _distributed(r)
     mesh = r.mesh_workers
     if not isinstance(mesh, int) or mesh < 1:
         raise ConfigError(f"run.mesh_workers={mesh!r}: must be an integer >= 1")
@@ -125,6 +126,11 @@ def _check_run(cfg: Config) -> None:
     if mesh > jax.device_count():
         raise ConfigError(f"run.mesh_workers={mesh}: larger than the {jax.device_count()} "
                           f"{jax.default_backend()} device(s) available")
+    from jaxasync.running import MEMBER_LAYOUTS
+
+    if r.members not in MEMBER_LAYOUTS:
+        raise ConfigError(f"run.members={r.members!r}: unknown; choose one of: "
+                          f"{', '.join(MEMBER_LAYOUTS)}")
     if r.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every={r.checkpoint_every!r}: must be >= 0 (0: off)")
     if r.eval_train_size < 1:
@@ -140,6 +146,22 @@ def _check_run(cfg: Config) -> None:
         bad = [v for v in speeds if not (v > 0 and math.isfinite(v))]
         if bad:
             raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
+
+
+def _distributed(r) -> None:
+    """Starts ``jax.distributed`` when the run names several processes (before anything asks
+    JAX for its devices); see :func:`jaxasync.mesh.initialize_distributed`."""
+    from jaxasync.mesh import initialize_distributed
+
+    for key in ("num_processes", "process_id"):
+        v = getattr(r, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"run.{key}={v!r}: must be an integer")
+    try:
+        initialize_distributed(r.coordinator, r.num_processes, r.process_id,
+                               required=bool(r.distributed))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_workload(name: str, options: dict) -> None:
@@ -593,54 +615,86 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     With ``out_dir`` (see :mod:`jaxasync.checkpoint`): a finished ``run.json`` of the
     same config is reused (the run is skipped), a checkpoint of the same config is
     resumed, and ``run.checkpoint_every = N > 0`` saves the state every N chunks.
+
+    Several processes (:mod:`jaxasync.mesh`): every process calls this with the same config
+    and ``out_dir`` and gets the same record; process 0 alone prints the progress and writes
+    the results, the others print one line; checkpoints are written and read by all.
     """
     from jaxasync import checkpoint as ckpt
+    from jaxasync.mesh import barrier, is_writer
 
     t_start = time.perf_counter()
     cfg_obj = to_config(cfg)
-    name = cfg_obj.algorithm.name
+    _distributed(cfg_obj.run)                  # before anything asks JAX for its devices
+    name, writer = cfg_obj.algorithm.name, is_writer()
     digest = ckpt.config_hash(cfg_obj)
     if out_dir is not None and cfg_obj.run.resume:
         done = ckpt.finished_record(Path(out_dir), digest)
         if done is not None:
-            if progress:
+            if progress and writer:
                 print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
                       f"skipped", flush=True)
             return done
-    elif out_dir is not None:
+    elif out_dir is not None and writer:
         ckpt.discard(Path(out_dir))
+    barrier("jaxasync: out_dir checked")
     prep = prepare(cfg_obj, workload_factory)
     if progress:
-        print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
-              f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
-              f"members={len(prep.members)} delay={prep.delay.kind}", flush=True)
+        _announce(name, prep, writer)
     keys, hparams = prep.keys(), prep.hparams()
-    checkpoints, state, history = None, None, None
-    every = cfg_obj.run.checkpoint_every
-    if out_dir is not None and (every > 0 or ckpt.Checkpoints.exists(out_dir)):
-        sc = prep.sim_config
-        checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
-                                       math.ceil(sc.steps / sc.eval_every))
-        state, history = checkpoints.restore(prep.simulator, keys, hparams)
-        if state is not None and progress:
-            print(f"[{name}] resuming from {checkpoints.directory} after chunk "
-                  f"{checkpoints.chunks_done(history)}", flush=True)
+    checkpoints, state, history = _checkpoints(prep, out_dir, digest, keys, hparams,
+                                               progress and writer)
     resumed = checkpoints.chunks_done(history) if history is not None else None
     data = put_data(prep.workload, prep.index, prep.size)
     try:
         result = run(prep.simulator, data, keys, hparams,
-                     progress=_progress_printer(name) if progress else None,
+                     progress=_progress_printer(name) if progress and writer else None,
                      state=state, history=history,
                      on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
-                     mesh=prep.mesh)
+                     mesh=prep.mesh, members=cfg_obj.run.members)
     finally:
         if checkpoints is not None:
             checkpoints.close()
     record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
     record["config_hash"] = digest
     record["timing"]["resumed_after_chunk"] = resumed
-    if out_dir is not None:
+    if out_dir is not None and writer:
         report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
         if checkpoints is not None:
             checkpoints.remove()
+    barrier("jaxasync: results written")
     return record
+
+
+def _announce(name: str, prep: Prepared, writer: bool) -> None:
+    """The run's first line (process 0), or which process this is (the others)."""
+    import jax
+
+    if not writer:
+        print(f"[{name}] process {jax.process_index()}/{jax.process_count()}: "
+              f"{jax.local_device_count()} of {jax.device_count()} devices; process 0 prints "
+              f"the progress and writes the results", flush=True)
+        return
+    procs = f" processes={jax.process_count()}" if jax.process_count() > 1 else ""
+    print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
+          f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
+          f"members={len(prep.members)} delay={prep.delay.kind}{procs}", flush=True)
+
+
+def _checkpoints(prep: Prepared, out_dir, digest: str, keys, hparams, talk: bool):
+    """``(checkpoints, state, history)``: the run's :class:`~jaxasync.checkpoint.Checkpoints`
+    (None without ``out_dir`` or anything to save or resume) and the state and history it
+    resumes (None, None: from the start)."""
+    from jaxasync import checkpoint as ckpt
+
+    every = prep.cfg.run.checkpoint_every
+    if out_dir is None or not (every > 0 or ckpt.Checkpoints.exists(out_dir)):
+        return None, None, None
+    sc = prep.sim_config
+    checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
+                                   math.ceil(sc.steps / sc.eval_every))
+    state, history = checkpoints.restore(prep.simulator, keys, hparams, mesh=prep.mesh)
+    if state is not None and talk:
+        print(f"[{prep.cfg.algorithm.name}] resuming from {checkpoints.directory} after chunk "
+              f"{checkpoints.chunks_done(history)}", flush=True)
+    return checkpoints, state, history
