@@ -148,9 +148,15 @@ def _check_run(cfg: Config) -> None:
             raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
 
 
+def start_processes(cfg: Config) -> None:
+    """Starts ``jax.distributed`` when ``cfg.run`` names several processes (a
+    :class:`ConfigError` for a bad value); call it before anything asks JAX for its devices.
+    See :func:`jaxasync.mesh.initialize_distributed`."""
+    _distributed(cfg.run)
+
+
 def _distributed(r) -> None:
-    """Starts ``jax.distributed`` when the run names several processes (before anything asks
-    JAX for its devices); see :func:`jaxasync.mesh.initialize_distributed`."""
+    """:func:`start_processes` of ``run``."""
     from jaxasync.mesh import initialize_distributed
 
     for key in ("num_processes", "process_id"):
@@ -159,7 +165,7 @@ def _distributed(r) -> None:
             raise ConfigError(f"run.{key}={v!r}: must be an integer")
     try:
         initialize_distributed(r.coordinator, r.num_processes, r.process_id,
-                               required=bool(r.distributed))
+                               detect=bool(r.distributed))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -49,22 +49,24 @@ def make_mesh(n: int) -> Mesh:
 
 #: environment variables naming the processes of a run, besides JAX_COORDINATOR_ADDRESS
 ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
-#: a launch JAX detects by itself (Slurm's srun, Open MPI's mpirun)
-CLUSTER_VARS = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri")
+#: a launch JAX detects by itself (Slurm's srun, Open MPI 4's mpirun)
+CLUSTER_VARS = ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *, required: bool = False) -> bool:
+                           process_id: int | None = None, *, detect: bool = False) -> bool:
     """Starts ``jax.distributed`` once per process; True when this is a multi-process run.
 
     Each argument left None is read from the environment (``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), and what is still missing is left to JAX's
-    Slurm and Open MPI detection. With nothing given and no launcher in the environment this
-    does nothing (unless ``required``), so the same command runs on a laptop. Must run before
-    anything else uses JAX; a second call does nothing.
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of them, nothing happens unless
+    ``detect`` (``run.distributed=true``): then JAX reads a Slurm (``srun``) or Open MPI 4
+    (``mpirun``) launch from its environment. Open MPI's ``OMPI_COMM_WORLD_SIZE`` and
+    ``OMPI_COMM_WORLD_RANK`` fill in the number and id of the processes (Open MPI 5, which JAX
+    does not detect, then needs only ``run.coordinator``). Must run before anything else uses
+    JAX; a second call does nothing.
 
     Raises:
-      ValueError: a bad value (named), or ``required`` and nothing to start from.
+      ValueError: a bad value or a missing one (named).
     """
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
@@ -72,6 +74,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
     num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    if (coordinator, num_processes, process_id) == (None, None, None) and not detect:
+        return False
+    if num_processes is None:
+        num_processes = _env_int("OMPI_COMM_WORLD_SIZE")
+    if process_id is None:
+        process_id = _env_int("OMPI_COMM_WORLD_RANK")
     if coordinator is not None and (":" not in coordinator
                                     or not coordinator.rsplit(":", 1)[1].isdigit()):
         raise ValueError(f"run.coordinator={coordinator!r}: must be host:port (process 0's "
@@ -81,13 +89,10 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     if process_id is not None and not (0 <= process_id < (num_processes or process_id + 1)):
         raise ValueError(f"run.process_id={process_id!r}: must be in [0, run.num_processes="
                          f"{num_processes})")
-    given = (coordinator, num_processes, process_id)
-    if all(v is None for v in given) and not any(v in env for v in CLUSTER_VARS):
-        if required:
-            raise ValueError("run.distributed=true: no run.coordinator and no Slurm or Open MPI "
-                             "launch in the environment; give run.coordinator, "
-                             "run.num_processes and run.process_id")
-        return False
+    if coordinator is None and not any(v in env for v in CLUSTER_VARS):
+        raise ValueError("run.coordinator: missing; give process 0's host:port (or "
+                         "JAX_COORDINATOR_ADDRESS), or launch with Slurm's srun or Open MPI's "
+                         "mpirun and run.distributed=true")
     jax.distributed.initialize(coordinator, num_processes, process_id)
     return jax.process_count() > 1
 

@@ -179,3 +179,26 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path):
     assert not ckpt.exists()                      # removed once run.json is written
     print(f"\nmulti-process test: reference + 2-process run {t_run:.1f} s, kill + resume "
           f"{t_resume:.1f} s, total {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.parametrize("run_keys,message", [
+    ({"coordinator": "localhost"}, r"run.coordinator='localhost': must be host:port"),
+    ({"coordinator": "127.0.0.1:9", "num_processes": 2, "process_id": 2},
+     r"run.process_id=2: must be in \[0, run.num_processes=2\)"),
+    ({"num_processes": 0, "coordinator": "127.0.0.1:9"}, r"run.num_processes=0: must be >= 1"),
+    ({"distributed": True}, r"run.coordinator: missing; give process 0's host:port"),
+    ({"process_id": "one"}, r"run.process_id='one': must be an integer"),
+])
+def test_bad_process_settings_are_config_errors(run_keys, message, monkeypatch):
+    """Refused before anything starts (no coordinator is contacted)."""
+    from jaxasync.config import ConfigError
+    from jaxasync.experiment import validate
+
+    for var in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE",
+                "OMPI_COMM_WORLD_RANK", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = {"algorithm": {"name": "asgd"}, "workload": {"name": "least_squares"},
+           "run": {"num_workers": 4, **run_keys}}
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
