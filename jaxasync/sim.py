@@ -19,8 +19,9 @@ One server step (:meth:`Simulator.step`, one method per phase):
 5. advance the clocks (event model: the arrivals start again from the new version once
    their messages have crossed the link).
 
-A chunk of E steps is one ``lax.scan``, followed by an evaluation, inside one jitted
-function; members are vmapped into the same program.
+A chunk of E steps is one loop (:meth:`Simulator.steps`), followed by an evaluation; the
+runner (:mod:`jaxasync.running`) compiles them once for all members (vmapped, or one after
+another) and calls them chunk by chunk.
 """
 
 from __future__ import annotations
