@@ -11,9 +11,11 @@ through :func:`jaxasync.experiment.run_experiment`, and reading its record's ``t
 ``compile_seconds`` (until the first chunk can start: tracing, compiling, the initial state
 and its evaluation) and ``run_seconds`` (the chunks). The trees' processes alternate
 (algorithm by algorithm, repeat by repeat) so machine load hits them alike; the table shows
-the medians and the ratio of each tree to the first one. A tree is a directory holding a
-``jaxasync`` package (a checkout, or ``git archive <commit> | tar -x``), put first on
-``PYTHONPATH``.
+the medians and the ratio of each tree to the first one. ``cpu``: the process's CPU seconds
+(all threads) from the data's load to the end of the first chunk, compilation and one chunk's
+work, less sensitive to other processes than the wall-clock ``compile_seconds``. A tree is a
+directory holding a ``jaxasync`` package (a checkout, or ``git archive <commit> | tar -x``),
+put first on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -31,21 +33,38 @@ HERE = Path(__file__).resolve().parent
 
 def child(algorithm: str, overrides: list[str]) -> None:
     """In the measuring process: one default job, its timing as one JSON line."""
+    import time
+
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from jaxasync import experiment
     from jaxasync.cli import CONF_DIR
     from jaxasync.config import register_configs
-    from jaxasync.experiment import run_experiment
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"algorithm={algorithm}", "plot=false", *overrides])
     plain = OmegaConf.to_container(cfg, resolve=True)
-    record = run_experiment(plain, None, progress=False)
+    # this process's CPU seconds from the data's load to the end of the first chunk (the
+    # compilation, all threads, and one chunk's work): less sensitive to other processes
+    marks = {}
+    prepare = experiment.prepare
+
+    def prepared(*a, **k):
+        out = prepare(*a, **k)
+        marks["prepared"] = time.process_time()
+        return out
+
+    def first_chunk(*a, **k):
+        return lambda *b: marks.setdefault("chunk", time.process_time())
+
+    experiment.prepare, experiment._progress_printer = prepared, first_chunk
+    record = experiment.run_experiment(plain, None, progress=True)
     t = record["timing"]
     print("TIMING" + json.dumps({"compile": t["compile_seconds"], "run": t["run_seconds"],
-                                 "wall": t["wall_seconds"]}), flush=True)
+                                 "wall": t["wall_seconds"],
+                                 "cpu": marks["chunk"] - marks["prepared"]}), flush=True)
 
 
 def measure(tree: Path, algorithm: str, overrides: list[str], timeout: float) -> dict:
@@ -70,23 +89,26 @@ def algorithms_of(tree: Path) -> list[str]:
 
 def table(results: dict, trees: list[Path], algorithms: list[str]) -> list[str]:
     names = [t.name or str(t) for t in trees]
-    head = f"{'algorithm':<18}" + "".join(f" {n[:14] + ' compile':>22} {'run':>7}" for n in names)
+    head = f"{'algorithm':<18}" + "".join(f" {n[:12] + ' compile':>20} {'cpu':>6} {'run':>6}"
+                                          for n in names)
     if len(trees) > 1:
-        head += "".join(f" {'ratio ' + n[:10]:>17}" for n in names[1:])
+        head += "".join(f" {'ratio ' + n[:8]:>15} {'cpu':>5}" for n in names[1:])
     lines = [head]
     for alg in algorithms:
         row, comp = f"{alg:<18}", []
         for tree in trees:
             ok = [r for r in results[alg][str(tree)] if "error" not in r]
             if not ok:
-                row += f" {'error':>22} {'':>7}"
+                row += f" {'error':>20} {'':>6} {'':>6}"
                 comp.append(None)
                 continue
             c = statistics.median(r["compile"] for r in ok)
-            row += f" {c:>22.2f} {statistics.median(r['run'] for r in ok):>7.2f}"
-            comp.append(c)
+            cpu = statistics.median(r["cpu"] for r in ok)
+            row += f" {c:>20.2f} {cpu:>6.2f} {statistics.median(r['run'] for r in ok):>6.2f}"
+            comp.append((c, cpu))
         for c in comp[1:]:
-            row += f" {c / comp[0]:>17.2f}" if c and comp[0] else f" {'-':>17}"
+            row += (f" {c[0] / comp[0][0]:>15.2f} {c[1] / comp[0][1]:>5.2f}" if c and comp[0]
+                    else f" {'-':>15} {'-':>5}")
         lines.append(row)
     return lines
 
