@@ -47,7 +47,8 @@ the load average is printed next to the figures (this machine is shared: expect 
 **Table.** Reads the ``run.json`` files of an ``experiment=sasg_mnist_fc`` sweep (one per
 algorithm) and prints, per algorithm over the seeds: rounds (uploads) and uplink bits to the
 first evaluation at or above ``--target``, final test accuracy, fraction of skipped uploads
-and total uplink bits, next to the paper's MNIST row (TARGETS.md, the authors' logs).
+and total uplink bits, next to the paper's MNIST row (Deng et al., arXiv 2112.04088, from
+the authors' run logs: github.com/xiaogdeng/SASG, log_seed/).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ from jaxasync.workloads import get_workload, gradient_pair
 
 M, BATCH, HISTORY, DENSITY, ALPHA = 10, 10, 10, 0.01, 0.005
 
-#: TARGETS.md, MNIST row (authors' logs, full MNIST, target 98%)
+#: SASG's MNIST row (the authors' run logs, github.com/xiaogdeng/SASG, log_seed/; full
+#: MNIST, target 98%)
 PAPER = {
     "sgd_sum": {"label": "SGD", "rounds": 61000, "final": 98.19, "skipped": None},
     "sparse": {"label": "Sparse", "rounds": 62200, "final": 98.17, "skipped": None},

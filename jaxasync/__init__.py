@@ -45,7 +45,25 @@ from jaxasync.transforms import (
     total_bits,
 )
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source. A source tree
+    run without installing reads it from there."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxasync")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) \
+            if pyproject.is_file() else None
+        return found.group(1) if found else "unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "ALGORITHMS", "AlgorithmSpec", "COMPRESSORS", "WorkerRows", "accept_if", "aggregate", "asgd",

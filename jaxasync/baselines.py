@@ -1,4 +1,4 @@
-r"""The asynchronous baselines CE-ASGD competes against (ALGORITHMS.md, "Asynchronous baselines").
+r"""The asynchronous baselines CE-ASGD competes against (each factory cites its paper).
 
 Each one is an ``optax.chain`` of worker-axis pieces (:mod:`jaxasync.transforms`),
 registered for the simulator (registry name, then the extra args it needs):
@@ -25,7 +25,7 @@ from jax import Array
 from jaxasync import hparams as hp
 from jaxasync import rules
 from jaxasync.algorithms import register, required_workers
-from jaxasync.transforms import accept_if, aggregate, as_rows, scale_by_staleness
+from jaxasync.transforms import accept_if, aggregate, as_rows, needs_extra, scale_by_staleness
 
 PyTree = Any
 
@@ -68,6 +68,7 @@ def delay_compensate(lam: float | Array = 0.04, *, adaptive: bool = False,
         ms = jax.tree.map(jnp.zeros_like, params) if adaptive else ()
         return DelayCompensationState(ms, jnp.zeros((), jnp.int32))
 
+    @needs_extra('delay compensation', 'drift')
     def update_fn(updates, state, params=None, *, drift, mask=None, **extra):
         rows = as_rows(updates, mask, params, {**extra, "drift": drift})
         live = rows.applied

@@ -52,7 +52,14 @@ from jax import Array
 from jaxasync import hparams as hp
 from jaxasync import rules
 from jaxasync.algorithms import register
-from jaxasync.transforms import accept_if, aggregate, as_rows, find_states, num_params
+from jaxasync.transforms import (
+    accept_if,
+    aggregate,
+    as_rows,
+    find_states,
+    needs_extra,
+    num_params,
+)
 
 PyTree = Any
 
@@ -172,6 +179,7 @@ def count_server_work(variant: str) -> optax.GradientTransformationExtraArgs:
         z = jnp.zeros((), jnp.int32)
         return ServerWorkState(z, z, z, jnp.asarray(num_params(params), jnp.int32))
 
+    @needs_extra('count_server_work', 'staleness')
     def update_fn(updates, state, params=None, *, staleness, mask=None, **extra):
         rows = as_rows(updates, mask, params, {**extra, "staleness": staleness})
         w = rows.scale.shape[0]

@@ -1,9 +1,11 @@
 """The Hydra command line: ``jaxasync [group=option ...] [key=value ...]``.
 
-Every job writes ``run.json``, ``metrics.csv`` and ``metrics.png`` into its Hydra output
-directory and prints a summary table; a multirun (``-m``, or the default comparison)
+Every job writes ``run.json``, ``metrics.csv`` and ``metrics.png``/``.pdf`` into its Hydra
+output directory and logs its progress and a summary table (:mod:`jaxasync.progress`:
+Hydra's job log file holds the same lines); a multirun (``-m``, or the default comparison)
 ends with a table over all its jobs, ``summary.md``, ``summary.csv`` and
-``comparison.png`` in the sweep directory.
+``comparison.png``/``.pdf`` in the sweep directory (:mod:`jaxasync.tables`,
+:mod:`jaxasync.plots`).
 
 A bad config value, a misspelled key or an unknown config option exits with status 2
 and a one-line message naming the key, the value and what is allowed, before any job
@@ -27,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from jaxasync.config import ConfigError, register_configs
+from jaxasync.resources import conf_dir
 
-#: the Hydra config directory (the repository's ``conf/``)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: the Hydra config directory: the repository's ``conf/``, shipped in the wheel as
+#: ``jaxasync/conf`` (:mod:`jaxasync.resources`)
+CONF_DIR = conf_dir()
 
 
 def _fail(msg: str, debug: bool) -> None:
@@ -43,11 +47,11 @@ def _job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from jaxasync import report
     from jaxasync.config import to_config
     from jaxasync.experiment import run_experiment, start_processes
     from jaxasync.mesh import is_writer, same_text
 
+    _import_in_job(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         start_processes(to_config(plain))
@@ -61,11 +65,26 @@ def _job(cfg: Any) -> None:
     except ConfigError as e:
         _fail(str(e), bool(cfg.get("traceback")))
         return
-    if not is_writer():
+    if not is_writer():   # several processes: process 0 alone prints and writes
         return
-    print()
-    print(report.format_table(report.summary_rows(record)))
-    print(f"\nwrote {Path(out_dir) / 'run.json'}, metrics.csv, metrics.png", flush=True)
+    show_job(record, Path(record.get("written_to") or out_dir))  # (a fallback when out_dir failed)
+
+
+def files_line(directory: Path, names: list[str]) -> str:
+    """``files in DIR: a, b`` naming only those of ``names`` that exist there."""
+    have = [n for n in names if (Path(directory) / n).is_file()]
+    return f"files in {directory}: {', '.join(have) or '(none)'}"
+
+
+def show_job(record: dict, out_dir: Path) -> None:
+    """A finished job's table and files, logged (so Hydra's job log has them too)."""
+    import logging
+
+    from jaxasync import tables
+
+    log = logging.getLogger("jaxasync")
+    log.info("\n" + tables.build([record]).text())
+    log.info(files_line(out_dir, ["run.json", "metrics.csv", "metrics.png", "metrics.pdf"]))
 
 
 try:
@@ -74,8 +93,26 @@ except ImportError:  # pragma: no cover - hydra < 1.1
     Callback = object  # type: ignore[misc,assignment]
 
 
+def write_summary(records: list[dict], directory: Path, plot: bool = True,
+                  show_table: bool = True) -> None:
+    """``summary.md``, ``summary.csv`` and ``comparison.png``/``.pdf`` of ``records`` in
+    ``directory``; prints the table (unless ``show_table``) and the files written."""
+    from jaxasync import plots, report, tables
+
+    table = tables.build(records)
+    if show_table:
+        print("\n" + table.text(), flush=True)
+    report.atomic_write(directory / "summary.md", table.text() + "\n")
+    report.atomic_write(directory / "summary.csv", table.csv())
+    if plot:
+        plots.plot_records(records, directory / "comparison.png")
+    print(files_line(directory, ["summary.md", "summary.csv", "comparison.png",
+                                 "comparison.pdf"]), flush=True)
+
+
 class SummaryCallback(Callback):
-    """At the end of a multirun: one table over all jobs, and a comparison plot."""
+    """At the end of a multirun: one table over all jobs (a single job's was printed by the
+    job), ``summary.md``, ``summary.csv`` and a comparison plot."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from jaxasync import report
@@ -85,31 +122,11 @@ class SummaryCallback(Callback):
             return
 
         sweep = Path(config.hydra.sweep.dir)
-        records = report.load_records(sweep)
+        records = report.load_records(sweep) if sweep.is_dir() else []
         if not records:
             return
-        rows = [row for r in records for row in report.summary_rows(r)]
-        table = report.format_table(rows)
-        print("\n" + table, flush=True)
-        report.atomic_write(sweep / "summary.md", table + "\n")
-        report.atomic_write(sweep / "summary.csv", _rows_csv(rows))
-        if any(r["config"].get("plot", True) for r in records):
-            report.plot_records(records, sweep / "comparison.png")
-        print(f"\nwrote {sweep}/summary.md, summary.csv, comparison.png", flush=True)
-
-
-def _rows_csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+        write_summary(records, sweep, plot=any(r["config"].get("plot", True) for r in records),
+                      show_table=len(records) > 1)
 
 
 # ----------------------------------------------------------------------------- several processes
@@ -175,6 +192,24 @@ def _composition_message(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def _check_hydra_dirs(base: Any, multirun: bool, fail) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must be usable as directories (Hydra's own
+    error for a file there is a traceback)."""
+    from omegaconf import OmegaConf
+
+    from jaxasync.outputs_dir import as_path
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        path = OmegaConf.select(base, key)
+    except Exception:  # an interpolation only Hydra resolves (${now:...} is resolved here)
+        return
+    try:
+        as_path(path, key)
+    except ConfigError as e:
+        fail(str(e), e)
+
+
 def _precheck(argv: list[str]) -> Any:
     """Composes and validates every job of the command before Hydra runs any.
 
@@ -236,6 +271,7 @@ def _precheck(argv: list[str]) -> Any:
         except Exception as e:
             fail(_composition_message(e), e)
         multirun = args.multirun or str(base.hydra.mode).endswith("MULTIRUN")
+        _check_hydra_dirs(base, multirun, fail)
         sweeps = {k: v for k, v in cmd.items() if len(v) > 1}
         if sweeps and not multirun:
             key = next(iter(sweeps))
@@ -281,7 +317,10 @@ def _precheck(argv: list[str]) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``jaxasync``.
 
+    ``--help`` and ``--version`` are jaxasync's (Hydra's own help: ``--hydra-help``).
     ``--debug`` (removed before Hydra parses the command line) is ``traceback=true``.
+    Entry points of ``jaxasync.plugins`` and the modules of ``imports=`` are loaded before
+    anything is composed (:mod:`jaxasync.plugins`).
     """
     import hydra
 
@@ -292,11 +331,137 @@ def main(argv: list[str] | None = None) -> None:
         if not any(a.lstrip("+").startswith("traceback=") for a in sys.argv[1:]):
             sys.argv.append("traceback=true")
     register_configs()
+    _load_plugins(sys.argv[1:])
+    if "--version" in sys.argv[1:]:
+        print(f"jaxasync {version()}")
+        return
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text())
+        return
     base = _precheck(sys.argv[1:])
     sys.argv += _process_overrides(base)
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
     app()
 
 
-if __name__ == "__main__":
-    main()
+# ----------------------------------------------------------------------------- plugins
+
+
+def _load_plugins(argv: list[str]) -> None:
+    """Entry points and ``imports=`` modules; a module that fails to import exits with 2."""
+    from jaxasync import plugins
+
+    try:
+        plugins.load(argv, CONF_DIR)
+    except plugins.PluginError as e:
+        _fail_plugin(e, _wants_traceback(argv))
+
+
+def _fail_plugin(e: Exception, debug: bool) -> None:
+    if debug:
+        raise e
+    print(f"jaxasync: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _import_in_job(cfg: Any) -> None:
+    """A job's ``imports`` (for launchers that run jobs in fresh processes; idempotent)."""
+    from jaxasync import plugins
+
+    names = list(cfg.get("imports") or [])
+    if names:
+        try:
+            plugins.import_modules(names)
+        except plugins.PluginError as e:
+            _fail_plugin(e, bool(cfg.get("traceback")))
+
+
+# ----------------------------------------------------------------------------- help, version
+
+
+def version() -> str:
+    """jaxasync's version: the installed distribution's (pyproject.toml is its one source)."""
+    from jaxasync import __version__
+
+    return __version__
+
+
+def _group_options() -> dict[str, list[str]]:
+    """Each config group's options: YAML files and ConfigStore nodes, without ``schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    groups: dict[str, set[str]] = {}
+    for d in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        groups[d.name] = {f.stem for f in d.glob("*.yaml")}
+    for name, node in repo.items():
+        if isinstance(node, dict) and name in groups:
+            groups[name] |= {k.removesuffix(".yaml") for k in node if k != "schema.yaml"}
+    return {g: sorted(o - {"schema"}) for g, o in groups.items()}
+
+
+def _key_lines(prefix: str, schema: Any) -> list[str]:
+    """``prefix.key=default  help`` for every field of ``schema`` that carries a declaration
+    (its ``doc`` is the help text)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from jaxasync.hparams import declaration_of
+
+    lines = []
+    for f in dataclasses.fields(schema):
+        param = declaration_of(f)
+        if param is None or not param.doc:
+            continue
+        default = OmegaConf.to_container(OmegaConf.structured(schema))[f.name]
+        shown = "null" if default is None else str(default).replace(" ", "").replace("'", "")
+        lines.append((f"{prefix}{f.name}={shown}".lower() if isinstance(default, bool)
+                      else f"{prefix}{f.name}={shown}", param.doc))
+    width = max(len(k) for k, _ in lines)
+    return [_wrap(f"  {k:<{width}}  ", h) for k, h in lines]
+
+
+def _wrap(head: str, text: str, width: int = 100) -> str:
+    """``head`` then ``text`` wrapped to ``width`` columns, continued under its start."""
+    import textwrap
+
+    return textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_on_hyphens=False)
+
+
+def help_text() -> str:
+    """``jaxasync --help``: rendered from the config directory and the schema, so it cannot
+    drift from them."""
+    from jaxasync.config import Config, RunConf
+
+    groups = _group_options()
+    gw = max(len(g) for g in groups)
+    lines = [
+        f"jaxasync {version()}: a benchmark suite for communication-efficient asynchronous "
+        "and distributed SGD (JAX)",
+        "",
+        "usage: jaxasync [--help] [--version] [--debug] [-m] [group=option ...] "
+        "[key=value ...]",
+        "",
+        _wrap("", "Without arguments: ASGD vs delay-adaptive ASGD vs synchronous SGD on "
+              "MNIST-1D, a multirun ending with one table. -m with comma-separated values "
+              "sweeps (jaxasync -m algorithm=asgd,sync_sgd); a list of seeds or numbers "
+              "(run.seeds=[0,1,2]) runs as one vmapped program. Each job writes run.json, "
+              "metrics.csv and metrics.png."),
+        "",
+        "Config groups (group=option):",
+        *[_wrap(f"  {g:<{gw}}  ", ", ".join(o)) for g, o in groups.items()],
+        "",
+        "Run keys (run.key=default):",
+        *_key_lines("run.", RunConf),
+        "",
+        "Other keys:",
+        *_key_lines("", Config),
+        _wrap("  algorithm.params.<name>=...  ", "the algorithm's parameters (a list of "
+              "numbers: a vmapped sweep)"),
+        "",
+        _wrap("", "--debug: the full traceback of an error. --hydra-help: Hydra's own "
+              "options. Your own algorithm: imports=[module] (see the README)."),
+    ]
+    return "\n".join(lines)

@@ -5,7 +5,7 @@ Every compressor is a function ``compressor(tree, key) -> (message, bits)``:
 * ``tree`` is one worker's gradient, a pytree of float arrays (a Flax params dict, say);
 * ``message`` has the same structure, shapes and dtypes: the *decompressed* message the
   server sees, dense, zeros where nothing is sent;
-* ``bits`` is a float32 scalar: the size of the message on the wire (DESIGN.md item 7).
+* ``bits`` is a float32 scalar: the size of the message on the wire (what the counters add).
 
 They hold no state, read no config object and are pure, jittable and ``jax.vmap``-able over a
 leading worker axis of ``tree`` and ``key`` (the caller vmaps). Hyperparameters are bound by
@@ -197,7 +197,7 @@ def split_selection(selection: Array, start: int) -> Array:
 def identity() -> Compressor:
     r"""No compression: the dense gradient.
 
-    :math:`C(x) = x`; bits :math:`= 32\,d` (a dense float32 vector, DESIGN.md item 7).
+    :math:`C(x) = x`; bits :math:`= 32\,d` (a dense float32 vector).
 
     Returns:
       ``compressor(tree, key) -> (tree, bits)``.

@@ -1,6 +1,6 @@
 """Structured config: the Hydra schemas, and their conversion to plain numbers.
 
-Config stops here (DESIGN.md, item 8): everything below takes plain numbers. The same
+Config stops here: everything below it takes plain numbers. The same
 :func:`validate` runs for the CLI and for the Python API, so both raise the same
 :class:`ConfigError`, a one-line message naming the key, the bad value and what is
 allowed.
@@ -17,7 +17,21 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from jaxasync import hparams as hp
+from jaxasync.data.partitioning import PARTITION_SCHEMES
 from jaxasync.delays import DelayConfig
+
+#: the largest count the simulator's int32 counters hold
+INT32_MAX = 2**31 - 1
+
+
+def _count(low: int, doc: str, **kw) -> hp.Param:
+    """A count: an integer in [low, 2^31 - 1]."""
+    return hp.Param("int", low=low, high=INT32_MAX, static=True, doc=doc, **kw)
+
+
+def _text(doc: str, **kw) -> hp.Param:
+    return hp.Param("str", static=True, doc=doc, **kw)
 
 
 class ConfigError(ValueError):
@@ -36,9 +50,11 @@ class LrDecayConf:
     otherwise) or in server ``steps``; empty lists: a constant learning rate.
     """
 
-    epochs: list[float] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    factor: float = 0.1
+    epochs: list[float] = hp.field(hp.positive("boundaries in epochs, increasing", items=True),
+                                   default_factory=list)
+    steps: list[int] = hp.field(_count(1, "boundaries in server steps, increasing", items=True),
+                                default_factory=list)
+    factor: float = hp.field(hp.positive("the learning rate's factor at each boundary"), 0.1)
 
 
 @dataclasses.dataclass
@@ -49,18 +65,25 @@ class CompressorConf:
     (``density``, ``levels``...), ``error_feedback`` a residual per worker (v = e + g, send
     C(v), e = v - C(v))."""
 
-    name: str = "none"
-    error_feedback: bool = False
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = hp.field(_text("a compressor of jaxasync.compress.COMPRESSORS, or none"),
+                         "none")
+    error_feedback: bool = hp.field(hp.flag("a residual per worker"), False)
+    params: dict[str, Any] = hp.field(hp.Param("any", doc="the compressor's arguments (its "
+                                                          "own declarations)"),
+                                      default_factory=dict)
 
 
 @dataclasses.dataclass
 class AlgorithmConf:
     """``algorithm/``: a registered algorithm and its numeric parameters."""
 
-    name: str = MISSING
-    arrivals: Any = None          # K per server step; None: the algorithm's default
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = hp.field(_text("a registered algorithm"), MISSING)
+    arrivals: Any = hp.field(hp.Param("any", optional=True, doc="K per server step: an "
+                                      "integer >= 1, 'all', or null (the algorithm's default)"),
+                             None)
+    params: dict[str, Any] = hp.field(hp.Param("any", doc="the algorithm's arguments (its own "
+                                                          "declarations)"),
+                                      default_factory=dict)
     lr_decay: LrDecayConf = field(default_factory=LrDecayConf)
     compressor: CompressorConf = field(default_factory=CompressorConf)
 
@@ -69,15 +92,24 @@ class AlgorithmConf:
 class WorkloadConf:
     """``workload/``: dataset + model + loss + target, and how data is split."""
 
-    name: str = MISSING
-    batch_size: int = 32
-    full_batch: bool = False      # each worker's batch = its whole shard (full local gradients)
-    sampling: str = "replacement"  # replacement | epochs (a fresh shuffle of the shard per epoch)
-    partition: str = "iid"        # iid | dirichlet | shards | shared (every worker: all examples)
-    dirichlet_alpha: float = 0.5
-    shards_per_worker: int = 2
-    init: str = "flax"            # flax (LeCun normal, zero bias) | torch (U(+-1/sqrt(fan_in)))
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = hp.field(_text("a registered workload"), MISSING)
+    batch_size: int = hp.field(_count(1, "examples per worker gradient"), 32)
+    full_batch: bool = hp.field(hp.flag("each worker's batch is its whole shard (full local "
+                                        "gradients)"), False)
+    sampling: str = hp.field(hp.one_of("replacement", "epochs", doc="minibatches drawn with "
+                                       "replacement, or a fresh shuffle of the shard per epoch"),
+                             "replacement")
+    partition: str = hp.field(hp.one_of(*PARTITION_SCHEMES, doc="how the data is split over "
+                                        "the workers (shared: every worker has all of it)"),
+                              "iid")
+    dirichlet_alpha: float = hp.field(hp.positive("label skew of partition=dirichlet",
+                                                  static=True), 0.5)
+    shards_per_worker: int = hp.field(_count(1, "label shards per worker (partition=shards)"), 2)
+    init: str = hp.field(_text("jaxasync.models.INITS: flax (LeCun normal, zero bias) | "
+                               "torch (U(+-1/sqrt(fan_in)))"), "flax")
+    options: dict[str, Any] = hp.field(hp.Param("any", doc="the workload factory's arguments "
+                                                           "(its own declarations)"),
+                                       default_factory=dict)
 
 
 def _as_list_type(t: Any) -> Any:
@@ -90,15 +122,17 @@ def _as_list_type(t: Any) -> Any:
     return t
 
 
-def _schema_of(cls: type, name: str, replace: dict[str, tuple[str, Any, Any]], doc: str) -> type:
-    """A Hydra schema (a dataclass OmegaConf takes) with ``cls``'s fields, types and defaults,
-    so the two cannot drift apart; ``replace`` maps a field to ``(name, type, default)``."""
+def _schema_of(cls: type, name: str, replace: dict[str, tuple[str, Any, Any, hp.Param]],
+               doc: str) -> type:
+    """A Hydra schema (a dataclass OmegaConf takes) with ``cls``'s fields, types, defaults and
+    declarations, so the two cannot drift apart; ``replace`` maps a field to
+    ``(name, type, default, declaration)``."""
     hints = typing.get_type_hints(cls)
     fields = []
     for f in dataclasses.fields(cls):
-        key, typ, default = replace.get(f.name, (f.name, _as_list_type(hints[f.name]),
-                                                 f.default))
-        fields.append((key, typ, field(default=default)))
+        key, typ, default, param = replace.get(
+            f.name, (f.name, _as_list_type(hints[f.name]), f.default, hp.declaration_of(f)))
+        fields.append((key, typ, field(default=default, metadata={"param": param})))
     schema = dataclasses.make_dataclass(name, fields)
     schema.__doc__ = doc
     schema.__module__ = __name__
@@ -108,7 +142,10 @@ def _schema_of(cls: type, name: str, replace: dict[str, tuple[str, Any, Any]], d
 #: ``delay/``: :class:`jaxasync.delays.DelayConfig`'s fields, except that a delay trace is
 #: named by its file (``trace_file``), read and checked when the run is prepared
 DelayConf = _schema_of(
-    DelayConfig, "DelayConf", {"trace": ("trace_file", typing.Optional[str], None)},  # noqa: UP045
+    DelayConfig, "DelayConf",
+    {"trace": ("trace_file", typing.Optional[str], None,  # noqa: UP045
+               _text("a file of delays (kind=trace), read when the run is prepared",
+                     optional=True))},
     "``delay/``: the fields of :class:`jaxasync.delays.DelayConfig` (``trace`` given as "
     "``trace_file``).")
 
@@ -117,46 +154,106 @@ DelayConf = _schema_of(
 class NetworkConf:
     """``network/``: every worker's link."""
 
-    bandwidth: float = math.inf   # bits per second
-    latency: float = 0.0          # seconds per message
+    bandwidth: float = hp.field(hp.Param("float", low=0.0, low_open=True, finite=False,
+                                         static=True, doc="bits per second (inf: free)"),
+                                math.inf)
+    latency: float = hp.field(hp.non_negative("seconds per message", static=True), 0.0)
 
 
 @dataclasses.dataclass
 class RunConf:
-    """How long, how many workers, which seeds."""
+    """``run.*``: how long, how many workers, which seeds (each key's help is ``--help``'s)."""
 
-    num_workers: int = 16
-    gradients: int = 16000        # budget in worker gradients (steps = gradients / arrivals)
-    steps: int | None = None      # server steps; overrides `gradients`
-    evals: int = 20               # evaluation points (when eval_every is None)
-    eval_every: int | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    ring_size: int | None = None  # D; None: enough for the delay model (event: 8 M)
-    eval_train_size: int = 4096
-    eval_grad_norm: bool = False  # report train_grad_norm = ||grad F(x)|| over the whole train set
-    mesh_workers: int = 1         # devices along the worker axis; must divide num_workers
-    members: str = "auto"         # auto | vmap | map: members batched or one after another
-    # several processes (hosts), see jaxasync.mesh: the coordinator (process 0's host:port), the
-    # number of processes and this one's id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-    # JAX_PROCESS_ID; or distributed=true under a Slurm (srun) or Open MPI (mpirun) launch
-    distributed: bool = False
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    checkpoint_every: int = 0     # save the state to <out_dir>/checkpoint every N chunks; 0: off
-    resume: bool = True           # reuse a finished run.json, resume a checkpoint of this config
+    num_workers: int = hp.field(_count(1, "M, the workers"), 16)
+    gradients: int = hp.field(_count(1, "budget in worker gradients (steps = gradients / "
+                                        "rows per step)"), 16000)
+    steps: int | None = hp.field(_count(1, "server steps; overrides gradients",
+                                        optional=True), None)
+    evals: int = hp.field(_count(1, "evaluation points (when eval_every is null)"), 20)
+    eval_every: int | None = hp.field(_count(1, "server steps between evaluations",
+                                             optional=True), None)
+    seeds: list[int] = hp.field(_count(0, "one member per seed (distinct)", items=True),
+                                default_factory=lambda: [0])
+    ring_size: int | None = hp.field(_count(1, "D, versions kept; null: enough for the delay "
+                                               "model (event: 8 M)", optional=True), None)
+    eval_train_size: int = hp.field(_count(1, "training examples the train loss is "
+                                              "evaluated on"), 4096)
+    eval_grad_norm: bool = hp.field(hp.flag("report ||grad F(x)|| over the whole train set"),
+                                    False)
+    mesh_workers: int = hp.field(_count(1, "devices along the worker axis; divides "
+                                           "num_workers"), 1)
+    members: str = hp.field(hp.one_of("auto", "vmap", "map",
+                                      doc="members (seeds x swept values) batched with vmap "
+                                          "or run one after another with lax.map; auto: map "
+                                          "for synchronous algorithms on the CPU"), "auto")
+    distributed: bool = hp.field(hp.flag("several processes (hosts): jax.distributed."
+                                         "initialize(), from run.coordinator/num_processes/"
+                                         "process_id, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                                         "JAX_PROCESS_ID, or a Slurm (srun) or Open MPI "
+                                         "(mpirun) launch"), False)
+    coordinator: str | None = hp.field(_text("several processes: process 0's host:port (sets "
+                                             "run.distributed)", optional=True), None)
+    num_processes: int | None = hp.field(_count(1, "several processes: how many",
+                                                optional=True), None)
+    process_id: int | None = hp.field(_count(0, "several processes: this one's id, in "
+                                                "[0, num_processes)", optional=True), None)
+    checkpoint_every: int = hp.field(_count(0, "save the state to <out_dir>/checkpoint every "
+                                               "N chunks; 0: off"), 0)
+    resume: bool = hp.field(hp.flag("reuse a finished run.json, resume a checkpoint of this "
+                                    "config"), True)
+    quiet: bool = hp.field(hp.flag("no progress lines and no bar (tables still print)"), False)
+    compile_cache: bool = hp.field(hp.flag("JAX's persistent compilation cache (a rerun loads, "
+                                           "not compiles)"), True)
+    compile_cache_dir: str | None = hp.field(_text("the cache directory; null: "
+                                                   "$JAXASYNC_COMPILE_CACHE_DIR or the user "
+                                                   "cache", optional=True), None)
+
+
+@dataclasses.dataclass
+class TargetConf:
+    """``target``: what "reached" means, in place of the workload's target (AlgoPerf style):
+    the first evaluation with ``metric`` >= ``value`` (mode ``max``) or <= (``min``)."""
+
+    metric: str = hp.field(_text("a metric of jaxasync.report.TARGET_METRICS"), MISSING)
+    value: float = hp.field(hp.Param("float", static=True, doc="the threshold"), MISSING)
+    mode: str = hp.field(hp.one_of("min", "max", doc="reached at <= value (min) or >= (max)"),
+                         "min")
+
+
+@dataclasses.dataclass
+class LoggerConf:
+    """``logger/``: where metrics go besides run.json: ``none``, ``tensorboard`` or ``wandb``
+    (see :mod:`jaxasync.trackers`)."""
+
+    name: str = hp.field(hp.one_of("none", "tensorboard", "wandb", doc="the tracker"), "none")
+    dir: str | None = hp.field(_text("tensorboard: the log directory (null: <job "
+                                     "dir>/tensorboard)", optional=True), None)
+    project: str = hp.field(_text("wandb: the project"), "jaxasync")
+    entity: str | None = hp.field(_text("wandb: the entity", optional=True), None)
+    mode: str | None = hp.field(hp.Param("str", choices=("online", "offline", "disabled"),
+                                          optional=True, static=True,
+                                          doc="wandb's mode (null: $WANDB_MODE)"), None)
+    tags: list[str] = hp.field(_text("wandb: tags", items=True), default_factory=list)
 
 
 @dataclasses.dataclass
 class Config:
+    """The whole config (``config.yaml`` composes its groups onto it)."""
+
     algorithm: AlgorithmConf = field(default_factory=AlgorithmConf)
     workload: WorkloadConf = field(default_factory=WorkloadConf)
     delay: DelayConf = field(default_factory=DelayConf)
     network: NetworkConf = field(default_factory=NetworkConf)
     run: RunConf = field(default_factory=RunConf)
-    out_dir: str | None = None
-    plot: bool = True
-    traceback: bool = False      # show the full traceback of a config error
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    target: TargetConf | None = hp.field(hp.Param("any", optional=True, doc="what \"reached\" "
+                                                  "means (null: the workload's target)"), None)
+    imports: list[str] = hp.field(_text("modules to import first, e.g. your own algorithms: "
+                                        "imports=[my_algos]", items=True), default_factory=list)
+    out_dir: str | None = hp.field(_text("where the run writes (the CLI: Hydra's run "
+                                         "directory)", optional=True), None)
+    plot: bool = hp.field(hp.flag("write metrics.png"), True)
+    traceback: bool = hp.field(hp.flag("show the full traceback of a config error"), False)
 
 
 def register_configs() -> None:
@@ -169,24 +266,74 @@ def register_configs() -> None:
     cs.store(group="workload", name="schema", node=WorkloadConf)
     cs.store(group="delay", name="schema", node=DelayConf)
     cs.store(group="network", name="schema", node=NetworkConf)
+    cs.store(group="logger", name="schema", node=LoggerConf)
 
 
 # ----------------------------------------------------------------------------- resolving
 
 
 def to_config(cfg: Any) -> Config:
-    """An OmegaConf node or a plain dict -> :class:`Config` (unknown keys are errors)."""
-    from omegaconf import OmegaConf
+    """A plain dict, an OmegaConf node or a :class:`Config` -> a checked :class:`Config`.
+
+    Unknown keys, values of the wrong type and values their declaration refuses (see
+    :func:`check_values`) are a one-line :class:`ConfigError`.
+    """
+    from collections.abc import Mapping
+
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if isinstance(cfg, Config):
-        return cfg
-    base = OmegaConf.structured(Config)
+    if not isinstance(cfg, Mapping | DictConfig | Config):
+        shown = repr(cfg) if len(repr(cfg)) <= 60 else repr(cfg)[:57] + "..."
+        raise ConfigError(f"config={shown}: must be a dict of config keys (or an OmegaConf "
+                          f"DictConfig, or a jaxasync.config.Config), not "
+                          f"{type(cfg).__name__}")
+    if not isinstance(cfg, Config | DictConfig):
+        _check_groups(cfg, Config, "")
     try:
-        merged = OmegaConf.merge(base, OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
-        return OmegaConf.to_object(merged)
+        node = (OmegaConf.structured(cfg) if isinstance(cfg, Config) else
+                OmegaConf.merge(OmegaConf.structured(Config),
+                                cfg if isinstance(cfg, DictConfig) else
+                                OmegaConf.create(_plain_numbers(dict(cfg)))))
+        out = OmegaConf.to_object(node)
     except OmegaConfBaseException as e:
         raise config_error(e) from None
+    check_values(out)
+    return out
+
+
+def _check_groups(given: Any, cls: type, prefix: str) -> None:
+    """A key that is a group of keys in the schema (``run``, ``algorithm.params``...) must be
+    given a mapping: one line naming it (OmegaConf's merge error names none)."""
+    from collections.abc import Mapping
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in given:
+            continue
+        value, typ, key = given[f.name], hints[f.name], prefix + f.name
+        group = dataclasses.is_dataclass(typ) or typing.get_origin(typ) is dict
+        if group and not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value!r}: must be a mapping (a group of keys), not "
+                              f"{type(value).__name__}")
+        if dataclasses.is_dataclass(typ):
+            _check_groups(value, typ, key + ".")
+
+
+def _plain_numbers(obj: Any) -> Any:
+    """NumPy scalars (``np.float32(0.1)`` as a learning rate) as Python numbers, which
+    OmegaConf takes; everything else as it is."""
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain_numbers(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _schema_node(parts: list[str]):
@@ -223,6 +370,36 @@ def unknown_key(full_key: str) -> ConfigError:
     return ConfigError(f"{full_key}: unknown key; {prefix} is not a group of keys")
 
 
+def declaration(full_key: str) -> hp.Param | None:
+    """The declaration of a config key (``"run.steps"``), or None (a free-form key such as
+    ``algorithm.params.*``, whose declarations are the algorithm's)."""
+    cls: Any = Config
+    parts = full_key.split(".")
+    for i, part in enumerate(parts):
+        f = next((f for f in dataclasses.fields(cls) if f.name == part), None)
+        if f is None:
+            return None
+        if i == len(parts) - 1:
+            return hp.declaration_of(f)
+        cls = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return None
+    return None
+
+
+def check_values(cfg: Config) -> None:
+    """Checks every declared key of ``cfg`` against its declaration (the schemas' metadata:
+    finite, sign, integer, range, type; a bool or null is not a number).
+
+    Raises:
+      ConfigError: ``"<key>=<value>: must be ..."`` for the first value refused.
+    """
+    try:
+        hp.check_fields(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
                "String": "a string"}
 
@@ -242,8 +419,14 @@ def config_error(e: Exception) -> ConfigError:
     if not key:
         return ConfigError(f"config: {first}")
     value = getattr(e, "value", None)
+    param = declaration(key)
     m = re.search(r"could not be converted to (\w+)", first)
-    if m:
+    refused = ("is not Optional", "is not a valid bool", "Incompatible value")
+    if (m or any(r in first for r in refused)) and param:
+        first = f"must be {param.allowed()}"
+        if value is None:
+            return ConfigError(f"{key}=None: {first}")
+    elif m:
         first = f"must be {_TYPE_WORDS.get(m.group(1), m.group(1))}"
     elif "is not a ListConfig" in first:
         first = "must be a list"

@@ -1,6 +1,6 @@
 """Delay models: how stale each arriving gradient is, and when workers finish.
 
-Two families (DESIGN.md, item 5):
+Two families:
 
 * **sampled** delays draw each arrival's staleness tau from a distribution
   (``constant``, ``uniform``, ``geometric``, ``pareto``, ``trace``), as in the theory
@@ -24,9 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxasync import hparams as hp
+
 SAMPLED = ("constant", "uniform", "geometric", "pareto", "trace")
 KINDS = ("none",) + SAMPLED + ("event",)
 COMPUTE = ("constant", "exponential", "lognormal")
+#: the largest delay: the ring holds delay + 1 versions and counts them in int32
+MAX_DELAY = 2**31 - 2
+
+
+def _delay(doc: str = "", **kw) -> hp.Param:
+    """A delay in server steps: a static integer in [0, MAX_DELAY]."""
+    return hp.Param("int", low=0, high=MAX_DELAY, static=True, doc=doc, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,22 +61,30 @@ class DelayConfig:
       straggler_fraction, straggler_slowdown: the first ceil(f M) workers are s times slower.
     """
 
-    kind: str = "event"
-    tau: int = 0
-    low: int = 0
-    high: int = 0
-    p: float = 0.5
-    alpha: float = 2.0
-    scale: float = 1.0
-    max_delay: int | None = None
-    trace: tuple[int, ...] = ()
-    compute: str = "exponential"
-    mean: float = 1.0
-    sigma: float = 0.5
-    speeds: tuple[float, ...] | None = None
-    heterogeneity: float = 0.0
-    straggler_fraction: float = 0.0
-    straggler_slowdown: float = 1.0
+    kind: str = hp.field(hp.one_of(*KINDS, doc="the delay model"), "event")
+    tau: int = hp.field(_delay(doc="the constant delay (constant)"), 0)
+    low: int = hp.field(_delay(doc="the smallest delay (uniform)"), 0)
+    high: int = hp.field(_delay(doc="the largest delay, >= low (uniform)"), 0)
+    p: float = hp.field(hp.Param("float", low=0.0, high=1.0, low_open=True, static=True,
+                                 doc="success probability (geometric)"), 0.5)
+    alpha: float = hp.field(hp.positive("Lomax shape (pareto)", static=True), 2.0)
+    scale: float = hp.field(hp.positive("Lomax scale (pareto)", static=True), 1.0)
+    max_delay: int | None = hp.field(_delay(optional=True, doc="truncation (geometric, "
+                                                                "pareto); null: the ring's"), None)
+    trace: tuple[int, ...] = hp.field(_delay(items=True, doc="delays replayed (trace)"), ())
+    compute: str = hp.field(hp.one_of(*COMPUTE, doc="compute-time distribution (event)"),
+                            "exponential")
+    mean: float = hp.field(hp.positive("mean compute time in seconds (event)", static=True), 1.0)
+    sigma: float = hp.field(hp.non_negative("log-normal shape (event)", static=True), 0.5)
+    speeds: tuple[float, ...] | None = hp.field(
+        hp.positive("per-worker slowdowns, one per worker (event)", static=True, items=True,
+                    optional=True), None)
+    heterogeneity: float = hp.field(hp.non_negative("log-normal spread of speeds (event)",
+                                                    static=True), 0.0)
+    straggler_fraction: float = hp.field(hp.Param("float", low=0.0, high=1.0, static=True,
+                                                  doc="share of slow workers (event)"), 0.0)
+    straggler_slowdown: float = hp.field(hp.Param("float", low=1.0, static=True,
+                                                  doc="their slowdown (event)"), 1.0)
 
     @property
     def sampled(self) -> bool:
@@ -104,27 +121,50 @@ class Network:
         return jnp.float32(self.latency) + bits * per_bit
 
 
-def read_trace(path: str | Path) -> tuple[int, ...]:
-    """Reads a delay trace: whitespace- or comma-separated non-negative integers.
+def read_trace(path: str | Path, key: str = "delay.trace_file") -> tuple[int, ...]:
+    """Reads a delay trace: whitespace- or comma-separated integers in [0, MAX_DELAY].
 
-    Raises ``ValueError`` naming the file and the first bad entry.
+    Raises ``ValueError`` (or ``FileNotFoundError``) ``"<key>='<file>': ..."`` naming the
+    file and, for a bad entry, its line and position: a missing file, a directory, binary
+    content, a number that is not a non-negative integer (NaN, inf, 2.5, -1), an empty file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"delay.trace_file: {path} does not exist")
-    text = path.read_text().replace(",", " ").split()
+    where = f"{key}={str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{where}: is a directory; give a file of delays")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{where}: cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL byte")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: binary content (byte {raw[e.start]:#04x} at offset "
+                         f"{e.start}); expected integers separated by spaces, commas or "
+                         f"newlines") from None
     out = []
-    for i, tok in enumerate(text):
-        try:
-            v = float(tok)
-        except ValueError:
-            raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} is not a number") from None
-        if v < 0 or v != int(v):
-            raise ValueError(f"delay.trace_file {path}: entry {i} = {tok!r} must be a non-negative integer")
-        out.append(int(v))
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        for pos, tok in enumerate(line.replace(",", " ").split(), start=1):
+            out.append(_trace_entry(tok, f"{where}: line {line_no}, entry {pos}"))
     if not out:
-        raise ValueError(f"delay.trace_file {path}: no delays in the file")
+        raise ValueError(f"{where}: no delays in the file")
     return tuple(out)
+
+
+def _trace_entry(tok: str, where: str) -> int:
+    """One delay of a trace file: a non-negative integer (``3`` or ``3.0``) <= MAX_DELAY."""
+    try:
+        v = float(tok)
+    except ValueError:
+        raise ValueError(f"{where} = {tok!r}: not a number; must be a non-negative "
+                         f"integer") from None
+    if not math.isfinite(v) or v < 0 or v != int(v) or v > MAX_DELAY:
+        raise ValueError(f"{where} = {tok!r}: must be a non-negative integer <= {MAX_DELAY}")
+    return int(v)
 
 
 def sample_delays(cfg: DelayConfig, key: Array, n: int, step: Array) -> Array:

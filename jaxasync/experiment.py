@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,45 +33,26 @@ import numpy as np
 from jaxasync import delays as dl
 from jaxasync import report
 from jaxasync.algorithms import ALGORITHMS, get_algorithm
-from jaxasync.config import Config, ConfigError, to_config
-from jaxasync.data import PARTITION_SCHEMES
+from jaxasync.config import INT32_MAX, Config, ConfigError, check_values, to_config
 from jaxasync.sim import SimConfig, Simulator, put_data, run
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _delay_config(c: Config) -> dl.DelayConfig:
+    """``delay`` as the simulator takes it (every value checked by its declaration in
+    :class:`jaxasync.delays.DelayConfig`); a trace is read from ``delay.trace_file``."""
     d = c.delay
-    if d.kind not in dl.KINDS:
-        raise ConfigError(f"delay.kind={d.kind!r}: unknown; choose one of: {', '.join(dl.KINDS)}")
-    if d.compute not in dl.COMPUTE:
-        raise ConfigError(f"delay.compute={d.compute!r}: unknown; choose one of: {', '.join(dl.COMPUTE)}")
     trace: tuple[int, ...] = ()
     if d.kind == "trace":
         if not d.trace_file:
             raise ConfigError("delay.trace_file: required when delay.kind=trace")
         try:
             trace = dl.read_trace(d.trace_file)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:
             raise ConfigError(str(e)) from None
-    checks = [
-        ("delay.tau", d.tau, d.tau >= 0, ">= 0"),
-        ("delay.low", d.low, 0 <= d.low, ">= 0"),
-        ("delay.high", d.high, d.high >= d.low, f">= delay.low={d.low}"),
-        ("delay.p", d.p, 0 < d.p <= 1, "in (0, 1]"),
-        ("delay.alpha", d.alpha, d.alpha > 0, "> 0"),
-        ("delay.scale", d.scale, d.scale > 0, "> 0"),
-        ("delay.mean", d.mean, d.mean > 0, "> 0"),
-        ("delay.sigma", d.sigma, d.sigma >= 0, ">= 0"),
-        ("delay.heterogeneity", d.heterogeneity, d.heterogeneity >= 0, ">= 0"),
-        ("delay.straggler_fraction", d.straggler_fraction, 0 <= d.straggler_fraction <= 1, "in [0, 1]"),
-        ("delay.straggler_slowdown", d.straggler_slowdown, d.straggler_slowdown >= 1, ">= 1"),
-    ]
-    if d.max_delay is not None:
-        checks.append(("delay.max_delay", d.max_delay, d.max_delay >= 0, ">= 0"))
-    for key, val, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{key}={val!r}: must be {allowed}")
+    if d.high < d.low:
+        raise ConfigError(f"delay.high={d.high!r}: must be >= delay.low={d.low}")
     values = {f.name: getattr(d, f.name) for f in dataclasses.fields(dl.DelayConfig)
               if f.name != "trace"}
     # (lists in the schema are tuples here: the config is static and hashable)
@@ -115,37 +96,25 @@ def split_params(spec, params: dict) -> tuple[dict, dict[str, list[float]]]:
 
 
 def _check_run(cfg: Config) -> None:
-    """Run-level values that need no data: mesh, checkpoints, evaluation, speeds."""
+    """Run-level relations between values (each value alone is checked by its declaration):
+    the mesh against the workers and devices, the speeds against the workers, the seeds."""
     r, m = cfg.run, cfg.run.num_workers
-    _distributed(r)
-    mesh = r.mesh_workers
-    if not isinstance(mesh, int) or mesh < 1:
-        raise ConfigError(f"run.mesh_workers={mesh!r}: must be an integer >= 1")
-    if m % mesh:
-        raise ConfigError(f"run.mesh_workers={mesh}: must divide run.num_workers={m}")
-    if mesh > jax.device_count():
-        raise ConfigError(f"run.mesh_workers={mesh}: larger than the {jax.device_count()} "
-                          f"{jax.default_backend()} device(s) available")
-    from jaxasync.running import MEMBER_LAYOUTS
-
-    if r.members not in MEMBER_LAYOUTS:
-        raise ConfigError(f"run.members={r.members!r}: unknown; choose one of: "
-                          f"{', '.join(MEMBER_LAYOUTS)}")
-    if r.checkpoint_every < 0:
-        raise ConfigError(f"run.checkpoint_every={r.checkpoint_every!r}: must be >= 0 (0: off)")
-    if r.eval_train_size < 1:
-        raise ConfigError(f"run.eval_train_size={r.eval_train_size!r}: must be >= 1")
-    if cfg.workload.shards_per_worker < 1:
-        raise ConfigError(f"workload.shards_per_worker={cfg.workload.shards_per_worker!r}: "
-                          f"must be >= 1")
+    _distributed(r)   # (before the device count below)
+    if m % r.mesh_workers:
+        raise ConfigError(f"run.mesh_workers={r.mesh_workers}: must divide run.num_workers={m}")
+    if r.mesh_workers > jax.device_count():
+        raise ConfigError(f"run.mesh_workers={r.mesh_workers}: larger than the "
+                          f"{jax.device_count()} {jax.default_backend()} device(s) available")
     speeds = cfg.delay.speeds
-    if speeds is not None:
-        if len(speeds) != m:
-            raise ConfigError(f"delay.speeds: has {len(speeds)} entries; must have one per "
-                              f"worker (run.num_workers={m})")
-        bad = [v for v in speeds if not (v > 0 and math.isfinite(v))]
-        if bad:
-            raise ConfigError(f"delay.speeds: entry {bad[0]!r} must be a finite number > 0")
+    if speeds is not None and len(speeds) != m:
+        raise ConfigError(f"delay.speeds: has {len(speeds)} entries; must have one per "
+                          f"worker (run.num_workers={m})")
+    if not r.seeds:
+        raise ConfigError("run.seeds: must list at least one seed")
+    if len(set(r.seeds)) != len(r.seeds):
+        dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
+        raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
+    report.check_target(cfg)
 
 
 def start_processes(cfg: Config) -> None:
@@ -170,42 +139,47 @@ def _distributed(r) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _check_workload(name: str, options: dict) -> None:
-    """Workload name, option names and data directory, without loading anything."""
+def _check_workload(name: str, options: dict) -> dict:
+    """Workload name, option names and values (their declarations) and the data directory,
+    without loading anything; returns the checked options."""
     import difflib
 
-    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS
+    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS, check_options, options_of
 
     if name not in WORKLOADS:
         close = difflib.get_close_matches(str(name), WORKLOADS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"workload.name={name!r}: unknown{hint}; choose one of: "
                           f"{', '.join(WORKLOADS)}")
-    allowed = inspect.signature(WORKLOADS[name]).parameters
+    allowed = options_of(name)
     for k in options:
         if k not in allowed:
             raise ConfigError(f"workload.options.{k}: unknown option for workload {name!r}; "
                               f"allowed: {', '.join(allowed)}")
+    try:
+        options = check_options(name, options, prefix="workload.options.")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if name not in OFFLINE_WORKLOADS and "data_dir" in allowed:
-        d = options.get("data_dir", allowed["data_dir"].default)
-        if d is not None and not os.path.isdir(os.path.expanduser(os.fspath(d))):
-            raise ConfigError(f"workload.options.data_dir={os.fspath(d)!r}: no such directory "
-                              f"(workload {name!r} reads its files from there)")
+        d = options.get("data_dir", inspect.signature(WORKLOADS[name]).parameters["data_dir"]
+                        .default)
+        if d is not None:
+            path = os.path.expanduser(d)
+            if not os.path.isdir(path):
+                what = "is a file, not a directory" if os.path.exists(path) else \
+                    "no such directory"
+                raise ConfigError(f"workload.options.data_dir={d!r}: {what} (workload "
+                                  f"{name!r} reads its files from there)")
+    return options
 
 
 def _check_lr_decay(dec) -> None:
-    """``algorithm.lr_decay`` values that need no data: the factor and the boundary lists."""
+    """``algorithm.lr_decay``: epochs or steps, each list increasing (each value is checked
+    by its declaration in :class:`jaxasync.config.LrDecayConf`)."""
     if dec.epochs and dec.steps:
         raise ConfigError(f"algorithm.lr_decay: give epochs or steps, not both "
                           f"(epochs={list(dec.epochs)}, steps={list(dec.steps)})")
-    if not (math.isfinite(dec.factor) and dec.factor > 0):
-        raise ConfigError(f"algorithm.lr_decay.factor={dec.factor!r}: must be a finite number > 0")
-    for key, values, least in (("epochs", list(dec.epochs), "> 0"),
-                               ("steps", list(dec.steps), ">= 1")):
-        for v in values:
-            if not math.isfinite(v) or (v <= 0 if key == "epochs" else v < 1):
-                raise ConfigError(f"algorithm.lr_decay.{key}={values}: entry {v!r} must be "
-                                  f"finite and {least}")
+    for key, values in (("epochs", list(dec.epochs)), ("steps", list(dec.steps))):
         if any(b <= a for a, b in itertools.pairwise(values)):
             raise ConfigError(f"algorithm.lr_decay.{key}={values}: must be strictly increasing")
 
@@ -278,6 +252,7 @@ class Resolved:
     steps: int
     eval_every: int
     compressor: tuple | None
+    ring_depth: RingDepth | None = None   # D with the key that sets it (size messages)
 
 
 def _algorithm(cfg: Config):
@@ -301,71 +276,70 @@ def _arrivals(cfg: Config, spec) -> tuple[int, int]:
 
 
 def _check_values(cfg: Config) -> None:
-    """Run, workload and network values that need neither data nor the algorithm."""
-    r, w = cfg.run, cfg.workload
-    if isinstance(r.num_workers, bool) or not isinstance(r.num_workers, int) or r.num_workers < 1:
-        raise ConfigError(f"run.num_workers={r.num_workers!r}: must be an integer >= 1")
-    _check_run(cfg)
-    if not r.seeds:
-        raise ConfigError("run.seeds: must list at least one seed")
-    if len(set(r.seeds)) != len(r.seeds):
-        dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
-        raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
-    for key, value, least in (("run.evals", r.evals, 1), ("run.eval_every", r.eval_every, 1),
-                              ("run.steps", r.steps, 1), ("run.gradients", r.gradients, 1),
-                              ("workload.batch_size", w.batch_size, 1)):
-        if value is not None and value < least:
-            raise ConfigError(f"{key}={value!r}: must be >= {least}")
-    if w.partition not in PARTITION_SCHEMES:
-        raise ConfigError(f"workload.partition={w.partition!r}: unknown; choose one of: "
-                          f"{', '.join(PARTITION_SCHEMES)}")
-    if w.sampling not in ("replacement", "epochs"):
-        raise ConfigError(f"workload.sampling={w.sampling!r}: unknown; choose replacement "
-                          f"or epochs")
-    from jaxasync.models import INITS
+    """Every declared value (:func:`jaxasync.config.check_values`), and the relations
+    between run and workload values that need neither data nor the algorithm."""
+    from jaxasync.models import INITS  # (the models' module: flax, not imported by config)
 
-    if w.init not in INITS:
-        raise ConfigError(f"workload.init={w.init!r}: unknown; choose one of: {', '.join(INITS)}")
-    if w.sampling == "epochs" and w.full_batch:
+    check_values(cfg)
+    _check_run(cfg)
+    if cfg.workload.init not in INITS:
+        raise ConfigError(f"workload.init={cfg.workload.init!r}: unknown; choose one of: "
+                          f"{', '.join(INITS)}")
+    if cfg.workload.sampling == "epochs" and cfg.workload.full_batch:
         raise ConfigError("workload.sampling=epochs: has no effect with "
                           "workload.full_batch=true (each batch is the whole shard)")
-    if not (w.dirichlet_alpha > 0 and math.isfinite(w.dirichlet_alpha)):
-        raise ConfigError(f"workload.dirichlet_alpha={w.dirichlet_alpha!r}: must be a finite "
-                          f"number > 0")
-    if not cfg.network.bandwidth > 0:      # (inf: free; NaN fails)
-        raise ConfigError(f"network.bandwidth={cfg.network.bandwidth!r}: must be > 0 (inf: "
-                          f"free)")
-    if not (cfg.network.latency >= 0 and math.isfinite(cfg.network.latency)):
-        raise ConfigError(f"network.latency={cfg.network.latency!r}: must be a finite number "
-                          f">= 0")
 
 
-def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict, rows: int) -> int:
+class RingDepth(NamedTuple):
+    """D, the versions the ring keeps, with the key that sets it and how (for messages)."""
+
+    depth: int
+    key: str                      # "delay.tau", "run.ring_size", "algorithm.params.history"...
+    why: str                      # "the delay bound 1000 + 1"
+
+
+#: the key holding each sampled delay model's bound
+_BOUND_KEYS = {"constant": "delay.tau", "uniform": "delay.high", "trace": "delay.trace_file",
+               "geometric": "delay.max_delay", "pareto": "delay.max_delay"}
+
+
+def _ring_depth(cfg: Config, spec, delay: dl.DelayConfig, static: dict) -> RingDepth:
     """D: the versions the ring keeps (the delay bound + 1, or ``run.ring_size``), at least
     the lazy algorithms' history window + 1."""
     r, m = cfg.run, cfg.run.num_workers
     bound = 0 if spec.synchronous else delay.bound()
     if r.ring_size is not None:
-        if r.ring_size < 1:
-            raise ConfigError(f"run.ring_size={r.ring_size!r}: must be >= 1")
         if bound is not None and r.ring_size < bound + 1:
             raise ConfigError(f"run.ring_size={r.ring_size}: smaller than the delay bound + 1 = "
                               f"{bound + 1} (delay.kind={delay.kind})")
-        ring = r.ring_size
+        ring = RingDepth(r.ring_size, "run.ring_size", "set by run.ring_size")
     elif bound is not None:
-        ring = bound + 1
+        key = _BOUND_KEYS.get(delay.kind, "delay.kind")
+        ring = RingDepth(bound + 1, key, f"the delay bound {bound} + 1, delay.kind={delay.kind}"
+                         + (", the largest delay in the file" if delay.kind == "trace" else ""))
     else:
-        ring = max(16, 8 * m)  # K = 1, exponential: P(tau >= 8M) ~ e^-8
-    history = static.get("history", spec.defaults().get("history"))
-    return max(ring, int(history or 0) + 1, 2)
+        ring = RingDepth(max(16, 8 * m), "run.num_workers",
+                         f"8 M for M={m} workers (delay.kind={delay.kind} has no bound; set "
+                         f"run.ring_size to choose D)")
+    history = int(static.get("history", spec.defaults().get("history")) or 0)
+    if history + 1 > ring.depth:
+        ring = RingDepth(history + 1, "algorithm.params.history",
+                         f"the history window {history} + 1")
+    return ring if ring.depth >= 2 else RingDepth(2, ring.key, "at least 2")
 
 
 def _steps(cfg: Config, rows: int) -> tuple[int, int]:
     """``(steps, eval_every)``. The last chunk is shorter when ``eval_every`` does not divide
-    the steps: steps are never added."""
+    the steps: steps are never added. The simulator counts gradients in int32: steps x rows
+    must fit."""
     r = cfg.run
     steps = r.steps if r.steps is not None else math.ceil(r.gradients / rows)
     every = r.eval_every if r.eval_every is not None else max(1, steps // r.evals)
+    if steps * rows > INT32_MAX:
+        key = ("run.steps", r.steps) if r.steps is not None else ("run.gradients", r.gradients)
+        raise ConfigError(f"{key[0]}={key[1]}: {steps} steps x {rows} gradient rows = "
+                          f"{steps * rows} gradients, more than the simulator's int32 "
+                          f"counters hold ({INT32_MAX})")
     return steps, min(every, steps)
 
 
@@ -386,14 +360,14 @@ def resolve(cfg: Config) -> Resolved:
     arrivals, rows = _arrivals(cfg, spec)
     delay = _delay_config(cfg)
     static, numeric = split_params(spec, dict(cfg.algorithm.params))
-    ring = _ring_depth(cfg, spec, delay, static, rows)
+    ring = _ring_depth(cfg, spec, delay, static)
     steps, every = _steps(cfg, rows)
     compressor = _compressor(spec, cfg.algorithm.compressor)
     _check_lr_decay(cfg.algorithm.lr_decay)
     _check_schedule(spec, cfg.algorithm.lr_decay)
     network = dl.Network(cfg.network.bandwidth, cfg.network.latency)
-    return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring, steps,
-                    every, compressor)
+    return Resolved(cfg, spec, delay, network, static, numeric, arrivals, rows, ring.depth,
+                    steps, every, compressor, ring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,16 +387,31 @@ def _workload(cfg: Config, workload_factory: Callable | None):
     w = cfg.workload
     wopts = dict(w.options)
     if workload_factory is None:
-        _check_workload(w.name, wopts)
+        wopts = _check_workload(w.name, wopts)
     try:
         return (workload_factory or get_workload)(w.name, **wopts)
-    except ValueError as e:
-        opt = next((k for k in wopts if str(e).startswith(f"{k}=")), None)
-        if opt is not None:
-            raise ConfigError(f"workload.options.{e}") from None
-        raise ConfigError(f"workload.name={w.name!r}: {e}") from None
-    except FileNotFoundError as e:
-        raise ConfigError(f"workload.options.data_dir: {e}") from None
+    except (ValueError, OSError) as e:
+        raise _workload_error(w.name, wopts, e) from None
+
+
+def _workload_error(name: str, options: dict, e: Exception) -> ConfigError:
+    """A workload factory's error as a one-line :class:`ConfigError` naming the key: the
+    option its message starts with, else the data directory for a file-based workload (the
+    message names the file and the field), else the workload."""
+    from jaxasync.workloads import OFFLINE_WORKLOADS, WORKLOADS, options_of
+
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    declared = options_of(name) if name in WORKLOADS else options
+    opt = next((k for k in declared if msg.startswith(f"{k}=")), None)
+    if opt is not None:
+        return ConfigError(f"workload.options.{msg}")
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: cannot be read ({e.strerror})"
+    if name in WORKLOADS and name not in OFFLINE_WORKLOADS and "data_dir" in declared:
+        d = options.get("data_dir", inspect.signature(WORKLOADS[name]).parameters["data_dir"]
+                        .default)
+        return ConfigError(f"workload.options.data_dir={d!r}: {msg}")
+    return ConfigError(f"workload.name={name!r}: {msg}")
 
 
 def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
@@ -442,11 +431,21 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
                               f"workload; {w.name!r} is regression (use iid or shared)")
         labels = np.zeros(labels.shape[0], np.int32)
     try:
+        if w.partition == "shared":  # every worker indexes the whole set: M x n int32
+            from jaxasync.memory import check_host_bytes
+
+            check_host_bytes(4 * m * labels.shape[0], "num_workers", m,
+                             f"the shard index of partition=shared ({m} workers x "
+                             f"{labels.shape[0]} examples, int32)")
         index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
                                 shards_per_worker=w.shards_per_worker,
                                 seed=int(dict(w.options).get("seed", 0)))
     except ValueError as e:
-        raise ConfigError(f"workload.partition: {e}") from None
+        msg = str(e)
+        for arg, key in (("num_workers=", "run."), ("alpha=", "workload.dirichlet_")):
+            if msg.startswith(arg):
+                raise ConfigError(f"{key}{msg} (workload.partition={w.partition})") from None
+        raise ConfigError(f"workload.partition={w.partition!r}: {msg}") from None
     if w.full_batch and int(np.min(size)) != int(np.max(size)):
         raise ConfigError(f"workload.full_batch=true: needs equal shards; partition "
                           f"{w.partition!r} gives sizes {int(np.min(size))}..{int(np.max(size))}")
@@ -498,6 +497,10 @@ class Prepared:
                 worker_axis = {"spmd_axis_name": "workers"}
         self.simulator = Simulator(self.spec, self.static, self.workload, self.sim_config,
                                    worker_axis)
+        if res.ring_depth is not None:
+            from jaxasync.memory import check_run_fits
+
+            check_run_fits(self, res.ring_depth)
 
     def hparams(self) -> dict:
         names = self.members[0]["params"].keys()
@@ -557,7 +560,10 @@ def validate(cfg: Any) -> Config:
     or broken data file), which :func:`prepare` makes before compiling. The CLI runs it
     on every job of a sweep before starting any.
     """
+    from jaxasync.outputs_dir import as_path
+
     c = to_config(cfg)
+    as_path(c.out_dir)
     res = resolve(c)
     _check_workload(c.workload.name, dict(c.workload.options))
     # the factory's own checks; the workload's L and the decay's steps need the data, so a
@@ -595,21 +601,6 @@ def provenance() -> dict:
     }
 
 
-def _progress_printer(name: str, stream=sys.stdout):
-    t0 = time.perf_counter()
-
-    def show(done: int, total: int, last: list[dict]):
-        h = last[0]
-        acc = h.get("test_accuracy")
-        metric = f"acc {np.mean([x['test_accuracy'] for x in last]):.3f}" if acc is not None else \
-            f"loss {np.mean([x['train_loss'] for x in last]):.4g}"
-        print(f"[{name}] chunk {done}/{total}  step {h['step']}  grads {h['grads']}  "
-              f"{metric}  up {h['bits_up']:.3g} bits  {time.perf_counter() - t0:.1f}s",
-              file=stream, flush=True)
-
-    return show
-
-
 def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
                    progress: bool = True, workload_factory: Callable | None = None) -> dict:
     """Validates, runs all members as one program, writes outputs, returns the run record.
@@ -618,60 +609,141 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     resolved config, per-member metric histories, counters, targets reached, the
     staleness histogram, versions, device, git revision and timings.
 
-    With ``out_dir`` (see :mod:`jaxasync.checkpoint`): a finished ``run.json`` of the
-    same config is reused (the run is skipped), a checkpoint of the same config is
-    resumed, and ``run.checkpoint_every = N > 0`` saves the state every N chunks.
+    With ``out_dir`` (see :mod:`jaxasync.checkpoint` and :mod:`jaxasync.outputs_dir`): a
+    finished ``run.json`` of the same config is reused (the run is skipped), a checkpoint of
+    the same config is resumed, and ``run.checkpoint_every = N > 0`` saves the state every N
+    chunks. The config is checked completely (data and memory included) before the directory
+    is touched; then it is created, locked against a second run and probed for writing, all
+    before anything compiles. ``run.resume=false`` moves an earlier result aside until this
+    run writes its first result. Outputs that cannot be written there go to a fallback
+    directory (one line says where).
 
     Several processes (:mod:`jaxasync.mesh`): every process calls this with the same config
-    and ``out_dir`` and gets the same record; process 0 alone prints the progress and writes
-    the results, the others print one line; checkpoints are written and read by all.
+    and ``out_dir`` and gets the same record; process 0 alone locks the directory, prints the
+    progress and writes the results (the others print one line and write nothing but their
+    shards of the checkpoints, which orbax writes and reads on every process).
     """
     from jaxasync import checkpoint as ckpt
+    from jaxasync import compile_cache, trackers
     from jaxasync.mesh import barrier, is_writer
+    from jaxasync.outputs_dir import OutputDir, as_path
+    from jaxasync.progress import Progress
 
     t_start = time.perf_counter()
     cfg_obj = to_config(cfg)
     _distributed(cfg_obj.run)                  # before anything asks JAX for its devices
-    name, writer = cfg_obj.algorithm.name, is_writer()
+    out, writer = as_path(out_dir), is_writer()
     digest = ckpt.config_hash(cfg_obj)
-    if out_dir is not None and cfg_obj.run.resume:
-        done = ckpt.finished_record(Path(out_dir), digest)
+    name = cfg_obj.algorithm.name
+    shown = Progress(name, quiet=not progress or cfg_obj.run.quiet or not writer)
+    code = ckpt.code_identity(name)   # (what the cache of finished runs compares)
+    if out is not None and cfg_obj.run.resume:
+        done = _finished(out, digest, code, shown)
         if done is not None:
-            if progress and writer:
-                print(f"[{name}] {out_dir}: finished run of this config (hash {digest}) found; "
-                      f"skipped", flush=True)
             return done
-    elif out_dir is not None and writer:
-        ckpt.discard(Path(out_dir))
-    barrier("jaxasync: out_dir checked")
     prep = prepare(cfg_obj, workload_factory)
-    if progress:
-        _announce(name, prep, writer)
+    if progress and not writer:
+        _announce_process(name)
+    trackers.tracker_class(cfg_obj)   # (a missing extra: an error before the directory)
+    compile_cache.configure_run(cfg_obj.run)
+    if out is None:
+        return _execute(prep, None, digest, code, shown, t_start)
+    with OutputDir(out, progress=progress, writer=writer) as target:
+        if cfg_obj.run.resume:   # (finished meanwhile, or an earlier result put back)
+            done = _finished(out, digest, code, shown)
+            if done is not None:
+                return done
+        else:
+            target.set_aside()
+        barrier("jaxasync: out_dir locked and ready")   # (process 0 locked it, set aside)
+        record = _execute(prep, target, digest, code, shown, t_start)
+        barrier("jaxasync: results written")
+        return record
+
+
+def _finished(out: Path, digest: str, code: dict, shown) -> dict | None:
+    """A finished ``run.json`` of this config and code in ``out`` (None: none, or of other
+    code, which is then said). Several processes: process 0 decides, the others read it."""
+    from jaxasync import checkpoint as ckpt
+    from jaxasync.mesh import is_writer, same_text
+
+    done = ckpt.finished_record(out, digest, code, shown.info) if is_writer() else None
+    if same_text("done" if done is not None else "") and done is None:
+        done = ckpt.finished_record(out, digest, code)   # (a process other than 0)
+    if done is not None:
+        shown.info(f"{out}: finished run of this config (hash {digest}) found; skipped")
+    return done
+
+
+def _execute(prep: Prepared, target, digest: str, code: dict, shown,
+             t_start: float) -> dict:
+    """Runs a prepared experiment (resuming and saving checkpoints in ``target``, an open
+    :class:`jaxasync.outputs_dir.OutputDir`, if given), reports to the configured tracker and
+    writes its outputs there (process 0)."""
+    from jaxasync import checkpoint as ckpt
+    from jaxasync import trackers
+    from jaxasync.mesh import is_writer
+
+    cfg = prep.cfg
+    procs = f" processes={jax.process_count()}" if jax.process_count() > 1 else ""
+    shown.info(f"{prep.workload.name}: M={prep.sim_config.num_workers} "
+               f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
+               f"members={len(prep.members)} delay={prep.delay.kind}{procs}")
     keys, hparams = prep.keys(), prep.hparams()
-    checkpoints, state, history = _checkpoints(prep, out_dir, digest, keys, hparams,
-                                               progress and writer)
-    resumed = checkpoints.chunks_done(history) if history is not None else None
-    data = put_data(prep.workload, prep.index, prep.size)
+    checkpoints, state, history, record, tracker = None, None, None, None, None
+    every = cfg.run.checkpoint_every
     try:
-        result = run(prep.simulator, data, keys, hparams,
-                     progress=_progress_printer(name) if progress and writer else None,
-                     state=state, history=history,
-                     on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
-                     mesh=prep.mesh, members=cfg_obj.run.members)
+        if target is not None and (every > 0 or ckpt.Checkpoints.exists(target.path)):
+            sc = prep.sim_config
+            checkpoints = ckpt.Checkpoints(target.path, digest, every, sc.eval_every,
+                                           math.ceil(sc.steps / sc.eval_every),
+                                           on_first_save=target.first_result,
+                                           code=code, say=shown.info)
+            state, history = checkpoints.restore(prep.simulator, keys, hparams, mesh=prep.mesh)
+            if state is not None:
+                shown.info(f"resuming from {checkpoints.directory} after chunk "
+                           f"{checkpoints.chunks_done(history)}")
+        resumed = checkpoints.chunks_done(history) if history is not None else None
+        if is_writer():
+            tracker = trackers.open_tracker(cfg, None if target is None else target.path,
+                                            cfg.algorithm.name if target is None
+                                            else target.path.name)
+        if tracker is not None:
+            tracker.start(report.plain_config(cfg), prep.members)
+            shown.on_chunk = tracker.log
+        data = put_data(prep.workload, prep.index, prep.size)
+        shown.compiling()
+        try:
+            result = run(prep.simulator, data, keys, hparams, progress=shown,
+                         state=state, history=history,
+                         on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
+                         mesh=prep.mesh, members=cfg.run.members)
+        finally:
+            shown.close()
+        record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
+        record["config_hash"] = digest
+        record["code"] = code
+        record["timing"]["resumed_after_chunk"] = resumed
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
-    record["config_hash"] = digest
-    record["timing"]["resumed_after_chunk"] = resumed
-    if out_dir is not None and writer:
-        report.write_outputs(record, Path(out_dir), plot=cfg_obj.plot)
-        if checkpoints is not None:
+        if tracker is not None:
+            tracker.finish(record)
+    if target is not None:
+        where = target.write(lambda d: report.write_outputs(record, d, plot=cfg.plot),
+                             label=f"{cfg.algorithm.name}-{digest}")
+        if where != target.path:
+            record["written_to"] = str(where)
+        elif checkpoints is not None:
             checkpoints.remove()
-    barrier("jaxasync: results written")
     return record
 
 
+def _announce_process(name: str) -> None:
+    """What a process other than 0 prints: which one it is (process 0 prints the progress)."""
+    print(f"[{name}] process {jax.process_index()}/{jax.process_count()}: "
+          f"{jax.local_device_count()} of {jax.device_count()} devices; process 0 prints "
+          f"the progress and writes the results", flush=True)
 def _announce(name: str, prep: Prepared, writer: bool) -> None:
     """The run's first line (process 0), or which process this is (the others)."""
     import jax
@@ -685,22 +757,3 @@ def _announce(name: str, prep: Prepared, writer: bool) -> None:
     print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
           f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
           f"members={len(prep.members)} delay={prep.delay.kind}{procs}", flush=True)
-
-
-def _checkpoints(prep: Prepared, out_dir, digest: str, keys, hparams, talk: bool):
-    """``(checkpoints, state, history)``: the run's :class:`~jaxasync.checkpoint.Checkpoints`
-    (None without ``out_dir`` or anything to save or resume) and the state and history it
-    resumes (None, None: from the start)."""
-    from jaxasync import checkpoint as ckpt
-
-    every = prep.cfg.run.checkpoint_every
-    if out_dir is None or not (every > 0 or ckpt.Checkpoints.exists(out_dir)):
-        return None, None, None
-    sc = prep.sim_config
-    checkpoints = ckpt.Checkpoints(Path(out_dir), digest, every, sc.eval_every,
-                                   math.ceil(sc.steps / sc.eval_every))
-    state, history = checkpoints.restore(prep.simulator, keys, hparams, mesh=prep.mesh)
-    if state is not None and talk:
-        print(f"[{prep.cfg.algorithm.name}] resuming from {checkpoints.directory} after chunk "
-              f"{checkpoints.chunks_done(history)}", flush=True)
-    return checkpoints, state, history

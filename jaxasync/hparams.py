@@ -53,6 +53,11 @@ class Param:
         vmapped member values; static ones take one value per program.
       schedule: an optax schedule (a callable of the step count) is allowed.
       doc: one line for help texts.
+      items: the value is a list (or tuple) whose every entry is such a value (``optional``:
+        the whole list may be None); a config key such as ``run.seeds``.
+
+    A float must also keep its range as a float32 (the precision the simulator computes
+    in): ``1e39`` is ``inf`` there and ``1e-50`` is ``0``, so neither is a finite number > 0.
     """
 
     kind: str = "float"
@@ -66,6 +71,7 @@ class Param:
     static: bool = False
     schedule: bool = False
     doc: str = ""
+    items: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -87,6 +93,9 @@ class Param:
             text += self._range()
         if self.schedule:
             text += " (or an optax schedule)"
+        if self.items:
+            text = f"a list of {'numbers' if self.kind in ('float', 'int') else 'values'}, " \
+                   f"each {text}"
         if self.optional:
             text += " or null"
         return text
@@ -116,6 +125,8 @@ class Param:
             raise ValueError(f"{name}=None: must be {self.allowed()}")
         if self.kind == "any":
             return value
+        if self.items:
+            return self._check_items(name, value)
         if callable(value) and not _is_array(value):
             if self.schedule:
                 return value
@@ -127,6 +138,19 @@ class Param:
                 self._check_scalar(name, v, value)
             return value
         return self._check_scalar(name, value, value)
+
+    def _check_items(self, name: str, value: Any) -> list:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ValueError(f"{name}={_show(value)}: must be {self.allowed()}")
+        one = dataclasses.replace(self, items=False, optional=False)
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(one._check_scalar(name, v, v))
+            except ValueError:
+                raise ValueError(f"{name}={_show(list(value))}: entry {i} ({_show(v)}) must be "
+                                 f"{one.allowed()}") from None
+        return out
 
     def _check_scalar(self, name: str, v: Any, shown: Any) -> Any:
         bad = ValueError(f"{name}={_show(shown)}: must be {self.allowed()}")
@@ -147,12 +171,21 @@ class Param:
             v = int(v)
         elif math.isnan(float(v)) or (self.finite and not math.isfinite(float(v))):
             raise bad
+        if not self._in_range(v):
+            raise bad
+        if self.kind == "float":
+            with np.errstate(over="ignore", under="ignore"):
+                v32 = float(np.float32(v))
+            if (self.finite and not math.isfinite(v32)) or not self._in_range(v32):
+                raise ValueError(f"{name}={_show(shown)}: must be {self.allowed()}; it is {v32:g} "
+                                 f"as a float32, the precision the simulator computes in")
+        return v if self.kind == "int" else float(v)
+
+    def _in_range(self, v: float) -> bool:
         lo, hi = self.low, self.high
         if lo is not None and (v <= lo if self.low_open else v < lo):
-            raise bad
-        if hi is not None and (v >= hi if self.high_open else v > hi):
-            raise bad
-        return v if self.kind == "int" else float(v)
+            return False
+        return not (hi is not None and (v >= hi if self.high_open else v > hi))
 
 
 def _num(x: float) -> str:
@@ -300,3 +333,56 @@ def checked(owner: str, factory: Callable, params: Mapping[str, Param]) -> Calla
 def static_names(params: Mapping[str, Param]) -> frozenset[str]:
     """The names of the static parameters."""
     return frozenset(k for k, p in params.items() if p.static)
+
+
+# ----------------------------------------------------------------------------- config fields
+
+
+def field(param: Param, default: Any = dataclasses.MISSING, *,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that carries its declaration (read by :func:`check_fields`), so a
+    config schema says next to each key what it may be::
+
+        tau: int = hp.field(hp.integer(0, doc="the constant delay"), 0)
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"param": param})
+
+
+def declaration_of(f: dataclasses.Field) -> Param | None:
+    """The :class:`Param` a dataclass field was declared with (None: undeclared)."""
+    return f.metadata.get("param")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Checks every declared field of the dataclass instance ``obj``, and of the dataclasses
+    nested in it, against its declaration.
+
+    Raises:
+      ValueError: ``"<prefix>.<field>=<value>: must be ..."`` for the first value refused.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_fields(value, key)
+            continue
+        param = declaration_of(f)
+        if param is not None:
+            param.check(key, value)
+
+
+def undeclared(cls: type, prefix: str = "") -> list[str]:
+    """The keys of the dataclass ``cls`` (nested dataclasses included) that carry no
+    declaration (a conformance test keeps this empty for the config schemas)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            out += undeclared(hints[f.name], key)
+        elif declaration_of(f) is None:
+            out.append(key)
+    return out

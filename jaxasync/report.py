@@ -54,18 +54,45 @@ def reached(history: list[dict], metric: str, value: float, mode: str) -> dict |
     return None
 
 
-def _target_of(workload) -> dict | None:
-    t = getattr(workload, "target", None)
+#: metrics a ``target`` (config) may name
+TARGET_METRICS = ("test_accuracy", "test_top5", "test_loss", "train_loss", "train_accuracy",
+                  "train_gap", "train_grad_norm", "batch_loss")
+
+
+def check_target(cfg) -> None:
+    """``target`` (config): a known metric, a finite value, mode min or max; ``train_gap``
+    and ``train_grad_norm`` need what reports them."""
+    from jaxasync.config import ConfigError
+
+    t = cfg.target
+    if t is None:
+        return
+    if t.metric not in TARGET_METRICS:
+        raise ConfigError(f"target.metric={t.metric!r}: unknown; choose one of: "
+                          f"{', '.join(TARGET_METRICS)}")
+    if t.metric == "train_grad_norm" and not cfg.run.eval_grad_norm:
+        raise ConfigError("target.metric=train_grad_norm: needs run.eval_grad_norm=true")
+
+
+def _target_of(workload, cfg=None) -> dict | None:
+    t = getattr(cfg, "target", None) or getattr(workload, "target", None)
     if t is None:
         return None
     return {"metric": t.metric, "value": t.value, "mode": t.mode}
 
 
-def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
-    """The ``run.json`` content of a finished experiment."""
+def plain_config(cfg) -> dict:
+    """A :class:`jaxasync.config.Config` as plain, resolved containers (``run.json``'s
+    ``config``)."""
     from omegaconf import OmegaConf
 
-    target = _target_of(prep.workload)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
+    """The ``run.json`` content of a finished experiment."""
+
+    target = _target_of(prep.workload, prep.cfg)
     members = []
     for i, m in enumerate(prep.members):
         hist = result.history[i]
@@ -88,7 +115,7 @@ def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
         "label": prep.cfg.algorithm.name + ("" if comp is None else
                                             f"+{comp[0]}" + ("+ef" if comp[2] else "")),
         "workload": prep.workload.name,
-        "config": OmegaConf.to_container(OmegaConf.structured(prep.cfg), resolve=True),
+        "config": plain_config(prep.cfg),
         "resolved": {
             "num_workers": prep.sim_config.num_workers, "arrivals": prep.rows,
             "ring_size": prep.sim_config.ring_size, "steps": prep.sim_config.steps,
@@ -117,88 +144,6 @@ def _best(history: list[dict], target: dict | None) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- summary rows
-
-
-def _mean_sd(vals: list[float]) -> str:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return _fmt(vals[0])
-    return f"{_fmt(float(np.mean(vals)))} ± {_fmt(float(np.std(vals, ddof=1)))}"
-
-
-def _fmt(v: float) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int) or (float(v).is_integer() and abs(v) < 1e6):
-        return f"{int(v)}"
-    a = abs(v)
-    if a != 0 and (a >= 1e5 or a < 1e-3):
-        return f"{v:.3g}"
-    return f"{v:.4g}" if a < 1 else f"{v:.4g}"
-
-
-def summary_row(record: dict) -> dict[str, str]:
-    """One table row (strings) summarising a run record over its members."""
-    ms = record["members"]
-    target = record.get("target")
-    final = [m["final"] for m in ms if m["status"] == "ok"]
-    row = {
-        "algorithm": record.get("label") or record["algorithm"],
-        "workload": record["workload"],
-        "members": str(len(ms)),
-    }
-    if any(m["params"] for m in ms):
-        row["params"] = ", ".join(f"{k}={v:g}" for k, v in ms[0]["params"].items())
-    if any(m["status"] == "diverged" for m in ms):
-        steps = [m["diverged_at_step"] for m in ms if m["status"] == "diverged"]
-        row["status"] = f"diverged ({len(steps)}/{len(ms)}, step {min(steps)})"
-    else:
-        row["status"] = "ok"
-    for key, label in (("test_accuracy", "test acc"), ("train_gap", "F - F*"),
-                       ("train_loss", "train loss")):
-        if final and key in final[0]:
-            row[label] = _mean_sd([f[key] for f in final])
-    if final:
-        row["up bits"] = _mean_sd([f["bits_up"] for f in final])
-        row["uploads"] = _mean_sd([f["uploads"] for f in final])
-        row["staleness"] = _mean_sd([f["staleness_mean"] for f in final])
-        if any(f.get("rejections") or f.get("skips") or f.get("dropped") for f in final):
-            row["rejected"] = _mean_sd([f.get("rejections", 0) for f in final])
-            row["skipped"] = _mean_sd([f.get("skips", 0) for f in final])
-            row["wasted grads"] = _mean_sd([f.get("wasted", 0) for f in final])
-        if final and "server_flops_per_decision" in final[0]:
-            row["server flops/decision"] = _mean_sd([f["server_flops_per_decision"] for f in final])
-        row["sim time"] = _mean_sd([f["time"] for f in final])
-    if target:
-        hits = [m["target_reached"] for m in ms]
-        n_hit = sum(h is not None for h in hits)
-        label = f"{target['metric']} {'≥' if target['mode'] == 'max' else '≤'} {target['value']:g}"
-        row["target"] = label
-        row["reached"] = f"{n_hit}/{len(ms)}"
-        ok = [h for h in hits if h is not None]
-        row["bits to target"] = _mean_sd([h["bits_up"] for h in ok]) if ok else "-"
-        row["grads to target"] = _mean_sd([h["grads"] for h in ok]) if ok else "-"
-    row["wall s"] = f"{record['timing']['wall_seconds']:.1f}"
-    return row
-
-
-def format_table(rows: list[dict[str, str]]) -> str:
-    """A Markdown table of summary rows (columns: the union, in first-seen order)."""
-    cols: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in cols}
-    line = lambda vals: "| " + " | ".join(v.ljust(widths[c]) for c, v in zip(cols, vals, strict=True)) + " |"
-    out = [line(cols), "|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|"]
-    out += [line([r.get(c, "") for c in cols]) for r in rows]
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -207,7 +152,8 @@ def history_csv(record: dict) -> str:
     rows = []
     for i, m in enumerate(record["members"]):
         for h in m["history"]:
-            rows.append({"member": i, "seed": m["seed"], **{f"param_{k}": v for k, v in m["params"].items()}, **h})
+            params = {f"param_{k}": v for k, v in m["params"].items()}
+            rows.append({"member": i, "seed": m["seed"], **params, **h})
     cols: list[str] = []
     for r in rows:
         for k in r:
@@ -245,12 +191,15 @@ def split_members(record: dict) -> list[dict]:
             for m in record["members"]]
 
 
-def write_outputs(record: dict, out_dir: Path, plot: bool = True) -> None:
-    """Writes ``run.json``, ``metrics.csv`` and ``metrics.png`` into ``out_dir`` atomically.
+def write_outputs(record: dict, out_dir: Path, plot: bool = True) -> list[Path]:
+    """Writes ``run.json``, ``metrics.csv`` and ``metrics.png``/``.pdf`` into ``out_dir``
+    atomically; returns the paths written (``run.json`` first).
 
     A run of several members also gets ``members/<label>/run.json`` and ``metrics.csv``
     per member, so each seed / hyperparameter value of a vmapped sweep is a run of its own.
     """
+    from jaxasync import plots
+
     out_dir = Path(out_dir)
     if len(record["members"]) > 1:
         for i, single in enumerate(split_members(record)):
@@ -258,74 +207,14 @@ def write_outputs(record: dict, out_dir: Path, plot: bool = True) -> None:
             atomic_write(sub / "metrics.csv", history_csv(single))
             atomic_write(sub / "run.json", dumps(single))
     atomic_write(out_dir / "metrics.csv", history_csv(record))
-    if plot:
-        plot_records([record], out_dir / "metrics.png")
+    figures = plots.plot_records([record], out_dir / "metrics.png") if plot else []
     atomic_write(out_dir / "run.json", dumps(record))  # last: its presence means "finished"
-
-
-def plot_records(records: list[dict], path: Path) -> None:
-    """Loss/accuracy against server steps, uplink bits and simulated time (one line per run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    has_acc = any("test_accuracy" in r["members"][0]["history"][0] for r in records)
-    has_gap = any("train_gap" in r["members"][0]["history"][0] for r in records)
-    ykeys = (["test_accuracy"] if has_acc else []) + (["train_gap"] if has_gap else ["train_loss"])
-    xkeys = ("step", "grads", "bits_up", "time")
-    fig, axes = plt.subplots(len(ykeys), len(xkeys), figsize=(4 * len(xkeys), 3.2 * len(ykeys)),
-                             squeeze=False)
-    for r in records:
-        label = r.get("label") or r["algorithm"]
-        for i, yk in enumerate(ykeys):
-            for j, xk in enumerate(xkeys):
-                ax = axes[i][j]
-                xs = [[h[xk] for h in m["history"]] for m in r["members"]]
-                ys = [[h.get(yk, np.nan) for h in m["history"]] for m in r["members"]]
-                n = min(len(x) for x in xs)
-                x = np.mean([x[:n] for x in xs], axis=0)
-                y = np.mean([y[:n] for y in ys], axis=0)
-                ax.plot(x, y, label=label)
-                ax.set_xlabel({"bits_up": "uplink bits", "time": "simulated time",
-                               "grads": "gradients computed", "step": "server step"}[xk])
-                ax.set_ylabel(yk.replace("_", " "))
-                if yk in ("train_gap", "train_loss"):
-                    ax.set_yscale("log")
-                if xk == "bits_up":
-                    ax.set_xscale("symlog")
-    axes[0][0].legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Saves a matplotlib figure as PNG atomically (temporary file, then rename) and closes it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return [out_dir / "run.json", out_dir / "metrics.csv", *figures]
 
 
 def load_records(root: Path) -> list[dict]:
-    """Every job's ``run.json`` under ``root`` (sorted by path; per-member copies excluded)."""
-    paths = sorted(p for p in Path(root).rglob("run.json") if "members" not in p.parts)
-    return [json.loads(p.read_text()) for p in paths]
-
-
-def summary_rows(record: dict) -> list[dict[str, str]]:
-    """Table rows of a record: one per distinct swept-parameter value (seeds pooled)."""
-    groups: dict[str, list[dict]] = {}
-    for m in record["members"]:
-        groups.setdefault(json.dumps(m["params"], sort_keys=True), []).append(m)
-    if len(groups) == 1:
-        return [summary_row(record)]
-    rows = []
-    for key, ms in groups.items():
-        row = summary_row({**record, "members": ms})
-        row["params"] = ", ".join(f"{k}={v:g}" for k, v in json.loads(key).items())
-        rows.append(row)
-    return rows
+    """Every job's ``run.json`` under ``root`` (sorted by path; per-member copies excluded),
+    each with ``_source``, its directory (what tells identical configs apart)."""
+    paths = sorted(p for p in Path(root).rglob("run.json")
+                   if "members" not in p.relative_to(root).parts)
+    return [{**json.loads(p.read_text()), "_source": str(p.parent)} for p in paths]

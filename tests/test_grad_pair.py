@@ -67,7 +67,10 @@ def test_mlp_pair_is_accurate_where_the_points_nearly_agree():
     module, pa, pb, x, y = _setup((512,), (784,), scale=1e-5)
     reference, pair = models.mlp_grad_pair(module, _cross_entropy)
     fast = float(pair(pa, reference(pb, x, y), x, y)[2])
-    with jax.enable_x64(True):
+    # jax.enable_x64 since JAX 0.8; jax.experimental.enable_x64 before (the lowest JAX we
+    # support, 0.7.1, has only that one)
+    enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+    with enable_x64(True):
         f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
         exact = float(_formed(module, f64(pa), f64(pb), jnp.asarray(x, jnp.float64), y)[2])
     assert exact > 0

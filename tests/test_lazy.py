@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ToyData, ToyWorkload, iid_shards, run_toy, write_tiny_mnist
+from helpers import (
+    ToyData,
+    ToyWorkload,
+    assert_f32_close,
+    iid_shards,
+    run_toy,
+    write_tiny_mnist,
+)
 
 import jaxasync as ja
 from jaxasync import delays as dl
@@ -45,13 +52,14 @@ def _drive(tx, steps, *, ref=None, norms=None, w=M, grad_fn=_grads):
     return traj, s
 
 
-def _assert_same(t1, t2, exact=True):
-    for p1, p2 in zip(t1, t2, strict=True):
-        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
-            if exact:
-                np.testing.assert_array_equal(a, b)
-            else:
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+def _assert_same(t1, t2, steps, rows=M):
+    """Two programs' parameter trajectories on the synthetic gradients: per step a top-k
+    selection (exact), v = alpha g + e, the sum over ``rows`` messages and the step; the
+    gradients do not depend on the iterate, so differences only add up."""
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(t2))
+    for t, (p1, p2) in enumerate(zip(t1, t2, strict=True)):
+        assert_f32_close(p1, p2, roundings=max(1, t) * (rows + 4), scale=scale,
+                         why=f"{t} of {steps} steps x ({rows}-row sum + alpha g + e + the step)")
 
 
 # ----------------------------------------------------------------------------- equivalences
@@ -64,7 +72,7 @@ def test_sasg_that_never_skips_equals_topk_ef_exactly():
     sparse = ja.sparse(learning_rate=0.1, num_workers=M, density=0.2)
     t1, s1 = _drive(sasg, 12, ref=ref, norms=norms)
     t2, s2 = _drive(sparse, 12)
-    _assert_same(t1, t2, exact=True)
+    _assert_same(t1, t2, 12)
     c1, c2 = ja.communication(s1), ja.communication(s2)
     for k in ("uploads", "skips", "bits_up", "bits_down"):
         assert float(c1[k]) == float(c2[k]), k
@@ -75,7 +83,7 @@ def test_sasg_that_never_skips_equals_topk_ef_exactly():
 def test_topk_ef_at_density_one_equals_sgd_and_keeps_no_residual():
     t1, s1 = _drive(ja.sparse(learning_rate=0.05, num_workers=M, density=1.0), 10)
     t2, _ = _drive(ja.sgd_sum(learning_rate=0.05), 10)
-    _assert_same(t1, t2, exact=True)
+    _assert_same(t1, t2, 10)
     err = s1[1].residual()
     assert jax.tree.leaves(err) and all(float(jnp.max(jnp.abs(e))) == 0.0
                                         for e in jax.tree.leaves(err))
@@ -87,7 +95,7 @@ def test_lasg_that_never_skips_equals_sgd():
     t1, s1 = _drive(ja.lasg(learning_rate=0.05, num_workers=M, threshold="never"), 10,
                     ref=ref, norms=norms)
     t2, _ = _drive(ja.sgd_sum(learning_rate=0.05), 10)
-    _assert_same(t1, t2, exact=True)
+    _assert_same(t1, t2, 10)
     assert int(ja.communication(s1)["skips"]) == 0
 
 
@@ -98,7 +106,8 @@ def test_sgd_sum_is_optax_sgd_on_the_sum_of_gradients():
     for t in range(5):
         u, s = tx.update(jax.tree.map(lambda g: g.sum(0), _grads(t)), s, p)
         p = optax.apply_updates(p, u)
-    _assert_same([t1[-1]], [p], exact=False)
+    assert_f32_close(t1[-1], p, roundings=5 * (M + 2),
+                     why="5 steps x (a 3-row sum, the scale, the step), adding up")
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -189,12 +198,15 @@ def test_sasg_stored_as_sent_vectors_equals_dense_messages_and_memories():
         tx = optax.chain(lazy.lazy_upload(0.1, M, history=2, compressor=c, error_feedback=True),
                          ja.aggregate("sum"), optax.scale(-1.0))
         runs[name] = _drive(tx, 15, ref=ref, norms=norms)
-    _assert_same(runs["mask"][0], runs["dense"][0], exact=True)
+    _assert_same(runs["mask"][0], runs["dense"][0], 15)
     mask_state, dense_state = (lazy.lazy_state(runs[n][1]) for n in ("mask", "dense"))
     assert mask_state.messages == () and mask_state.memory.masked
     assert not dense_state.memory.masked
+    # the stored messages and memories: v = alpha g + e (up to one rounding each step, which a
+    # contracted multiply-add may save), then selections of v: exact
     for a, b in zip(mask_state.stored(), dense_state.stored(), strict=True):
-        jax.tree.map(np.testing.assert_array_equal, a, b)
+        assert_f32_close(a, b, roundings=2 * 15, why="v = alpha g + e: <= 2 roundings a step, "
+                                                     "15 steps, the selections exact")
     c = ja.communication(runs["mask"][1])
     assert 0 < int(c["skips"]) < 15 * M
     assert float(c["bits_up"]) == float(ja.communication(runs["dense"][1])["bits_up"])
@@ -513,7 +525,7 @@ def test_the_full_mnist_preset_runs_as_is_on_idx_files(tmp_path):
         cfg = OmegaConf.to_container(compose("config", overrides=[
             "experiment=sasg_mnist_full", "algorithm=sasg", f"workload.options.data_dir={tmp_path}",
             "run.steps=30", "run.eval_every=15", "run.seeds=[1]", "plot=false"]), resolve=True)
-    # the protocol of TARGETS.md, unchanged by the preset's composition
+    # the authors' protocol (Deng et al., arXiv 2112.04088), unchanged by the composition
     assert cfg["run"]["num_workers"] == 10 and cfg["workload"]["batch_size"] == 10
     assert cfg["algorithm"]["params"]["learning_rate"] == 0.005
     rec = run_experiment(cfg, tmp_path / "out", progress=False)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from jaxasync import leaderboard as lb
+from jaxasync.checkpoint import code_identity
 
 # ----------------------------------------------------------------------------- records
 
@@ -29,9 +30,10 @@ def history(acc, uploads_per_eval=100, bits_per_upload=64.0, skips_per_eval=0, *
     return rows
 
 
-def record(members, target=(0.9, "max"), algorithm="toy", config_hash="h", wall=12.0):
+def record(members, target=(0.9, "max"), algorithm="toy", config_hash="h", wall=12.0,
+           code=None):
     return {
-        "algorithm": algorithm, "workload": "toy", "config_hash": config_hash,
+        "algorithm": algorithm, "workload": "toy", "config_hash": config_hash, "code": code,
         "target": {"metric": "test_accuracy", "value": target[0], "mode": target[1]},
         "members": [{"seed": i, "params": {}, "status": "ok", "history": h,
                      "staleness_hist": [len(h)], "final": h[-1]} for i, h in enumerate(members)],
@@ -269,7 +271,8 @@ def write_results(tmp_path, entries):
     slow = [history([0.1, 0.3, 0.5, 0.7, 0.8, 0.95, 0.99], uploads_per_eval=100),
             history([0.1, 0.3, 0.5, 0.7, 0.8, 0.95, 0.99], uploads_per_eval=100)]  # 500
     for run, members in (("Fast", fast), ("Slow", slow)):
-        rec = record(members, algorithm=run, config_hash=lb.config_digest(cfgs[run]))
+        rec = record(members, algorithm=run, config_hash=lb.config_digest(cfgs[run]),
+                     code=code_identity(cfgs[run]["algorithm"]["name"]))
         path = results / "toy" / toy.run(run).slug / "run.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(rec))
@@ -317,11 +320,26 @@ def test_render_from_fixed_result_files(tmp_path):
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, "config_hash": "0000"}))
     md, rows = lb.render(entries, results, out, plots=False, quiet=True)
-    assert "**Status: stale** — result of Fast is from another config" in md
+    assert "**Status: stale** — result of Fast (another config) is stale" in md
     for r in rows:
         if r.entry == "toy" and "Fast" in r.algorithm:
             assert r.verdict == "stale" and r.ok is None and "another config" in r.reason
     assert by[("toy", "Slow", "final test accuracy (%)")].ok is True
+    # older code: another version of jaxasync or another source of the algorithm is stale;
+    # another git tree alone is not (every commit changes it)
+    code = rec["code"]
+    for changed, stale in (({"git": {"tree": "0" * 16, "uncommitted": None}}, None),
+                           ({"algorithm": "0" * 16}, "older code: the algorithm's source"),
+                           ({"jaxasync": "0.0.0"}, f"older code: jaxasync 0.0.0 -> "
+                                                   f"{code['jaxasync']}"),
+                           (None, "older code: its code is not recorded")):
+        new = {**code, **changed} if changed is not None else None
+        path.write_text(json.dumps({**rec, "code": new}))
+        md, _ = lb.render(entries, results, out, plots=False, quiet=True)
+        if stale is None:
+            assert "**Status: stale**" not in md
+        else:
+            assert f"**Status: stale** — result of Fast ({stale}" in md
 
 
 def test_failed_verdicts_and_missing_runs(tmp_path):
@@ -373,7 +391,7 @@ def test_skip_reasons_missing_files_and_gpu(tmp_path, capsys):
     assert status["status"] == "skipped" and "no_such_preset" in status["reason"]
 
 
-def test_resume_skips_finished_runs_and_reruns_changed_ones(tmp_path):
+def test_resume_skips_finished_runs_and_reruns_changed_ones(tmp_path, capsys):
     """A rerun reuses results of the same config and reruns changed ones (real tiny runs)."""
     from jaxasync.experiment import run_experiment
 
@@ -388,7 +406,7 @@ def test_resume_skips_finished_runs_and_reruns_changed_ones(tmp_path):
     results = tmp_path / "results"
     # "Fast" finished earlier (a result file of its current config): only "Slow" runs
     fast = record([history([0.1, 0.95])], config_hash=lb.config_digest(
-        lb.compose_configs(toy)["Fast"]))
+        lb.compose_configs(toy)["Fast"]), code=code_identity("asgd"))
     (results / "toy" / "fast").mkdir(parents=True)
     (results / "toy" / "fast" / "run.json").write_text(json.dumps(fast))
     first = lb.run_entry(toy, results, progress=False, runner=runner)
@@ -415,6 +433,17 @@ def test_resume_skips_finished_runs_and_reruns_changed_ones(tmp_path):
     # the renderer accepts these results as current (hashes match the definitions)
     state = lb.entry_state(changed, results, lb.compose_configs(changed))
     assert state.status == "done" and not state.stale
+    # a result of older code (here: another source of sync_sgd's factory) is run again, with
+    # the same rule as the renderer's, and the line says why
+    slow_json = results / "toy" / "slow" / "run.json"
+    old = json.loads(slow_json.read_text())
+    slow_json.write_text(json.dumps({**old, "code": {**old["code"], "algorithm": "0" * 16}}))
+    assert lb.entry_state(changed, results, lb.compose_configs(changed)).stale == ["Slow"]
+    calls.clear()
+    fourth = lb.run_entry(changed, results, progress=True, runner=runner)
+    assert calls == ["slow"] and fourth["runs"]["Fast"]["reused"]
+    assert "toy/slow: older code: the algorithm's source; rerunning" in capsys.readouterr().out
+    assert json.loads(slow_json.read_text())["code"] == code_identity("sync_sgd")
 
 
 def test_command_line(tmp_path, capsys):

@@ -145,7 +145,8 @@ def test_output_directory_of_another_config_is_refused_unless_resume_false(tmp_p
     same = {**TINY, "out_dir": "x", "plot": True, "run": {**TINY["run"], "checkpoint_every": 3}}
     assert ckpt.config_hash(to_config(same)) == digest
 
-    report.atomic_write(tmp_path / "run.json", json.dumps({"config_hash": digest, "members": []}))
+    report.atomic_write(tmp_path / "run.json", json.dumps(
+        {"config_hash": digest, "code": ckpt.code_identity("asgd"), "members": []}))
     assert experiment.run_experiment(TINY, tmp_path, progress=False)["members"] == []
     with pytest.raises(ConfigError, match=r"^out_dir=.*run\.json of a different config"):
         experiment.run_experiment(other, tmp_path, progress=False)
@@ -157,11 +158,19 @@ def test_output_directory_of_another_config_is_refused_unless_resume_false(tmp_p
     def stop(*args, **kwargs):  # the run itself is the ordinary path: stop before compiling
         raise Stop
 
+    before = (tmp_path / "run.json").read_text()
     monkeypatch.setattr(experiment, "prepare", stop)
-    with pytest.raises(Stop):
+    with pytest.raises(Stop):  # run.resume=false checks the new config before touching the old
         experiment.run_experiment({**other, "run": {**other["run"], "resume": False}}, tmp_path,
                                   progress=False)
-    assert not (tmp_path / "run.json").exists() and not (tmp_path / "checkpoint").exists()
+    assert (tmp_path / "run.json").read_text() == before and (tmp_path / "checkpoint").is_dir()
+    monkeypatch.undo()
+    # a run that passes its checks replaces it (moved aside, removed once it has written)
+    record = experiment.run_experiment({**other, "run": {**other["run"], "resume": False}},
+                                       tmp_path, progress=False)
+    assert json.loads((tmp_path / "run.json").read_text())["config_hash"] == \
+        record["config_hash"] != digest
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / ".replaced").exists()
 
 
 def test_atomic_write_never_leaves_a_half_written_file(tmp_path, monkeypatch):
@@ -177,3 +186,86 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"old": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_a_finished_run_of_other_code_runs_again_and_says_what_changed(tmp_path, capsys,
+                                                                       monkeypatch):
+    """The code is part of what a finished run is reused for: the algorithm's source (here a
+    user's module, edited between two runs) and jaxasync's version."""
+    import importlib
+
+    from jaxasync import plugins
+
+    module = tmp_path / "cache_probe_algos.py"
+    source = ("import optax\nimport jaxasync as ja\n\n@ja.register('cache_probe')\n"
+              "def cache_probe(learning_rate: float = 0.05):\n"
+              "    return optax.chain(ja.aggregate('mean'), optax.sgd(learning_rate)){}\n")
+    module.write_text(source.format(""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.import_modules(["cache_probe_algos"])
+    cfg = {**TINY, "algorithm": {"name": "cache_probe", "params": {"learning_rate": 0.05}}}
+    out = tmp_path / "out"
+    first = experiment.run_experiment(cfg, out)
+    assert first["code"] == ckpt.code_identity("cache_probe")
+    capsys.readouterr()
+    again = experiment.run_experiment(cfg, out)             # same code: reused, not run
+    assert "finished run of this config (hash" in capsys.readouterr().out
+    assert again["timing"] == first["timing"]
+    # the user edits the rule's module: the run is redone, and the line says why
+    module.write_text(source.format("  # edited"))
+    importlib.reload(importlib.import_module("cache_probe_algos"))
+    third = experiment.run_experiment(cfg, out)
+    said = capsys.readouterr().out
+    assert "finished run of this config by other code (the algorithm's source); running it " \
+           "again" in said and "least_squares: M=2" in said          # and it ran
+    assert third["code"]["algorithm"] != first["code"]["algorithm"]
+    assert json.loads((out / "run.json").read_text())["code"] == third["code"]
+    # a new jaxasync version: redone too
+    import jaxasync
+
+    monkeypatch.setattr(jaxasync, "__version__", "99.0")
+    experiment.run_experiment(cfg, out)
+    assert f"(jaxasync {third['code']['jaxasync']} -> 99.0)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_other_code_is_discarded_not_resumed(tmp_path):
+    prep = _prepared("asgd")
+    keys, hparams = prep.keys(), prep.hparams()
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                         jax.eval_shape(jax.vmap(prep.simulator.init), keys, hparams))
+    history = [[{"step": 2, "finite": True}]] * 2
+    old = {**ckpt.code_identity("asgd"), "algorithm": "0123456789abcdef"}
+    saver = ckpt.Checkpoints(tmp_path, "abc", every=1, eval_every=2, n_chunks=5, code=old)
+    saver.on_chunk(state, history)
+    saver.close()
+    said = []
+    same = ckpt.Checkpoints(tmp_path, "abc", 0, 2, 5, code=old, say=said.append)
+    assert same.restore(prep.simulator, keys, hparams)[1] == history and not said
+    same.close()
+    now = ckpt.code_identity("asgd")
+    loader = ckpt.Checkpoints(tmp_path, "abc", 0, 2, 5, code=now, say=said.append)
+    assert loader.restore(prep.simulator, keys, hparams) == (None, None)
+    assert said == [f"{tmp_path / 'checkpoint'}: a checkpoint of other code (the algorithm's "
+                    "source); discarded, the run starts afresh"]
+    assert not (tmp_path / "checkpoint").exists() or not list((tmp_path / "checkpoint").iterdir())
+
+
+def test_code_identity_reads_the_checkout_and_names_each_change():
+    import subprocess
+
+    now = ckpt.code_identity("asgd")
+    root = CONF_DIR.parent
+    if (root / ".git").exists():       # a checkout: the package directory's git tree
+        tree = subprocess.run(["git", "rev-parse", "HEAD:jaxasync"], cwd=root, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        assert now["git"]["tree"] == tree[:16]
+    assert ckpt.code_changes(now, now) == []
+    old = {"jaxasync": "0.0.1", "git": {"tree": "aaaa", "uncommitted": None},
+           "algorithm": "bbbb"}
+    new = {"jaxasync": "0.0.1", "git": {"tree": "cccc", "uncommitted": "dddd"},
+           "algorithm": "bbbb"}
+    assert ckpt.code_changes(old, new) == ["package source: git tree aaaa -> cccc",
+                                           "uncommitted changes none -> dddd"]
+    assert ckpt.code_changes(old, new, keys=("jaxasync", "algorithm")) == []
+    assert ckpt.code_changes(None, new) == [
+        "its code is not recorded (a result of an older jaxasync)"]

@@ -31,7 +31,7 @@ def test_auto_layout_rule_and_bad_value():
     assert member_layout(sync, 1, mesh=object()) == "vmap"     # a mesh keeps the member axis
     with pytest.raises(ValueError, match=r"run.members='rows': unknown"):
         member_layout(sync, 2, "rows")
-    with pytest.raises(ConfigError, match=r"run.members='rows': unknown; choose one of: auto"):
+    with pytest.raises(ConfigError, match=r"run.members='rows': must be one of auto, vmap, map"):
         prepare(_cfg("asgd", members="rows"))
 
 

@@ -1,9 +1,9 @@
 """Step-size decay (``algorithm.lr_decay``) and the full-gradient-norm metric.
 
-A decayed run must equal, bit for bit, a run with the constant rate stopped at the boundary
-and resumed with the decayed rate; epochs become server steps by the documented convention;
-the schedule is recorded in run.json and the config hash; ``train_grad_norm`` equals a NumPy
-computation of the full gradient.
+A decayed run must equal a run with the constant rate stopped at the boundary and resumed
+with the decayed rate (up to float32 rounding: they are two programs); epochs become server
+steps by the documented convention; the schedule is recorded in run.json and the config hash;
+``train_grad_norm`` equals a NumPy computation of the full gradient.
 """
 
 import copy
@@ -14,19 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_f32_close, assert_loss_close, least_squares, sgd_roundings, toy_data
 
 import jaxasync as ja
-
 from jaxasync import data as data_lib
 from jaxasync import delays as dl
 from jaxasync import sim
-from jaxasync.algorithms import ALGORITHMS, get_algorithm
+from jaxasync.algorithms import get_algorithm
 from jaxasync.checkpoint import config_hash
 from jaxasync.config import to_config
 from jaxasync.experiment import prepare, run_experiment
 from jaxasync.workloads import get_workload
-
-from helpers import least_squares, toy_data
 
 LR, FACTOR, BOUNDARY = 0.02, 0.1, 30
 #: the decayed rate as the schedule computes it, in float32
@@ -65,13 +63,26 @@ def test_decay_equals_a_run_switched_by_hand_at_the_boundary(name):
     decayed = dataclasses.replace(base, lr_boundaries=(BOUNDARY,), lr_factor=FACTOR)
     got_state, got = _chunks(name, decayed, [LR, LR])
     want_state, want = _chunks(name, base, [LR, LR_AFTER])     # switched by hand
-    for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params),
-                    strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for g, w in zip(got, want, strict=True):   # every metric of both evaluations, bit for bit
+    # two programs (a schedule in one, a constant rate in the other): equal up to rounding
+    rounds = sgd_roundings(2 * BOUNDARY, d=8, batch=8, rows=m)
+    why = f"{2 * BOUNDARY} steps x (8-term dot, mean of 8 and of {m} rows, 3 ops), adding up"
+    assert_f32_close(got_state.params, want_state.params, roundings=rounds, why=why)
+    wl = least_squares()
+    for g, w in zip(got, want, strict=True):   # every metric of both evaluations
         assert g.keys() == w.keys()
         for k in g:
-            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+            if "loss" in k:      # a function of the parameters
+                f_max = float(np.max([h[k] for h in got]))
+                assert_loss_close(g[k], w[k], param_roundings=rounds, f_max=f_max,
+                                  smoothness=wl.smoothness, d=8, n=256,
+                                  w_scale=float(np.abs(want_state.params["w"]).max()),
+                                  why=f"{k}; {why}")
+            elif "norm" in k:
+                continue         # (not in these runs' metrics)
+            else:                # counters (integers below 2^24: exact), clocks and delays
+                assert_f32_close(g[k], w[k], roundings=2 * BOUNDARY,
+                                 why=f"{k}: a sum of at most {BOUNDARY} terms since the last "
+                                     "evaluation, or an integer")
     # (a schedule ignored would run chunk 2 at LR, not LR_AFTER, and end elsewhere)
 
 

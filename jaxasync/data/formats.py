@@ -144,6 +144,10 @@ def load_mnist_subset(test_size: int = 1000, seed: int = 0) -> Dataset:
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+_MAGIC_WORDS = {IDX_IMAGES_MAGIC: "unsigned-byte images, 3 dimensions",
+                IDX_LABELS_MAGIC: "unsigned-byte labels, 1 dimension"}
+#: the image size of MNIST and Fashion-MNIST (the FC models' input is 784 = 28 x 28)
+MNIST_IMAGE_SHAPE = (28, 28)
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -191,7 +195,8 @@ def read_idx(path: str, magic: int) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise ValueError(f"{path}: bad IDX magic number {found}, expected {magic}")
+        raise ValueError(f"{path}: bad IDX magic number {found}, expected {magic} "
+                         f"({_MAGIC_WORDS.get(magic, 'unsigned bytes')}; header bytes 0-3)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -238,10 +243,15 @@ def _find_file(directory: str, name: str) -> str:
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path
+    for candidate in (name + ".gz", name):
+        path = os.path.join(directory, candidate)
+        if os.path.isdir(path):
+            raise ValueError(f"{path}: is a directory, not a data file")
     raise FileNotFoundError(f"file {name}[.gz] not found in directory {directory!r}")
 
 
-def load_mnist_idx(data_dir: str, kind: str = "mnist", *, verify: bool = True) -> Dataset:
+def load_mnist_idx(data_dir: str, kind: str = "mnist", *, verify: bool = True,
+                   image_shape: tuple[int, int] = MNIST_IMAGE_SHAPE) -> Dataset:
     """Full MNIST or Fashion-MNIST from the four standard IDX files, flattened and normalised.
 
     Looks in ``data_dir/<kind>/`` (what :func:`download` writes), then torchvision's
@@ -251,11 +261,13 @@ def load_mnist_idx(data_dir: str, kind: str = "mnist", *, verify: bool = True) -
 
     A file that claims to be an original (its name, and the original's number of examples in
     its header) must have the original's published checksum (:func:`check_original`);
-    ``verify=False`` skips that check, not the format checks.
+    ``verify=False`` skips that check, not the format checks. Images must be ``image_shape``
+    (the model's input; MNIST's 28 x 28): a file of other images is refused here, before a
+    model is built on them.
 
     Raises:
-        ValueError: unknown ``kind``; a malformed file; image and label counts that differ; labels
-            outside 0..9; an original whose checksum does not match.
+        ValueError: unknown ``kind``; a malformed file; images of another size; image and label
+            counts that differ; labels outside 0..9; an original whose checksum does not match.
         FileNotFoundError: a missing directory or file (the message names both).
     """
     if kind not in _MNIST_KINDS:
@@ -270,6 +282,11 @@ def load_mnist_idx(data_dir: str, kind: str = "mnist", *, verify: bool = True) -
             for path in (images_path, labels_path):
                 check_original(path, kind, _idx_count(path))
         images = read_idx(images_path, IDX_IMAGES_MAGIC)
+        if images.shape[1:] != tuple(image_shape):
+            raise ValueError(
+                f"{images_path}: images of {images.shape[1]}x{images.shape[2]} pixels (IDX "
+                f"header dimensions 2 and 3); the model takes {image_shape[0]}x{image_shape[1]}"
+            )
         labels = read_idx(labels_path, IDX_LABELS_MAGIC)
         if images.shape[0] != labels.shape[0]:
             raise ValueError(
@@ -376,6 +393,8 @@ def load_cifar(data_dir: str, num_classes: int = 10, *, verify: bool = True) -> 
         xs, ys = [], []
         for name in names:
             path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                raise ValueError(f"{path}: is a directory, not a CIFAR batch file")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"file {name} not found in directory {directory!r}")
             data, labels = _read_cifar_batch(path, label_key)

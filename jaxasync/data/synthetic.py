@@ -42,6 +42,17 @@ def _least_squares_constants(a: np.ndarray, b: np.ndarray) -> tuple[float, float
     return smoothness, f_star, x_star
 
 
+def _check_size(n: int, n_test: int, d: int) -> None:
+    """Refuses a problem whose generation would not fit in the host's memory: the rows are
+    drawn in float64 and kept in float32, the constants need a float64 copy and d x d
+    matrices (about 3 (n + n_test) d + 2 d^2 doubles)."""
+    from jaxasync.memory import check_host_bytes
+
+    nbytes = 8 * (3 * (n + n_test) * d + 2 * d * d)
+    key, value = ("n", n) if n * d >= d * d else ("d", d)
+    check_host_bytes(nbytes, key, value, f"generating n={n} (+{n_test} test) rows of d={d}")
+
+
 def make_least_squares(
     n: int = 1000, d: int = 50, noise: float = 0.1, seed: int = 0, n_test: int | None = None
 ) -> SyntheticProblem:
@@ -53,6 +64,7 @@ def make_least_squares(
     """
     n, d = _check_positive_int("n", n), _check_positive_int("d", d)
     n_test = max(n // 4, 1) if n_test is None else _check_positive_int("n_test", n_test)
+    _check_size(n, n_test, d)
     if not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise={noise!r}: must be a finite number >= 0")
     rng = np.random.default_rng(seed)
@@ -146,6 +158,7 @@ def make_logistic(
     """
     n, d = _check_positive_int("n", n), _check_positive_int("d", d)
     n_test = max(n // 4, 1) if n_test is None else _check_positive_int("n_test", n_test)
+    _check_size(n, n_test, d)
     if not (np.isfinite(l2) and l2 > 0):
         raise ValueError(f"l2={l2!r}: must be a finite number > 0 (it makes the optimum unique)")
     rng = np.random.default_rng(seed)

@@ -18,13 +18,17 @@ command), the target its "to target" quantities use, and its checks against the 
 results. Running an entry writes one result directory per run under
 ``benchmarks/leaderboard/results/<entry>/<run>/`` (``run.json`` with provenance and its
 config hash, ``metrics.csv``, ``metrics.png``) and ``entry.json`` (status, skip reason,
-load and times of the last attempt). A rerun reuses every result whose config hash matches
-(so an interrupted leaderboard resumes where it stopped) and reruns those whose config
-changed; long runs also checkpoint (``run.checkpoint_every``) and resume mid-run.
+load and times of the last attempt). A rerun reuses every result whose config hash and code
+match (so an interrupted leaderboard resumes where it stopped) and reruns the stale ones: of
+another config, or of older code (:func:`stale_reason`: another jaxasync version, or another
+source of the run's algorithm; the git tree is not compared, so a commit that does not touch
+an algorithm keeps the results); long runs also checkpoint (``run.checkpoint_every``) and
+resume mid-run. Rendering marks stale results as such, naming what changed.
 
 Rendering reads only those files and the entry definitions: ``LEADERBOARD.md``,
 ``leaderboard.csv`` and ``plots/<entry>.png`` in ``benchmarks/leaderboard/``. Nothing in them
-is typed by hand.
+is typed by hand. An installed package (no checkout) reads the entries shipped in the wheel
+and writes results and rendered files under ``./leaderboard`` (``--results``, ``--out``).
 
 The verdict logic is pure functions of plain numbers (:func:`judge_value`,
 :func:`judge_ordering`, :func:`judge_ratio`), the measurements pure functions of a run
@@ -56,6 +60,7 @@ from jaxasync.leaderboard.entries import (
     load_entries,
     parse_entries,
     read_json,
+    stale_reason,
 )
 from jaxasync.leaderboard.rendering import (
     entry_seconds,
@@ -134,5 +139,6 @@ __all__ = [
     "rows_csv",
     "run_entry",
     "short_reason",
+    "stale_reason",
     "summarize",
 ]

@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from jaxasync.leaderboard.verdicts import EntryError, parse_chain, quantity
+from jaxasync.resources import board_dir, checkout, conf_dir, entries_file
 
-# The package sits in jaxasync/leaderboard/: the repository root is three levels up.
-ROOT = Path(__file__).resolve().parent.parent.parent
-CONF_DIR = ROOT / "conf"
-BOARD_DIR = ROOT / "benchmarks" / "leaderboard"
-ENTRIES_FILE = BOARD_DIR / "entries.yaml"
+#: the repository root when running from a checkout, None for an installed package
+ROOT = checkout()
+CONF_DIR = conf_dir()
+#: results and rendered files: the checkout's benchmarks/leaderboard, or ./leaderboard for an
+#: installed package (jaxasync.resources)
+BOARD_DIR = board_dir()
+ENTRIES_FILE = entries_file()
 RESULTS_DIR = BOARD_DIR / "results"
+#: what of a result's code the leaderboard compares (checkpoint.code_identity): the version and
+#: the algorithm's source; not the git tree, which every commit to the package changes
+CODE_KEYS = ("jaxasync", "algorithm")
 ENTRY_STATUS = "entry.json"
 
 
@@ -164,7 +170,19 @@ def load_entries(path: str | os.PathLike = ENTRIES_FILE) -> list[Entry]:
     except FileNotFoundError:
         raise EntryError(f"entries file {str(path)!r} not found") from None
     except yaml.YAMLError as e:
-        raise EntryError(f"entries file {str(path)!r}: not valid YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise EntryError(f"entries file {str(path)!r}: not valid YAML{at} ({what})") from None
+    except UnicodeDecodeError as e:
+        raise EntryError(f"entries file {str(path)!r}: binary content (byte "
+                         f"{e.object[e.start]:#04x} at offset {e.start}); expected YAML text"
+                         ) from None
+    except IsADirectoryError:
+        raise EntryError(f"entries file {str(path)!r}: is a directory, not a file") from None
+    except OSError as e:
+        raise EntryError(f"entries file {str(path)!r}: cannot be read ({e.strerror or e})"
+                         ) from None
     return parse_entries(raw)
 
 
@@ -257,24 +275,25 @@ class EntryState:
     status: str           # done | partial | skipped | failed | not run
     reason: str | None
     info: dict            # entry.json
-    stale: list[str]      # run labels whose result is of another config
+    stale: list[str]      # run labels whose result is of another config or older code
 
 
 def entry_state(entry: Entry, results: Path, configs: dict[str, dict] | None = None,
                 config_error: str | None = None) -> EntryState:
     """Reads ``results/<entry>/``; with ``configs`` (label -> config), results of another
-    config hash are set aside as stale."""
+    config hash or of older code (:func:`stale_reason`) are set aside as stale."""
     edir = Path(results) / entry.id
     info = read_json(edir / ENTRY_STATUS) or {}
-    records, stale = {}, []
+    records, stale, whys = {}, [], []
     for run in entry.runs:
         rec = read_json(edir / run.slug / "run.json")
         if rec is None:
             continue
         if configs is not None and run.label in configs:
-            want = config_digest(_with_data_dir(configs[run.label], rec))
-            if rec.get("config_hash") != want:
+            why = stale_reason(rec, _with_data_dir(configs[run.label], rec))
+            if why:
                 stale.append(run.label)
+                whys.append(f"{run.label} ({why})")
                 continue
         records[run.label] = rec
     complete = len(records) == len(entry.runs)
@@ -285,13 +304,26 @@ def entry_state(entry: Entry, results: Path, configs: dict[str, dict] | None = N
         status, reason = info["status"], info.get("reason")
     elif stale:
         status = "stale"
-        reason = (f"result of {', '.join(stale)} is from another config; rerun "
+        reason = (f"result of {', '.join(whys)} is stale; rerun "
                   f"`jaxasync-leaderboard {entry.id}`")
     elif config_error:
         status, reason = "skipped", config_error
     else:
         status = "partial" if records else "not run"
     return EntryState(entry, records, status, reason, info, stale)
+
+
+def stale_reason(record: dict, cfg: dict) -> str | None:
+    """Why a stored result no longer stands for ``cfg`` (None: it does): another config
+    (its config hash), or older code (:data:`CODE_KEYS` of its ``code``, see
+    :func:`jaxasync.checkpoint.code_identity`). The one rule for rendering and rerunning."""
+    from jaxasync.checkpoint import code_changes, code_identity
+
+    if record.get("config_hash") != config_digest(cfg):
+        return "another config"
+    changed = code_changes(record.get("code"), code_identity(cfg["algorithm"]["name"]),
+                           keys=CODE_KEYS)
+    return f"older code: {'; '.join(changed)}" if changed else None
 
 
 def _with_data_dir(cfg: dict, record: dict) -> dict:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
 
 from jaxasync import report
 from jaxasync.leaderboard.entries import (
@@ -179,94 +176,37 @@ def render_markdown(states: list[EntryState], rows: list[Row], *, plots: dict[st
     return "\n".join(lines) + "\n"
 
 
-_AXIS = {"uploads": "communication rounds (uploads)", "bits_up": "uplink bits",
-         "grads": "gradients computed", "step": "iterations (server steps)",
-         "time": "simulated time", "test_accuracy": "test accuracy", "test_top5": "test top-5",
-         "train_gap": "F(x) - F*", "train_loss": "train loss",
-         "train_grad_norm": "||grad F(x)|| (whole training set)"}
-
-
-def _plot_curves(ax, spec: dict, entry: Entry, records: dict[str, dict]) -> None:
-    """One panel: ``spec``'s y against x for every run, mean over seeds with a min–max band."""
-    xk, yk = spec["x"], spec["y"]
-    for lab, rec in records.items():
-        ms = [m for m in rec["members"] if m["history"]]
-        n = min(len(m["history"]) for m in ms)
-        xs = np.asarray([[h.get(xk, np.nan) for h in m["history"][:n]] for m in ms], float)
-        ys = np.asarray([[h.get(yk, np.nan) for h in m["history"][:n]] for m in ms], float)
-        ys[~np.isfinite(ys)] = np.nan
-        if spec.get("yscale") == "log":
-            ys[ys <= 0] = np.nan
-        x = np.nanmean(xs, axis=0)
-        keep = x > 0 if spec.get("xscale") == "log" else np.isfinite(x)
-        x, ys = x[keep], ys[:, keep]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            mean, lo, hi = (np.nanmean(ys, axis=0), np.nanmin(ys, axis=0),
-                            np.nanmax(ys, axis=0))
-        (line,) = ax.plot(x, mean, label=lab)
-        if len(ms) > 1:
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel(_AXIS.get(xk, xk))
-    ax.set_ylabel(_AXIS.get(yk, yk))
-    if spec.get("xscale") == "log":
-        ax.set_xscale("log")
-    if spec.get("yscale") == "log":
-        ax.set_yscale("log")
-    if spec.get("ylim"):   # [lo, hi]: keeps a diverging run from flattening the others
-        ax.set_ylim(*spec["ylim"])
-    if entry.target and entry.target["metric"] == yk:
-        ax.axhline(entry.target["value"], color="grey", linestyle=":", linewidth=1)
-    ax.grid(alpha=0.3)
-
-
-def _plot_histograms(ax, records: dict[str, dict], hist_runs: list[str]) -> None:
-    """The delay histogram panel: fraction of arrivals per delay, summed over seeds."""
-    for lab in hist_runs:
-        rec = records[lab]
-        h = np.sum([np.asarray(m["staleness_hist"], float) for m in rec["members"]], axis=0)
-        p = h / h.sum()
-        top = int(np.flatnonzero(p)[-1]) + 1
-        ax.step(np.arange(top), np.where(p[:top] > 0, p[:top], np.nan), where="mid",
-                label=lab, linewidth=1)
-    m_workers = records[hist_runs[0]].get("resolved", {}).get("num_workers")
-    if m_workers:
-        ax.axvline(m_workers, color="grey", linestyle=":", linewidth=1)
-        ax.text(m_workers, 0.95, f" M={m_workers}", fontsize=7, va="top",
-                transform=ax.get_xaxis_transform())
-    ax.set_yscale("log")
-    ax.set_xlabel("delay τ (versions)")
-    ax.set_ylabel("fraction of arrivals")
-    ax.set_title("delay histogram", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-
-
 def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
-    """The entry's curves (mean over seeds, min–max band) and delay histograms."""
+    """The entry's panels (``plots:`` specs; :func:`jaxasync.plots.draw_panel`: mean over
+    seeds, min–max band, the target line) and its delay histogram, as PNG and PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not records:
+    from jaxasync import plots
+
+    curves = [plots.Curve(lab, r["members"]) for lab, r in records.items()]
+    curves = [c for c in curves if c.members]
+    if not curves:
         return False
-    hist_runs = [lab for lab, r in records.items()
-                 if entry.histogram and sum(sum(m.get("staleness_hist") or [0])
-                                            for m in r["members"]) > 0
-                 and any(m["history"][-1].get("staleness_max", 0) > 0 for m in r["members"])]
-    panels = len(entry.plots) + (1 if hist_runs else 0)
+    stale = entry.histogram and any(
+        sum((m.get("staleness_hist") or [0])[1:]) > 0 for c in curves for m in c.members)
+    panels = len(entry.plots) + (1 if stale else 0)
     if panels == 0:
         return False
-    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.2), squeeze=False,
+                             layout="constrained")
     for ax, spec in zip(axes[0], entry.plots, strict=False):
-        _plot_curves(ax, spec, entry, records)
-    if entry.plots:
-        axes[0][0].legend(fontsize=7)
-    if hist_runs:
-        _plot_histograms(axes[0][-1], records, hist_runs)
+        plots.draw_panel(ax, curves, spec["x"], spec["y"],
+                         xscale=spec.get("xscale", "linear"), yscale=spec.get("yscale", "linear"),
+                         ylim=spec.get("ylim"), target=entry.target)
+    if stale:
+        ms = {(r.get("resolved") or {}).get("num_workers") for r in records.values()}
+        plots.delay_histogram(axes[0][-1], curves, next(iter(ms)) if len(ms) == 1 else None)
+    plots.figure_legend(fig, axes[0][:len(entry.plots)] if entry.plots else axes[0], curves)
     fig.suptitle(f"{entry.id}: {entry.task}", fontsize=10)
-    report.save_figure(fig, path)
+    plots.save_figure(fig, path)
     return True
 
 

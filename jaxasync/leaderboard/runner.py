@@ -30,6 +30,7 @@ from jaxasync.leaderboard.entries import (
     config_digest,
     load_entries,
     read_json,
+    stale_reason,
 )
 from jaxasync.leaderboard.rendering import _minutes, markdown_table, render
 
@@ -84,8 +85,7 @@ def _check_runnable(entry: Entry, configs: dict[str, dict], edir: Path, *,
     finished = {}
     for run in entry.runs:
         old = read_json(edir / run.slug / "run.json")
-        if old is not None and old.get("config_hash") == config_digest(configs[run.label]) \
-                and not rerun:
+        if old is not None and not rerun and stale_reason(old, configs[run.label]) is None:
             finished[run.label] = old
     backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
     estimate = entry.minutes.get(backend)
@@ -98,26 +98,34 @@ def _check_runnable(entry: Entry, configs: dict[str, dict], edir: Path, *,
     return finished, None
 
 
-def _clear_run_dir(entry: Entry, run: Run, out: Path, old: dict | None, digest: str, *,
-                   reused: bool, rerun: bool, progress: bool, data_dir: str | None) -> None:
-    """Removes a run directory that holds another config's result (any, with ``rerun``) and
-    says what happens to the run."""
-    if not reused and out.exists() and (rerun or old is not None):
-        if progress and old is not None and not rerun:
-            print(f"[leaderboard] {entry.id}/{run.slug}: config changed "
-                  f"({old.get('config_hash')} -> {digest}); rerunning", flush=True)
-        shutil.rmtree(out)
+def _clear_run_dir(entry: Entry, run: Run, out: Path, old: dict | None, cfg: dict, *,
+                   reused: bool, rerun: bool, progress: bool, data_dir: str | None) -> bool:
+    """Whether the run must start afresh (its directory holds a stale result: another config,
+    older code; any, with ``rerun``); says what happens to the run. Nothing is deleted here:
+    the run is started with ``run.resume=false``, which checks its config first and moves the
+    earlier result aside until it has written its own (:mod:`jaxasync.outputs_dir`)."""
+    afresh = not reused and out.exists() and (rerun or old is not None)
+    if afresh and progress and old is not None and not rerun:
+        why = stale_reason(old, cfg)
+        if why == "another config":
+            why = f"config changed ({old.get('config_hash')} -> {config_digest(cfg)})"
+        print(f"[leaderboard] {entry.id}/{run.slug}: {why}; rerunning", flush=True)
     if progress:
         print(f"[leaderboard] {entry.id}/{run.slug}: "
               + ("finished result of this config found; reused" if reused
                  else command(entry, run, data_dir)), flush=True)
+    return afresh
+
+
+def _afresh(cfg: dict) -> dict:
+    """``cfg`` with ``run.resume=false`` (not in the config hash)."""
+    return {**cfg, "run": {**(cfg.get("run") or {}), "resume": False}}
 
 
 def _execute(run: Run, cfg: dict, out: Path, runner: Callable,
              progress: bool) -> dict | tuple[str, str]:
     """Runs one run (afresh where its checkpoint is of another config); returns its record,
     or ``(status, reason)`` where it could not run or crashed."""
-    from jaxasync import checkpoint
     from jaxasync.config import ConfigError
 
     try:
@@ -126,8 +134,7 @@ def _execute(run: Run, cfg: dict, out: Path, runner: Callable,
         except ConfigError as e:
             if "of a different config" not in str(e):
                 raise
-            shutil.rmtree(out / checkpoint.CHECKPOINT_DIR, ignore_errors=True)
-            return runner(cfg, out, progress=progress)
+            return runner(_afresh(cfg), out, progress=progress)
     except ConfigError as e:
         if _is_data_error(str(e)):
             return "skipped", f"{e} (set --data-dir, or --download where online)"
@@ -184,8 +191,9 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         digest = config_digest(cfg)
         old = read_json(out / "run.json")
         reused = run.label in finished
-        _clear_run_dir(entry, run, out, old, digest, reused=reused, rerun=rerun,
-                       progress=progress, data_dir=data_dir)
+        if _clear_run_dir(entry, run, out, old, cfg, reused=reused, rerun=rerun,
+                          progress=progress, data_dir=data_dir):
+            cfg = _afresh(cfg)
         if reused:
             before = earlier.get(run.label) or {}
             status["runs"][run.label] = {
@@ -234,6 +242,30 @@ def _list(entries: list[Entry], data_dir: str | None) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``jaxasync-leaderboard: error: ...``, exit status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the parsed arguments, in one line (None: nothing)."""
+    import math
+
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget >= 0):
+        return f"--budget={args.budget:g}: must be a finite number of minutes >= 0"
+    for flag, path in (("--results", args.results), ("--out", args.out)):
+        for p in (path, *path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    return (f"{flag}={str(path)!r}: " + ("is a file" if p == path else
+                            f"lies under the file {str(p)!r}") + ", not a directory")
+                break
+    return None
+
+
 #: where ``--data-dir`` looks by default, in order: the environment variable, ``./data``, and a
 #: ``shared/data`` folder beside the working directory (a team's machines may keep datasets
 #: there; nothing is copied into the repository)
@@ -251,7 +283,7 @@ def default_data_dir() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line of ``jaxasync-leaderboard``."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jaxasync-leaderboard",
         description="Run the leaderboard's entries (all, or those named) and render "
                     "LEADERBOARD.md, leaderboard.csv and plots from the result files.")
@@ -271,9 +303,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip entries whose estimated time (entries.yaml: minutes) exceeds "
                         "what is left of this many minutes")
     p.add_argument("--entries-file", type=Path, default=ENTRIES_FILE)
-    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="result files directory")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR,
+                   help=f"result files directory (default: {RESULTS_DIR}; an installed "
+                        "package: ./leaderboard/results)")
     p.add_argument("--out", type=Path, default=BOARD_DIR,
-                   help="where LEADERBOARD.md, leaderboard.csv and plots/ go")
+                   help=f"where LEADERBOARD.md, leaderboard.csv and plots/ go (default: "
+                        f"{BOARD_DIR}; an installed package: ./leaderboard)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -282,6 +317,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``jaxasync-leaderboard``."""
     args = _parser().parse_args(argv)
+    bad = _check_args(args)
+    if bad:
+        print(f"jaxasync-leaderboard: error: {bad}", file=sys.stderr)
+        return 2
     try:
         entries = load_entries(args.entries_file)
         chosen = _select(entries, args.entries)
