@@ -3,6 +3,7 @@
     python benchmarks/compile_time.py                              # every algorithm, this code
     python benchmarks/compile_time.py --trees /path/to/old/checkout,.   # before / after
     python benchmarks/compile_time.py --algorithms asgd,sasg --repeats 3
+    python benchmarks/compile_time.py --breakdown --algorithms asgd,sync_sgd   # where it goes
 
 Each measurement is one fresh process (no compiled program is reused: JAX's in-memory cache
 is per process, and the persistent compilation cache is switched off) running the default
@@ -16,6 +17,13 @@ the medians and the ratio of each tree to the first one. ``cpu``: the process's 
 work, less sensitive to other processes than the wall-clock ``compile_seconds``. A tree is a
 directory holding a ``jaxasync`` package (a checkout, or ``git archive <commit> | tar -x``),
 put first on ``PYTHONPATH``.
+
+``--breakdown`` (this checkout): where one job's compilation goes, one program at a time in
+one thread (no overlap): tracing + lowering to StableHLO and XLA's compilation of the initial
+state, the evaluation and the step program (the chunked scan of the event model and the
+algorithm), each with the options the runner uses and with XLA's defaults, in CPU seconds
+(this process, all threads: less sensitive to other processes than wall-clock seconds), and
+the step program's size (StableHLO ops).
 """
 
 from __future__ import annotations
@@ -56,15 +64,78 @@ def child(algorithm: str, overrides: list[str]) -> None:
         marks["prepared"] = time.process_time()
         return out
 
-    def first_chunk(*a, **k):
-        return lambda *b: marks.setdefault("chunk", time.process_time())
+    run = experiment.run
 
-    experiment.prepare, experiment._progress_printer = prepared, first_chunk
+    def timed_run(*a, progress=None, **k):
+        def seen(done, total, last):   # called once compiled (done = 0), then after each chunk
+            if done > 0:
+                marks.setdefault("chunk", time.process_time())
+            if progress is not None:
+                progress(done, total, last)
+        return run(*a, progress=seen, **k)
+
+    experiment.prepare, experiment.run = prepared, timed_run
     record = experiment.run_experiment(plain, None, progress=True)
     t = record["timing"]
     print("TIMING" + json.dumps({"compile": t["compile_seconds"], "run": t["run_seconds"],
                                  "wall": t["wall_seconds"],
                                  "cpu": marks["chunk"] - marks["prepared"]}), flush=True)
+
+
+def breakdown(algorithm: str, overrides: list[str]) -> dict:
+    """CPU seconds of tracing/lowering and of compiling each program of one job."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from jaxasync import experiment, running
+    from jaxasync.cli import CONF_DIR
+    from jaxasync.config import register_configs
+    from jaxasync.sim import put_data
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"algorithm={algorithm}", "plot=false", *overrides])
+    prep = experiment.prepare(OmegaConf.to_container(cfg, resolve=True))
+    sim, keys, hp = prep.simulator, prep.keys(), prep.hparams()
+    data = put_data(prep.workload, prep.index, prep.size)
+    layout = running.member_layout(sim, keys.shape[0], prep.cfg.run.members)
+    fns = running.programs(sim, layout)
+    shapes = jax.eval_shape(fns.init, keys, hp)
+    cpu = jax.default_backend() == "cpu"
+    jobs = {"init": (fns.init, (keys, hp), running.INIT_OPTIONS),
+            "evaluate": (fns.evaluate, (shapes, data), running.EVAL_OPTIONS),
+            "steps": (fns.steps, (shapes, data, hp, jax.ShapeDtypeStruct((), jnp.int32)), None)}
+    out = {"algorithm": algorithm, "layout": layout}
+    for name, (fn, args, options) in jobs.items():
+        t = time.process_time()
+        lowered = jax.jit(fn).lower(*args)   # a fresh jit: nothing cached
+        out[f"{name}_lower"] = time.process_time() - t
+        if name == "steps":
+            out["steps_ops"] = lowered.as_text().count(" = ")
+        for label, opts in (("runner", options if cpu else None), ("default", None)):
+            if label == "default" and options is None:
+                continue
+            t = time.process_time()
+            jax.jit(fn).lower(*args).compile(opts)
+            out[f"{name}_compile_{label}"] = time.process_time() - t - out[f"{name}_lower"]
+    return out
+
+
+def breakdown_table(rows: list[dict]) -> list[str]:
+    cols = ["init_lower", "init_compile_runner", "init_compile_default", "evaluate_lower",
+            "evaluate_compile_runner", "evaluate_compile_default", "steps_lower",
+            "steps_compile_runner"]
+    head = f"{'algorithm':<18} {'layout':>6}" + "".join(f" {c.replace('_compile', ''):>16}"
+                                                        for c in cols) + f" {'steps ops':>9}"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['algorithm']:<18} {r['layout']:>6}" + "".join(
+            f" {r.get(c, float('nan')):>16.2f}" for c in cols) + f" {r['steps_ops']:>9}")
+    return lines
 
 
 def measure(tree: Path, algorithm: str, overrides: list[str], timeout: float) -> dict:
@@ -126,9 +197,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    ap.add_argument("--breakdown", action="store_true", help="each program's tracing and "
+                    "compiling CPU seconds, in this process (this checkout)")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.override)
+        return
+    if args.breakdown:
+        import jax
+
+        jax.config.update("jax_enable_compilation_cache", False)
+        names = args.algorithms.split(",") if args.algorithms else algorithms_of(HERE.parent)
+        rows = [breakdown(a, args.override) for a in names]
+        print(f"# default job{' + ' + ' '.join(args.override) if args.override else ''}: CPU "
+              f"seconds per program (lower: trace + StableHLO; runner: XLA with the runner's "
+              f"options; default: XLA's defaults); load average {os.getloadavg()[0]:.1f}")
+        print("\n".join(breakdown_table(rows)))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
         return
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     algorithms = args.algorithms.split(",") if args.algorithms else algorithms_of(trees[0])

@@ -15,7 +15,7 @@ workers, MNIST-1D, batch 32): gradients per second over two chunks after the fir
 seconds as the run reports them, memory measured (GPU: the device's peak bytes in use; CPU:
 the process's peak resident memory minus its resident memory before the run, which counts
 the compiler's own memory, about 250 MB, and beside it XLA's buffers of the step program:
-arguments + outputs - donated + temporaries, the data left out), next to what the state should
+its outputs, the state updated in place, and its temporaries), next to what the state should
 need: its bytes (ring of D versions +
 per-worker state + optimizer state, times the members), and that plus one step's gradient rows
 (the stale parameters and gradients of the K arrivals, 2 K P floats).
@@ -244,8 +244,11 @@ def point(kind: str, value: int) -> dict:
     index, size = partition(np.tile(labels, reps), m, "iid")
     index = index % labels.shape[0]
     ring = 16 if kind != "members" else 8 * m   # members: the default job's ring
-    # ~4096 gradients per chunk, 3 chunks (the first one warms up)
-    steps = max(1, 4096 // (arrivals * members)) if kind != "members" else 256
+    # 3 chunks (the first one warms up) of ~4096 gradients of the 15,210-parameter MLP, or as
+    # much work on a larger one
+    p = num_params(jax.eval_shape(wl.init, jax.random.PRNGKey(0)))
+    grads = max(8, 4096 * 15210 // p)
+    steps = max(1, grads // (arrivals * members)) if kind != "members" else 256
     cfg = SimConfig(num_workers=m, arrivals=arrivals, batch_size=32,   # (with replacement)
                     ring_size=ring, steps=3 * steps, eval_every=steps,
                     delay=dl.DelayConfig(kind="event"), eval_train_size=1000)
@@ -260,8 +263,8 @@ def point(kind: str, value: int) -> dict:
     result = run(sim, data, keys, hp, progress=lambda *a: stamps.append(time.perf_counter()))
     _, peak = _rss()
     dev = jax.devices()[0].memory_stats() or {}
-    # XLA's buffers of the step program (arguments + outputs - donated + temporaries), the data
-    # left out: what it allocates, without the runtime's and the compiler's own memory
+    # XLA's buffers of the step program: its outputs (the state, updated in place: donated)
+    # and its temporaries; what it allocates, without the runtime's and the compiler's memory
     from jaxasync.running import member_layout, programs
 
     steps_fn = jax.jit(programs(sim, member_layout(sim, members)).steps, donate_argnums=(0,))
@@ -269,11 +272,8 @@ def point(kind: str, value: int) -> dict:
     if members == 1:
         shapes = jax.eval_shape(programs(sim, "single").init, keys, hp)
     ma = steps_fn.lower(shapes, data, hp, jnp.int32(steps)).compile().memory_analysis()
-    data_bytes = sum(x.nbytes for x in jax.tree.leaves(data))
-    xla = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-           + ma.temp_size_in_bytes - data_bytes) if ma is not None else None
+    xla = ma.output_size_in_bytes + ma.temp_size_in_bytes if ma is not None else None
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-    p = num_params(jax.eval_shape(wl.init, jax.random.PRNGKey(0)))
     rows = arrivals * members
     return {"kind": kind, "value": value, "params": p, "workers": m, "members": members,
             "ring": ring, "grads_per_s": 2 * steps * rows / (stamps[2] - stamps[0]),
@@ -302,10 +302,31 @@ def chart(sizes: str, out: Path, json_out: Path | None) -> list[dict]:
                   f"{(pt['xla_buffers'] or 0) / 2**20:.2f} MB, state "
                   f"{pt['state'] / 2**20:.2f} MB, + rows {pt['state_and_rows'] / 2**20:.2f} MB)  "
                   f"compile {pt['compile_s']:.1f} s", flush=True)
+            if json_out is not None:   # after every point: an interrupted sweep can be plotted
+                json_out.write_text(json.dumps(points, indent=1))
     _plot(points, out)
-    if json_out is not None:
-        json_out.write_text(json.dumps(points, indent=1))
     return points
+
+
+def _short(v: float, _pos=None) -> str:
+    """A tick label: 3, 20, 1.5k, 10k, 2M."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:g}{unit}"
+    return f"{v:g}"
+
+
+def _log_axes(ax) -> None:
+    """Log x and y with plain tick labels at 1, 2, 3, 5 x 10^n (also on narrow ranges)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, which in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+        getattr(ax, f"set_{which}scale")("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(_short))
+        axis.set_minor_formatter(NullFormatter())
+    ax.tick_params(labelsize=8)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 def _plot(points: list[dict], out: Path) -> None:
@@ -321,22 +342,24 @@ def _plot(points: list[dict], out: Path) -> None:
     for j, (kind, label, xkey) in enumerate(cols):
         pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p[xkey])
         x = [p[xkey] for p in pts]
+        measured = ("measured: device peak" if pts and pts[0]["memory_kind"] == "device peak"
+                    else "measured: peak RSS growth (the compiler's ~250 MiB included)")
         series = (("grads_per_s", "gradients / s", {}),
-                  ("memory", "memory (bytes)", {"xla_buffers": "XLA buffers of the steps",
+                  ("memory", "memory (MiB)", {"xla_buffers": "XLA buffers of the steps",
                                                 "state": "state (ring + per-worker + members)",
                                                 "state_and_rows": "state + one step's rows"}),
                   ("compile_s", "compile (s)", {}))
         for i, (key, ylabel, extra) in enumerate(series):
             ax = axes[i][j]
             if pts:
-                ax.plot(x, [p[key] for p in pts], "o-", label="measured")
+                scale = 2.0**-20 if key == "memory" else 1.0
+                ax.plot(x, [p[key] * scale for p in pts], "o-",
+                        label=measured if key == "memory" else "measured")
                 for k, lab in extra.items():
                     if all(p.get(k) is not None for p in pts):
-                        ax.plot(x, [p[k] for p in pts], ":" if k == "xla_buffers" else "--",
-                                label=lab)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
+                        ax.plot(x, [p[k] * scale for p in pts],
+                                ":" if k == "xla_buffers" else "--", label=lab)
+            _log_axes(ax)
             if j == 0:
                 ax.set_ylabel(ylabel)
             if i == 2:
