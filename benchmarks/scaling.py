@@ -317,12 +317,18 @@ def _short(v: float, _pos=None) -> str:
 
 
 def _log_axes(ax) -> None:
-    """Log x and y with plain tick labels at 1, 2, 3, 5 x 10^n (also on narrow ranges)."""
+    """Log x and y with plain tick labels: at 10^n over wide ranges, at 1, 2, 3, 5 x 10^n
+    over narrow ones (two decades or less)."""
+    import math
+
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for axis, which in ((ax.xaxis, "x"), (ax.yaxis, "y")):
         getattr(ax, f"set_{which}scale")("log")
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        low, high = sorted(getattr(ax, f"get_{which}lim")())
+        wide = low > 0 and math.log10(high / low) > 2.2
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 3.0,
+                                                                             5.0)))
         axis.set_major_formatter(FuncFormatter(_short))
         axis.set_minor_formatter(NullFormatter())
     ax.tick_params(labelsize=8)
@@ -338,7 +344,7 @@ def _plot(points: list[dict], out: Path) -> None:
     cols = (("workers", "workers M (K = M arrivals)", "workers"),
             ("members", "members S (default job)", "members"),
             ("width", "parameters P (MLP 40-w-w-10)", "params"))
-    fig, axes = plt.subplots(3, 3, figsize=(10, 7.5), squeeze=False)
+    fig, axes = plt.subplots(3, 3, figsize=(10, 8), squeeze=False)
     for j, (kind, label, xkey) in enumerate(cols):
         pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p[xkey])
         x = [p[xkey] for p in pts]
@@ -364,12 +370,13 @@ def _plot(points: list[dict], out: Path) -> None:
                 ax.set_ylabel(ylabel)
             if i == 2:
                 ax.set_xlabel(label)
-            if i == 1 and j == 0:
-                ax.legend(fontsize=7)
+            if i == 1 and j == 1:
+                fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2,
+                           fontsize=8, frameon=False)
     kind = points[0]["memory_kind"] if points else ""
     fig.suptitle(f"jaxasync scaling: ASGD, MNIST-1D MLP, event-driven workers; memory = {kind}; "
                  f"{jax.devices()[0].device_kind}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=72)
 
