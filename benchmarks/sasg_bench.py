@@ -248,6 +248,13 @@ def speed(args) -> None:
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     cpu_med = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
     spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "workload": args.workload, "device": jax.devices()[0].device_kind,
+            "ms_per_iteration": med, "cpu_ms_per_iteration": cpu_med,
+            "it_per_s": {k: 1e3 / v for k, v in med.items()}}, indent=1))
     print("# wall: elapsed ms per iteration (what a run takes now); cpu: this process's CPU ms")
     print("# per iteration, all threads (less sensitive to other processes; on an idle machine")
     print("# wall <= cpu, so 1000/cpu is a lower bound of the idle it/s)")
@@ -368,6 +375,7 @@ def main() -> None:
     ap.add_argument("--table", default=None,
                     help="a sasg_mnist_fc sweep directory: print the table")
     ap.add_argument("--target", type=float, default=0.92, help="test accuracy target of the table")
+    ap.add_argument("--json", default=None, help="speed: also write the timings to this file")
     args = ap.parse_args()
     if args.table:
         table(args)

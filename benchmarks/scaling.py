@@ -5,6 +5,20 @@
     python benchmarks/scaling.py seeds        # 8 seeds vmapped vs the same 8 one after another
     python benchmarks/scaling.py first        # compile time and time to the first progress line
     python benchmarks/scaling.py all
+    python benchmarks/scaling.py chart        # docs/scaling.png (about 15 min on 2 cores)
+    python benchmarks/scaling.py chart --sizes small --out /tmp/s.png --json /tmp/s.json
+
+``chart``: one figure, log axes, three columns (workers 1 ... 10,000; members 1 ... 64; model
+size), three rows: gradients per second, memory, compile seconds. Every point is a fresh
+process running the real runner (:func:`jaxasync.running.run`, ASGD, event-driven exponential
+workers, MNIST-1D, batch 32): gradients per second over two chunks after the first, compile
+seconds as the run reports them, memory measured (GPU: the device's peak bytes in use; CPU:
+the process's peak resident memory minus its resident memory before the run, which counts
+the compiler's own memory, about 250 MB, and beside it XLA's buffers of the step program:
+its outputs, the state updated in place, and its temporaries), next to what the state should
+need: its bytes (ring of D versions +
+per-worker state + optimizer state, times the members), and that plus one step's gradient rows
+(the stale parameters and gradients of the K arrivals, 2 K P floats).
 
 Targets on the 2-core CPU: simulator >= 0.8 of the bare limit at K = M for 16 to 1024 workers
 on the MNIST-1D MLP; 8 vmapped seeds >= 3x the throughput of 8 sequential runs on the default
@@ -24,6 +38,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import bare_chunk, simulator_chunk  # noqa: E402
@@ -180,11 +195,218 @@ def first() -> None:
     print(f"whole job: {total:.1f} s")
 
 
+# ----------------------------------------------------------------------------- the chart
+
+#: the three sweeps: (column title, x label, values) per size
+SWEEPS = {
+    "full": {"workers": (1, 10, 100, 1000, 10000), "members": (1, 2, 4, 8, 16, 32, 64),
+             "width": (32, 100, 316, 1000, 2000)},
+    "medium": {"workers": (1, 100, 10000), "members": (1, 8, 64), "width": (100, 1000, 2000)},
+    "small": {"workers": (1, 16), "members": (1, 2), "width": (32, 100)},
+}
+
+
+def _mlp_workload(width: int):
+    """MNIST-1D with an MLP 40-w-w-10 (mnist1d_mlp is w = 100)."""
+    from jaxasync import models
+    from jaxasync.data import load_mnist1d
+    from jaxasync.workloads import Target, _classification_workload
+
+    return _classification_workload(f"mnist1d_mlp{width}", load_mnist1d(),
+                                    models.MLP((width, width), 10), 10,
+                                    Target("test_accuracy", 0.6, "max"),
+                                    f"MLP 40-{width}-{width}-10")
+
+
+def _rss() -> tuple[int, int]:
+    """(current, peak) resident bytes of this process."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                  if ":" in line)
+    kb = lambda k: int(fields[k].split()[0]) * 1024  # noqa: E731
+    return kb("VmRSS"), kb("VmHWM")
+
+
+def point(kind: str, value: int) -> dict:
+    """One point of the chart, measured in this (fresh) process."""
+    from jaxasync.running import run
+
+    m, members, width, arrivals = 16, 1, 100, 1
+    if kind == "workers":
+        m, arrivals = value, value           # every worker arrives each step: K = M rows
+    elif kind == "members":
+        members = value
+    else:
+        width = value
+    wl = _mlp_workload(width)
+    # more workers than examples (10,000 > 4,000): each example goes to several workers
+    labels = np.asarray(wl.data.y_train)
+    reps = -(-m // labels.shape[0])
+    index, size = partition(np.tile(labels, reps), m, "iid")
+    index = index % labels.shape[0]
+    ring = 16 if kind != "members" else 8 * m   # members: the default job's ring
+    # 3 chunks (the first one warms up) of ~4096 gradients of the 15,210-parameter MLP, or as
+    # much work on a larger one
+    p = num_params(jax.eval_shape(wl.init, jax.random.PRNGKey(0)))
+    grads = max(8, 4096 * 15210 // p)
+    steps = max(1, grads // (arrivals * members)) if kind != "members" else 256
+    cfg = SimConfig(num_workers=m, arrivals=arrivals, batch_size=32,   # (with replacement)
+                    ring_size=ring, steps=3 * steps, eval_every=steps,
+                    delay=dl.DelayConfig(kind="event"), eval_train_size=1000)
+    sim = Simulator(get_algorithm("asgd"), {}, wl, cfg)
+    data = put_data(wl, index, size)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(members))
+    hp = {"learning_rate": jnp.full((members,), 0.01, jnp.float32)}
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(jnp.zeros(3)))   # the backend, started
+    rss0, _ = _rss()
+    stamps = []
+
+    result = run(sim, data, keys, hp, progress=lambda *a: stamps.append(time.perf_counter()))
+    _, peak = _rss()
+    dev = jax.devices()[0].memory_stats() or {}
+    # XLA's buffers of the step program: its outputs (the state, updated in place: donated)
+    # and its temporaries; what it allocates, without the runtime's and the compiler's memory
+    from jaxasync.running import member_layout, programs
+
+    steps_fn = jax.jit(programs(sim, member_layout(sim, members)).steps, donate_argnums=(0,))
+    shapes = jax.eval_shape(jax.vmap(sim.init), keys, hp)
+    if members == 1:
+        shapes = jax.eval_shape(programs(sim, "single").init, keys, hp)
+    ma = steps_fn.lower(shapes, data, hp, jnp.int32(steps)).compile().memory_analysis()
+    xla = ma.output_size_in_bytes + ma.temp_size_in_bytes if ma is not None else None
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    rows = arrivals * members
+    return {"kind": kind, "value": value, "params": p, "workers": m, "members": members,
+            "ring": ring, "grads_per_s": 2 * steps * rows / (stamps[2] - stamps[0]),
+            "compile_s": result.compile_seconds, "layout": result.layout,
+            "memory": dev.get("peak_bytes_in_use", peak - rss0),
+            "memory_kind": "device peak" if dev else "peak RSS growth", "xla_buffers": xla,
+            "state": state, "state_and_rows": state + 2 * rows * p * 4}
+
+
+def chart(sizes: str, out: Path, json_out: Path | None) -> list[dict]:
+    """Every point in its own process; the figure; the figures as JSON."""
+    import json
+
+    points = []
+    for kind, values in SWEEPS[sizes].items():
+        for v in values:
+            proc = subprocess.run([sys.executable, __file__, "point", "--kind", kind,
+                                   "--value", str(v)], capture_output=True, text=True)
+            if proc.returncode != 0 or "POINT" not in proc.stdout:
+                print(f"# {kind}={v}: failed: {(proc.stderr or proc.stdout)[-400:]}", flush=True)
+                continue
+            pt = json.loads(proc.stdout.split("POINT", 1)[1].splitlines()[0])
+            points.append(pt)
+            print(f"{kind:>8}={v:<6} P={pt['params']:>9} {pt['grads_per_s']:>10.0f} grads/s  "
+                  f"memory {pt['memory'] / 2**20:>8.1f} MB ({pt['memory_kind']}; XLA buffers "
+                  f"{(pt['xla_buffers'] or 0) / 2**20:.2f} MB, state "
+                  f"{pt['state'] / 2**20:.2f} MB, + rows {pt['state_and_rows'] / 2**20:.2f} MB)  "
+                  f"compile {pt['compile_s']:.1f} s", flush=True)
+            if json_out is not None:   # after every point: an interrupted sweep can be plotted
+                json_out.write_text(json.dumps(points, indent=1))
+    _plot(points, out)
+    return points
+
+
+def _short(v: float, _pos=None) -> str:
+    """A tick label: 3, 20, 1.5k, 10k, 2M."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:g}{unit}"
+    return f"{v:g}"
+
+
+def _log_axes(ax) -> None:
+    """Log x and y with plain tick labels: at 10^n over wide ranges, at 1, 2, 3, 5 x 10^n
+    over narrow ones (two decades or less)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, which in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+        getattr(ax, f"set_{which}scale")("log")
+        low, high = sorted(getattr(ax, f"get_{which}lim")())
+        wide = low > 0 and math.log10(high / low) > 2.2
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 3.0,
+                                                                             5.0)))
+        axis.set_major_formatter(FuncFormatter(_short))
+        axis.set_minor_formatter(NullFormatter())
+    ax.tick_params(labelsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _plot(points: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = (("workers", "workers M (K = M arrivals)", "workers"),
+            ("members", "members S (default job)", "members"),
+            ("width", "parameters P (MLP 40-w-w-10)", "params"))
+    fig, axes = plt.subplots(3, 3, figsize=(10, 8), squeeze=False)
+    for j, (kind, label, xkey) in enumerate(cols):
+        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p[xkey])
+        x = [p[xkey] for p in pts]
+        measured = ("measured: device peak" if pts and pts[0]["memory_kind"] == "device peak"
+                    else "measured: peak RSS growth (the compiler's ~250 MiB included)")
+        series = (("grads_per_s", "gradients / s", {}),
+                  ("memory", "memory (MiB)", {"xla_buffers": "XLA buffers of the steps",
+                                                "state": "state (ring + per-worker + members)",
+                                                "state_and_rows": "state + one step's rows"}),
+                  ("compile_s", "compile (s)", {}))
+        for i, (key, ylabel, extra) in enumerate(series):
+            ax = axes[i][j]
+            if pts:
+                scale = 2.0**-20 if key == "memory" else 1.0
+                ax.plot(x, [p[key] * scale for p in pts], "o-",
+                        label=measured if key == "memory" else "measured")
+                for k, lab in extra.items():
+                    if all(p.get(k) is not None for p in pts):
+                        ax.plot(x, [p[k] * scale for p in pts],
+                                ":" if k == "xla_buffers" else "--", label=lab)
+            _log_axes(ax)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+            if i == 2:
+                ax.set_xlabel(label)
+            if i == 1 and j == 1:
+                fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2,
+                           fontsize=8, frameon=False)
+    kind = points[0]["memory_kind"] if points else ""
+    fig.suptitle(f"jaxasync scaling: ASGD, MNIST-1D MLP, event-driven workers; memory = {kind}; "
+                 f"{jax.devices()[0].device_kind}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=72)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=("workers", "memory", "seeds", "first", "all"))
+    ap.add_argument("which", choices=("workers", "memory", "seeds", "first", "all", "chart",
+                                      "point"))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sizes", choices=tuple(SWEEPS), default="full", help="chart: the sweeps")
+    ap.add_argument("--out", default=str(Path(__file__).parent.parent / "docs" / "scaling.png"))
+    ap.add_argument("--json", default=None, help="chart: also the points as JSON")
+    ap.add_argument("--points", default=None, help="chart: plot these points (a --json file) "
+                    "instead of measuring")
+    ap.add_argument("--kind", choices=tuple(SWEEPS["full"]), help=argparse.SUPPRESS)
+    ap.add_argument("--value", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.which == "point":
+        import json
+
+        print("POINT" + json.dumps(point(args.kind, args.value)), flush=True)
+        return
+    if args.which == "chart" and args.points:
+        import json
+
+        _plot(json.loads(Path(args.points).read_text()), Path(args.out))
+        return
+    if args.which == "chart":
+        chart(args.sizes, Path(args.out), Path(args.json) if args.json else None)
+        return
     if args.which in ("workers", "all"):
         workers(args.repeats)
     if args.which in ("memory", "all"):

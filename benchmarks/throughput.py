@@ -10,7 +10,10 @@ Measures worker-gradients per second of
 * the limit: a bare jitted ``lax.scan`` of ``vmap(grad)`` of the same model and batch size at M
   distinct parameter sets, with minibatches gathered from the same training array,
 
-and prints their ratio. Target (issue 2): ratio >= 0.7 for K = M on the MNIST FC model.
+and prints their ratio. Target (issue 2): ratio >= 0.7 for K = M on the MNIST FC model. The
+simulator is timed twice: a ``lax.scan`` of its step, and the runner's own program
+(:meth:`jaxasync.sim.Simulator.steps`, a loop over a traced step count, what
+:func:`jaxasync.running.run` compiles once for every chunk length).
 Each timing is the median of ``--repeats`` calls of an already-compiled chunk of ``--steps``
 server steps; the variants are interleaved so machine noise hits them alike.
 """
@@ -31,14 +34,20 @@ from jaxasync.sim import SimConfig, Simulator, put_data
 from jaxasync.workloads import get_workload
 
 
-def simulator_chunk(workload, data, m: int, k: int, batch: int, steps: int, ring: int):
+def simulator_chunk(workload, data, m: int, k: int, batch: int, steps: int, ring: int,
+                    runner: bool = False):
+    """A timed call of ``steps`` server steps: a ``lax.scan`` of ``sim.step``, or (``runner``)
+    the runner's program, :meth:`jaxasync.sim.Simulator.steps` with a traced step count."""
     cfg = SimConfig(num_workers=m, arrivals=k, batch_size=batch, ring_size=ring, steps=steps,
                     eval_every=steps, delay=dl.DelayConfig(kind="event"))
     sim = Simulator(get_algorithm("asgd"), {}, workload, cfg)
     hp = {"learning_rate": jnp.float32(0.01)}
     state = jax.jit(sim.init)(jax.random.PRNGKey(0), hp)
+    count = jnp.int32(steps)
 
     def steps_fn(s, dd):
+        if runner:
+            return sim.steps(s, dd, hp, count)
         return jax.lax.scan(lambda c, _: (sim.step(c, dd, hp), None), s, None, length=steps)[0]
 
     # steps only (no evaluation), donating the state as the real run does
@@ -88,6 +97,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50, help="server steps per timed call (K = M)")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
 
     wl = get_workload(args.workload)
@@ -99,6 +109,11 @@ def main() -> None:
         "bare vmap(grad) limit": bare_chunk(wl, data, m, args.batch, args.steps),
         f"simulator ASGD K=M={m}": simulator_chunk(wl, data, m, m, args.batch, args.steps, ring),
         "simulator ASGD K=1": simulator_chunk(wl, data, m, 1, args.batch, args.steps * m, ring),
+        # the runner's program (a traced step count: one program for every chunk length)
+        f"runner ASGD K=M={m}": simulator_chunk(wl, data, m, m, args.batch, args.steps, ring,
+                                                runner=True),
+        "runner ASGD K=1": simulator_chunk(wl, data, m, 1, args.batch, args.steps * m, ring,
+                                           runner=True),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.repeats):
@@ -109,11 +124,19 @@ def main() -> None:
     print(f"# {args.workload}: M={m}, batch {args.batch}, ring D={ring}, device {jax.devices()[0]}, "
           f"median of {args.repeats}")
     limit = None
+    rows = {}
     print(f"{'variant':<28} {'grads/s':>12} {'ratio to limit':>15}")
     for name, (_, grads) in variants.items():
         rate = grads / statistics.median(times[name])
         limit = limit or rate
+        rows[name] = {"grads_per_s": rate, "ratio": rate / limit}
         print(f"{name:<28} {rate:>12.0f} {rate / limit:>15.2f}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"workload": args.workload, "workers": m, "batch": args.batch,
+                       "device": jax.devices()[0].device_kind, "variants": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ from jaxasync.resources import checkout
 
 #: config keys that cannot change a run's result (left out of the hash)
 UNHASHED = ("out_dir", "plot", "traceback", "imports", "logger", "run.checkpoint_every",
-            "run.resume", "run.quiet", "run.compile_cache", "run.compile_cache_dir")
+            "run.resume", "run.quiet", "run.compile_cache", "run.compile_cache_dir",
+            # which process this is, and how they meet: every process of a run has one hash
+            "run.distributed", "run.coordinator", "run.num_processes", "run.process_id")
 #: keys added after result files existed, left out of the hash while they change nothing, so
 #: those results (and their hashes) stay valid: key -> "this value changes nothing"
 NEUTRAL = {
@@ -99,6 +101,7 @@ NEUTRAL = {
     "delay.bandwidths": lambda v: v is None,
     "workload.init": lambda v: v == "flax",
     "target": lambda v: v is None,
+    "run.members": lambda v: v == "auto",
 }
 
 CHECKPOINT_DIR = "checkpoint"
@@ -243,7 +246,8 @@ def finished_record(out_dir: Path, digest: str, code: dict | None = None,
                 f"running it again")
         return None
     # killed between writing run.json and removing the checkpoint: nothing to resume
-    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
+    if jax.process_index() == 0:   # (several processes: process 0 alone writes)
+        shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
     return record
 
 
@@ -297,11 +301,12 @@ class Checkpoints:
         """Chunks done at the latest complete checkpoint (None: none)."""
         return self._manager.latest_step()
 
-    def restore(self, sim, keys, hparams) -> tuple[Any, list[list[dict]] | None]:
+    def restore(self, sim, keys, hparams, mesh=None) -> tuple[Any, list[list[dict]] | None]:
         """``(state, history)`` of the latest checkpoint, or ``(None, None)``.
 
         The state is restored into the exact structure, shapes and dtypes of a fresh
-        ``vmap(sim.init)(keys, hparams)``.
+        ``vmap(sim.init)(keys, hparams)``; with a ``mesh``, straight into the run's shardings
+        (each process reads its own shards: several processes restore together).
 
         Raises:
           ConfigError: the checkpoint belongs to another config, or cannot be read.
@@ -333,7 +338,13 @@ class Checkpoints:
             self._manager = self._open()
             return None, None
         shapes = jax.eval_shape(jax.vmap(sim.init), keys, hparams)
-        target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        if mesh is None:
+            target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        else:
+            from jaxasync.mesh import state_shardings
+
+            target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  shapes, state_shardings(shapes, mesh, sim.cfg.num_workers))
         try:
             state = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target))).state
@@ -342,7 +353,8 @@ class Checkpoints:
                               f"not match this run's state ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); run.resume=false "
                               f"starts afresh") from None
-        state = jax.tree.map(lambda x, s: jax.numpy.asarray(x, s.dtype), state, shapes)
+        if mesh is None:
+            state = jax.tree.map(lambda x, s: jax.numpy.asarray(x, s.dtype), state, shapes)
         return state, meta["history"]
 
     def chunks_done(self, history: list[list[dict]]) -> int:
@@ -351,14 +363,18 @@ class Checkpoints:
     def on_chunk(self, state, history: list[list[dict]]) -> None:
         """``sim.run``'s callback: saves every ``every`` chunks (asynchronously).
 
-        The state is copied to the host first, so the next chunk may donate its buffers
-        while orbax writes.
+        The state is copied first (to the host; several processes: on the devices, each
+        process writing its own shards), so the next chunk may donate its buffers while
+        orbax writes. Every process of a run calls this.
         """
         done = self.chunks_done(history)
         if self.every <= 0 or done % self.every or done >= self.n_chunks:
             return
         ocp = self._ocp
-        host = jax.device_get(state)
+        # several processes: the state is spread over them; orbax writes each one's shards
+        spread = any(isinstance(x, jax.Array) and not x.is_fully_addressable
+                     for x in jax.tree.leaves(state))
+        host = jax.tree.map(jax.numpy.copy, state) if spread else jax.device_get(state)
         meta = {"format": FORMAT, "config_hash": self.digest, "code": self.code,
                 "chunks": done, "history": history}
         try:
@@ -396,9 +412,10 @@ class Checkpoints:
             manager.close()
 
     def remove(self) -> None:
-        """Deletes the checkpoints (once ``run.json`` is written)."""
+        """Deletes the checkpoints (once ``run.json`` is written; process 0)."""
         self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if jax.process_index() == 0:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _plain(o: Any) -> Any:

@@ -47,19 +47,25 @@ def _job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from jaxasync.experiment import run_experiment
+    from jaxasync.config import to_config
+    from jaxasync.experiment import run_experiment, start_processes
+    from jaxasync.mesh import is_writer, same_text
 
-    if cfg.run.get("distributed"):
-        from jaxasync.mesh import initialize_distributed
-
-        initialize_distributed()
     _import_in_job(cfg)
-    out_dir = cfg.get("out_dir") or HydraConfig.get().runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        start_processes(to_config(plain))
+    except ConfigError as e:
+        _fail(str(e), bool(cfg.get("traceback")))
+        return
+    # several processes: every one writes (process 0) or reads (the others) process 0's
+    out_dir = same_text(str(cfg.get("out_dir") or HydraConfig.get().runtime.output_dir))
     try:
         record = run_experiment(plain, out_dir)
     except ConfigError as e:
         _fail(str(e), bool(cfg.get("traceback")))
+        return
+    if not is_writer():   # several processes: process 0 alone prints and writes
         return
     show_job(record, Path(record.get("written_to") or out_dir))  # (a fallback when out_dir failed)
 
@@ -110,6 +116,10 @@ class SummaryCallback(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from jaxasync import report
+        from jaxasync.mesh import is_writer
+
+        if not is_writer():   # several processes: process 0 writes
+            return
 
         sweep = Path(config.hydra.sweep.dir)
         records = report.load_records(sweep) if sweep.is_dir() else []
@@ -117,6 +127,36 @@ class SummaryCallback(Callback):
             return
         write_summary(records, sweep, plot=any(r["config"].get("plot", True) for r in records),
                       show_table=len(records) > 1)
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _process_overrides(base: Any) -> list[str]:
+    """Hydra overrides for a run of several processes (``jaxasync.mesh``), else none.
+
+    Every process must use process 0's output directories (their names hold the time each
+    process started): process 0 fixes its own; the others keep Hydra's bookkeeping (its
+    config copies, ``multirun.yaml``) in a temporary directory removed at exit, write no
+    log file, and learn each job's directory from process 0 (``_job``).
+    """
+    import jax
+
+    if base is None or not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return []
+    from jaxasync.mesh import is_writer, same_text
+
+    dirs = [same_text(str(base.hydra.run.dir)), same_text(str(base.hydra.sweep.dir))]
+    if not is_writer():
+        import atexit
+        import shutil
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix=f"jaxasync-process{jax.process_index()}-")
+        atexit.register(shutil.rmtree, scratch, True)
+        return [f"hydra.run.dir='{scratch}'", f"hydra.sweep.dir='{scratch}'",
+                "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return [f"hydra.run.dir='{dirs[0]}'", f"hydra.sweep.dir='{dirs[1]}'"]
 
 
 # ----------------------------------------------------------------------------- checking first
@@ -170,7 +210,7 @@ def _check_hydra_dirs(base: Any, multirun: bool, fail) -> None:
         fail(str(e), e)
 
 
-def _precheck(argv: list[str]) -> None:
+def _precheck(argv: list[str]) -> Any:
     """Composes and validates every job of the command before Hydra runs any.
 
     Hydra reports a misspelled key or an unknown config option with several lines and
@@ -180,7 +220,8 @@ def _precheck(argv: list[str]) -> None:
     :func:`jaxasync.experiment.validate`, so a bad value in the last job stops the sweep
     before the first one runs. Checks that need the data run in each job, before it
     compiles. Anything this cannot judge (other sweepers, ``--cfg``, ``--help``...) is
-    left to Hydra.
+    left to Hydra. Returns the command's first config (with its ``hydra`` node), or None
+    where it left the command to Hydra.
     """
     import itertools
 
@@ -270,6 +311,7 @@ def _precheck(argv: list[str]) -> None:
                 validate(plain)
             except ConfigError as e:
                 fail(str(e), e)
+    return base
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -296,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     if {"--help", "-h"} & set(sys.argv[1:]):
         print(help_text())
         return
-    _precheck(sys.argv[1:])
+    base = _precheck(sys.argv[1:])
+    sys.argv += _process_overrides(base)
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
     app()
 

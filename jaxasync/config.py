@@ -206,8 +206,21 @@ class RunConf:
                                     False)
     mesh_workers: int = hp.field(_count(1, "devices along the worker axis; divides "
                                            "num_workers"), 1)
-    distributed: bool = hp.field(hp.flag("multi-host: jax.distributed.initialize() (Slurm / "
-                                         "Open MPI)"), False)
+    members: str = hp.field(hp.one_of("auto", "vmap", "map",
+                                      doc="members (seeds x swept values) batched with vmap "
+                                          "or run one after another with lax.map; auto: map "
+                                          "for synchronous algorithms on the CPU"), "auto")
+    distributed: bool = hp.field(hp.flag("several processes (hosts): jax.distributed."
+                                         "initialize(), from run.coordinator/num_processes/"
+                                         "process_id, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                                         "JAX_PROCESS_ID, or a Slurm (srun) or Open MPI "
+                                         "(mpirun) launch"), False)
+    coordinator: str | None = hp.field(_text("several processes: process 0's host:port (sets "
+                                             "run.distributed)", optional=True), None)
+    num_processes: int | None = hp.field(_count(1, "several processes: how many",
+                                                optional=True), None)
+    process_id: int | None = hp.field(_count(0, "several processes: this one's id, in "
+                                                "[0, num_processes)", optional=True), None)
     checkpoint_every: int = hp.field(_count(0, "save the state to <out_dir>/checkpoint every "
                                                "N chunks; 0: off"), 0)
     resume: bool = hp.field(hp.flag("reuse a finished run.json, resume a checkpoint of this "

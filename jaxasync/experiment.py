@@ -136,6 +136,7 @@ def _check_run(cfg: Config) -> None:
     """Run-level relations between values (each value alone is checked by its declaration):
     the mesh against the workers and devices, the speeds against the workers, the seeds."""
     r, m = cfg.run, cfg.run.num_workers
+    _distributed(r)   # (before the device count below)
     if m % r.mesh_workers:
         raise ConfigError(f"run.mesh_workers={r.mesh_workers}: must divide run.num_workers={m}")
     if r.mesh_workers > jax.device_count():
@@ -151,6 +152,28 @@ def _check_run(cfg: Config) -> None:
         dup = next(x for x in r.seeds if list(r.seeds).count(x) > 1)
         raise ConfigError(f"run.seeds={list(r.seeds)}: seed {dup} is listed twice")
     report.check_target(cfg)
+
+
+def start_processes(cfg: Config) -> None:
+    """Starts ``jax.distributed`` when ``cfg.run`` names several processes (a
+    :class:`ConfigError` for a bad value); call it before anything asks JAX for its devices.
+    See :func:`jaxasync.mesh.initialize_distributed`."""
+    _distributed(cfg.run)
+
+
+def _distributed(r) -> None:
+    """:func:`start_processes` of ``run``."""
+    from jaxasync.mesh import initialize_distributed
+
+    for key in ("num_processes", "process_id"):
+        v = getattr(r, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"run.{key}={v!r}: must be an integer")
+    try:
+        initialize_distributed(r.coordinator, r.num_processes, r.process_id,
+                               detect=bool(r.distributed))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_workload(name: str, options: dict) -> dict:
@@ -696,44 +719,59 @@ def run_experiment(cfg: Any, out_dir: str | os.PathLike | None = None, *,
     before anything compiles. ``run.resume=false`` moves an earlier result aside until this
     run writes its first result. Outputs that cannot be written there go to a fallback
     directory (one line says where).
+
+    Several processes (:mod:`jaxasync.mesh`): every process calls this with the same config
+    and ``out_dir`` and gets the same record; process 0 alone locks the directory, prints the
+    progress and writes the results (the others print one line and write nothing but their
+    shards of the checkpoints, which orbax writes and reads on every process).
     """
     from jaxasync import checkpoint as ckpt
     from jaxasync import compile_cache, trackers
+    from jaxasync.mesh import barrier, is_writer
     from jaxasync.outputs_dir import OutputDir, as_path
     from jaxasync.progress import Progress
 
     t_start = time.perf_counter()
     cfg_obj = to_config(cfg)
-    out = as_path(out_dir)
+    _distributed(cfg_obj.run)                  # before anything asks JAX for its devices
+    out, writer = as_path(out_dir), is_writer()
     digest = ckpt.config_hash(cfg_obj)
     name = cfg_obj.algorithm.name
-    shown = Progress(name, quiet=not progress or cfg_obj.run.quiet)
+    shown = Progress(name, quiet=not progress or cfg_obj.run.quiet or not writer)
     code = ckpt.code_identity(name)   # (what the cache of finished runs compares)
     if out is not None and cfg_obj.run.resume:
         done = _finished(out, digest, code, shown)
         if done is not None:
             return done
     prep = prepare(cfg_obj, workload_factory)
+    if progress and not writer:
+        _announce_process(name)
     trackers.tracker_class(cfg_obj)   # (a missing extra: an error before the directory)
     compile_cache.configure_run(cfg_obj.run)
     if out is None:
         return _execute(prep, None, digest, code, shown, t_start)
-    with OutputDir(out, progress=progress) as target:
+    with OutputDir(out, progress=progress, writer=writer) as target:
         if cfg_obj.run.resume:   # (finished meanwhile, or an earlier result put back)
             done = _finished(out, digest, code, shown)
             if done is not None:
                 return done
         else:
             target.set_aside()
-        return _execute(prep, target, digest, code, shown, t_start)
+        barrier("jaxasync: out_dir locked and ready")   # (process 0 locked it, set aside)
+        record = _execute(prep, target, digest, code, shown, t_start)
+        barrier("jaxasync: results written")
+        return record
 
 
 def _finished(out: Path, digest: str, code: dict, shown) -> dict | None:
     """A finished ``run.json`` of this config and code in ``out`` (None: none, or of other
-    code, which is then said)."""
+    code, which is then said). Several processes: process 0 decides, the others read it."""
     from jaxasync import checkpoint as ckpt
+    from jaxasync.mesh import is_writer, same_text
 
-    done = ckpt.finished_record(out, digest, code, shown.info)
+    done = ckpt.finished_record(out, digest, code, shown.info) if is_writer() else None
+    if same_text("done" if done is not None else "") and done is None:
+        done = ckpt.finished_record(out, digest, code)   # (a process other than 0)
     if done is not None:
         shown.info(f"{out}: finished run of this config (hash {digest}) found; skipped")
     return done
@@ -743,14 +781,16 @@ def _execute(prep: Prepared, target, digest: str, code: dict, shown,
              t_start: float) -> dict:
     """Runs a prepared experiment (resuming and saving checkpoints in ``target``, an open
     :class:`jaxasync.outputs_dir.OutputDir`, if given), reports to the configured tracker and
-    writes its outputs there."""
+    writes its outputs there (process 0)."""
     from jaxasync import checkpoint as ckpt
     from jaxasync import trackers
+    from jaxasync.mesh import is_writer
 
     cfg = prep.cfg
+    procs = f" processes={jax.process_count()}" if jax.process_count() > 1 else ""
     shown.info(f"{prep.workload.name}: M={prep.sim_config.num_workers} "
                f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
-               f"members={len(prep.members)} delay={prep.delay.kind}")
+               f"members={len(prep.members)} delay={prep.delay.kind}{procs}")
     keys, hparams = prep.keys(), prep.hparams()
     checkpoints, state, history, record, tracker = None, None, None, None, None
     every = cfg.run.checkpoint_every
@@ -761,14 +801,15 @@ def _execute(prep: Prepared, target, digest: str, code: dict, shown,
                                            math.ceil(sc.steps / sc.eval_every),
                                            on_first_save=target.first_result,
                                            code=code, say=shown.info)
-            state, history = checkpoints.restore(prep.simulator, keys, hparams)
+            state, history = checkpoints.restore(prep.simulator, keys, hparams, mesh=prep.mesh)
             if state is not None:
                 shown.info(f"resuming from {checkpoints.directory} after chunk "
                            f"{checkpoints.chunks_done(history)}")
         resumed = checkpoints.chunks_done(history) if history is not None else None
-        tracker = trackers.open_tracker(cfg, None if target is None else target.path,
-                                        cfg.algorithm.name if target is None
-                                        else target.path.name)
+        if is_writer():
+            tracker = trackers.open_tracker(cfg, None if target is None else target.path,
+                                            cfg.algorithm.name if target is None
+                                            else target.path.name)
         if tracker is not None:
             tracker.start(report.plain_config(cfg), prep.members)
             shown.on_chunk = tracker.log
@@ -778,7 +819,7 @@ def _execute(prep: Prepared, target, digest: str, code: dict, shown,
             result = run(prep.simulator, data, keys, hparams, progress=shown,
                          state=state, history=history,
                          on_chunk=checkpoints.on_chunk if checkpoints is not None else None,
-                         mesh=prep.mesh)
+                         mesh=prep.mesh, members=cfg.run.members)
         finally:
             shown.close()
         record = report.make_record(prep, result, provenance(), time.perf_counter() - t_start)
@@ -798,3 +839,23 @@ def _execute(prep: Prepared, target, digest: str, code: dict, shown,
         elif checkpoints is not None:
             checkpoints.remove()
     return record
+
+
+def _announce_process(name: str) -> None:
+    """What a process other than 0 prints: which one it is (process 0 prints the progress)."""
+    print(f"[{name}] process {jax.process_index()}/{jax.process_count()}: "
+          f"{jax.local_device_count()} of {jax.device_count()} devices; process 0 prints "
+          f"the progress and writes the results", flush=True)
+def _announce(name: str, prep: Prepared, writer: bool) -> None:
+    """The run's first line (process 0), or which process this is (the others)."""
+    import jax
+
+    if not writer:
+        print(f"[{name}] process {jax.process_index()}/{jax.process_count()}: "
+              f"{jax.local_device_count()} of {jax.device_count()} devices; process 0 prints "
+              f"the progress and writes the results", flush=True)
+        return
+    procs = f" processes={jax.process_count()}" if jax.process_count() > 1 else ""
+    print(f"[{name}] {prep.workload.name}: M={prep.sim_config.num_workers} "
+          f"K={prep.rows} D={prep.sim_config.ring_size} steps={prep.sim_config.steps} "
+          f"members={len(prep.members)} delay={prep.delay.kind}{procs}", flush=True)

@@ -10,10 +10,20 @@ With ``run.mesh_workers = N`` the simulator's worker axis is the mesh axis ``"wo
 * the data shards' index table is sharded along M; the data themselves are replicated.
 
 XLA's SPMD partitioner inserts the collectives (the stale-parameter gather across ring
-shards, the aggregation over rows). Multi-host: call :func:`initialize_distributed` first
-(``run.distributed=true``): ``jax.distributed.initialize()`` detects Slurm and Open MPI
-launches from their environment variables, after which ``jax.devices()`` spans every host
-and the same mesh code applies.
+shards, the aggregation over rows).
+
+Several processes (hosts)
+-------------------------
+:func:`initialize_distributed` starts ``jax.distributed`` before anything else uses JAX, from
+(first found) the config keys ``run.coordinator`` (``host:port`` of process 0),
+``run.num_processes`` and ``run.process_id``; the environment variables
+``JAX_COORDINATOR_ADDRESS`` (JAX's own), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; or a Slurm
+(``srun``) or Open MPI (``mpirun``) launch, which JAX detects (``run.distributed=true``).
+Afterwards ``jax.devices()`` spans every process and the same mesh code applies: every process
+runs the same program on its own devices (CPU processes exchange data through JAX's CPU
+collectives, gloo). Every process computes every metric (they are replicated); process 0
+alone writes results (:func:`is_writer`); checkpoints are written by every process, each its
+own shards of the state (orbax multi-host), and restored the same way.
 """
 
 from __future__ import annotations
@@ -37,15 +47,115 @@ def make_mesh(n: int) -> Mesh:
     return Mesh(np.asarray(devices[:n]), (AXIS,))
 
 
-def initialize_distributed() -> None:
-    """Multi-host start: ``jax.distributed.initialize()`` (auto-detects Slurm / Open MPI).
+#: environment variables naming the processes of a run, besides JAX_COORDINATOR_ADDRESS
+ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+#: a launch JAX detects by itself (Slurm's srun, Open MPI 4's mpirun)
+CLUSTER_VARS = ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
 
-    Outside a cluster launch (no coordinator in the environment) this does nothing, so the
-    same command runs on a laptop.
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, *, detect: bool = False) -> bool:
+    """Starts ``jax.distributed`` once per process; True when this is a multi-process run.
+
+    Each argument left None is read from the environment (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of them, nothing happens unless
+    ``detect`` (``run.distributed=true``): then JAX reads a Slurm (``srun``) or Open MPI 4
+    (``mpirun``) launch from its environment. Open MPI's ``OMPI_COMM_WORLD_SIZE`` and
+    ``OMPI_COMM_WORLD_RANK`` fill in the number and id of the processes (Open MPI 5, which JAX
+    does not detect, then needs only ``run.coordinator``). Must run before anything else uses
+    JAX; a second call does nothing.
+
+    Raises:
+      ValueError: a bad value or a missing one (named).
     """
-    cluster_vars = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
-    if any(v in os.environ for v in cluster_vars):
-        jax.distributed.initialize()
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    env = os.environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    if (coordinator, num_processes, process_id) == (None, None, None) and not detect:
+        return False
+    if num_processes is None:
+        num_processes = _env_int("OMPI_COMM_WORLD_SIZE")
+    if process_id is None:
+        process_id = _env_int("OMPI_COMM_WORLD_RANK")
+    if coordinator is not None and (":" not in coordinator
+                                    or not coordinator.rsplit(":", 1)[1].isdigit()):
+        raise ValueError(f"run.coordinator={coordinator!r}: must be host:port (process 0's "
+                         f"address and a free port, e.g. 127.0.0.1:12345)")
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"run.num_processes={num_processes!r}: must be >= 1")
+    if process_id is not None and not (0 <= process_id < (num_processes or process_id + 1)):
+        raise ValueError(f"run.process_id={process_id!r}: must be in [0, run.num_processes="
+                         f"{num_processes})")
+    if coordinator is None and not any(v in env for v in CLUSTER_VARS):
+        raise ValueError("run.coordinator: missing; give process 0's host:port (or "
+                         "JAX_COORDINATOR_ADDRESS), or launch with Slurm's srun or Open MPI's "
+                         "mpirun and run.distributed=true")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return jax.process_count() > 1
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: must be an integer") from None
+
+
+def is_writer() -> bool:
+    """Whether this process writes results: process 0 (every process of a one-process run)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process got here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def same_text(text: str, size: int = 4096) -> str:
+    """Process 0's ``text`` on every process (a directory name with a timestamp, say)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    raw = text.encode()
+    if len(raw) > size:
+        raise ValueError(f"same_text: {len(raw)} bytes, more than {size}")
+    buf = np.zeros(size + 4, np.uint8)
+    buf[:4] = np.frombuffer(np.uint32(len(raw)).tobytes(), np.uint8)
+    buf[4:4 + len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    n = int(np.frombuffer(out[:4].tobytes(), np.uint32)[0])
+    return out[4:4 + n].tobytes().decode()
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """``jax.device_put`` onto shardings that may span several processes.
+
+    Every process passes the same full value (host or local-device arrays); each keeps the
+    shards its devices hold (``jax.make_array_from_callback``). ``shardings``: one sharding
+    for every leaf, or a tree of them. Arrays already spread over the processes are resharded.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
 
 
 def _spec(leaf: Any, axis: int | None, n: int) -> P:

@@ -15,6 +15,9 @@ so that nothing computed is lost.
   earlier result back; one killed before is put back at the next start.
 * :meth:`OutputDir.write` writes the outputs; if that fails (a full disk, a permission changed
   under the run), it writes them to a fallback directory instead and says where in one line.
+* Several processes (:mod:`jaxasync.mesh`): process 0 alone creates, locks, probes, sets aside
+  and writes; the others get an ``OutputDir(..., writer=False)`` that only names the path (they
+  read process 0's checkpoints and write their shards of them through orbax).
 """
 
 from __future__ import annotations
@@ -70,11 +73,14 @@ class OutputDir:
     """The locked output directory of one run (see the module docstring).
 
     Use as ``with OutputDir(path) as out: ...``; entering creates, locks and probes it.
+    ``writer=False`` (a process other than 0 of a run of several): entering, setting aside and
+    writing do nothing.
     """
 
-    def __init__(self, path: Path, *, progress: bool = True):
+    def __init__(self, path: Path, *, progress: bool = True, writer: bool = True):
         self.path = Path(path)
         self.progress = progress
+        self.writer = writer
         self._lock = None
         self._aside: Path | None = None
 
@@ -97,6 +103,8 @@ class OutputDir:
         result a killed ``run.resume=false`` run left aside."""
         from filelock import FileLock, Timeout
 
+        if not self.writer:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -146,6 +154,8 @@ class OutputDir:
     def set_aside(self) -> bool:
         """Moves an earlier result (``run.json``, metrics, checkpoints) to ``.replaced/``;
         returns whether there was one."""
+        if not self.writer:
+            return False
         found = [n for n in RESULT_NAMES if (self.path / n).exists()]
         if not found:
             return False
@@ -191,6 +201,8 @@ class OutputDir:
         Raises:
           OSError: no fallback directory could be written either.
         """
+        if not self.writer:
+            return self.path
         try:
             write(self.path)
             self.first_result()

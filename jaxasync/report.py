@@ -186,7 +186,7 @@ def make_record(prep, result, prov: dict, wall_seconds: float) -> dict:
         **({"selected": selected} if selected is not None else {}),
         "members": members,
         "timing": {"compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds,
-                   "wall_seconds": wall_seconds},
+                   "wall_seconds": wall_seconds, "members_layout": result.layout},
         **prov,
     }
 

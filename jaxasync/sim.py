@@ -19,15 +19,14 @@ One server step (:meth:`Simulator.step`, one method per phase):
 5. advance the clocks (event model: the arrivals start again from the new version once
    their messages have crossed the link).
 
-A chunk of E steps is one ``lax.scan``, followed by an evaluation, inside one jitted
-function; members are vmapped into the same program.
+A chunk of E steps is one loop (:meth:`Simulator.steps`), followed by an evaluation; the
+runner (:mod:`jaxasync.running`) compiles them once for all members (vmapped, or one after
+another) and calls them chunk by chunk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -749,16 +748,20 @@ class Simulator:
         out["finite"] = leaves_ok & jnp.isfinite(out["train_loss"])
         return out
 
-    def chunk(self, state: SimState, data: Data, hparams: dict, length: int):
-        """``length`` steps in one ``lax.scan``, then an evaluation."""
+    def steps(self, state: SimState, data: Data, hparams: dict, length) -> SimState:
+        """``length`` server steps in one loop, the chunk's batch-loss counters reset first.
+
+        ``length`` is a Python int (a ``lax.scan``) or a traced int32 (a ``while`` loop: one
+        compiled program serves every chunk length, the shorter last one included).
+        """
         c = state.counts
         state = state._replace(counts=c._replace(batch_loss_sum=jnp.zeros_like(c.batch_loss_sum),
                                                  batch_loss_n=jnp.zeros_like(c.batch_loss_n)))
+        return jax.lax.fori_loop(0, length, lambda _, s: self.step(s, data, hparams), state)
 
-        def body(s, _):
-            return self.step(s, data, hparams), None
-
-        state, _ = jax.lax.scan(body, state, None, length=length)
+    def chunk(self, state: SimState, data: Data, hparams: dict, length: int):
+        """``length`` steps (:meth:`steps`), then an evaluation."""
+        state = self.steps(state, data, hparams, length)
         return state, self.evaluate(state, data)
 
 
@@ -772,140 +775,5 @@ def put_data(workload, shard_index: np.ndarray, shard_size: np.ndarray) -> Data:
                 jnp.asarray(shard_size, jnp.int32))
 
 
-@dataclasses.dataclass
-class RunResult:
-    """What one (vmapped) run produced, on the host.
-
-    ``history[s]`` is a list of metric dicts (one per evaluation point) of member s;
-    ``diverged[s]`` is the server step at which member s became non-finite, or None.
-    """
-
-    history: list[list[dict]]
-    diverged: list[int | None]
-    final_state: Any
-    compile_seconds: float
-    run_seconds: float
-    staleness_hist: np.ndarray  # [S, D + 1]
-
-
-def _to_host(metrics: dict) -> list[dict]:
-    """Stacked per-member metrics -> one plain dict per member."""
-    host = jax.device_get(metrics)
-    n = np.shape(next(iter(host.values())))[0]
-    rows = []
-    for i in range(n):
-        row = {k: np.asarray(v[i]).item() for k, v in host.items() if not k.endswith("_lo")}
-        for k in host:
-            if k.endswith("_lo"):  # Kahan low-order parts of the bit counters
-                row[k[:-3]] = float(np.float64(host[k[:-3]][i]) + np.float64(host[k][i]))
-        rows.append(row)
-    return rows
-
-
-def run(sim: Simulator, data: Data, keys: Array, hparams: dict,
-        progress: Callable[[int, int, list[dict]], None] | None = None,
-        state: SimState | None = None, history: list[list[dict]] | None = None,
-        on_chunk: Callable[[SimState, list[list[dict]]], None] | None = None,
-        mesh=None) -> RunResult:
-    """Runs ``S`` members (``keys[S]``, ``hparams`` leaves ``[S]``) as one vmapped program.
-
-    The whole run is ``steps / eval_every`` calls of one compiled chunk function
-    (donating the state); metrics come back to the host once per chunk. A member whose
-    loss or parameters become non-finite is marked diverged at that chunk; the run stops
-    early when every member has diverged.
-
-    ``progress(done, total, last)`` is called once when the program is compiled (``done``:
-    the chunks already done, 0 unless resuming) and after every chunk, with each member's
-    last metrics. ``state``/``history`` resume a run; ``on_chunk`` is called after each
-    chunk (for checkpoints). With a ``mesh`` (see :mod:`jaxasync.mesh`) the worker axis of the state
-    and of the per-step computation is sharded over the mesh axis ``"workers"``.
-    """
-    if mesh is not None:
-        with jax.set_mesh(mesh):
-            return _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh)
-    return _run(sim, data, keys, hparams, progress, state, history, on_chunk, None)
-
-
-def _run(sim, data, keys, hparams, progress, state, history, on_chunk, mesh) -> RunResult:
-    cfg = sim.cfg
-    n_chunks = math.ceil(cfg.steps / cfg.eval_every)
-    length = cfg.eval_every
-    members = keys.shape[0]
-
-    if members == 1 and mesh is None:
-        # One member: the unbatched functions on the state without its member axis (a bitcast
-        # in and out). Under a vmap of size 1 XLA lays some autodiff gradient dots out
-        # transposed and copies them back: on the MNIST FC net a 16 MB transpose per step,
-        # SGD 5.9 vs 3.7 ms per step.
-        one = lambda tree: jax.tree.map(lambda x: x[0], tree)          # noqa: E731
-        stack = lambda tree: jax.tree.map(lambda x: x[None], tree)     # noqa: E731
-        init_fn = lambda k, hp: stack(sim.init(k[0], one(hp)))        # noqa: E731
-        eval_fn = lambda s, dd: stack(sim.evaluate(one(s), dd))       # noqa: E731
-        chunk_of = lambda n: (lambda s, dd, hp: stack(sim.chunk(one(s), dd, one(hp), n)))  # noqa: E731
-    else:
-        init_fn = jax.vmap(sim.init)
-        eval_fn = jax.vmap(sim.evaluate, in_axes=(0, None))
-        chunk_of = lambda n: jax.vmap(lambda s, dd, hp: sim.chunk(s, dd, hp, n),  # noqa: E731
-                                      in_axes=(0, None, 0))
-    if mesh is None:
-        init, evaluate = jax.jit(init_fn), jax.jit(eval_fn)
-        jit_chunk = lambda n: jax.jit(chunk_of(n), donate_argnums=(0,))  # noqa: E731
-    else:
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        from jaxasync.mesh import data_shardings, state_shardings
-
-        rep = NamedSharding(mesh, P())
-        state_sh = state_shardings(jax.eval_shape(init_fn, keys, hparams), mesh, cfg.num_workers)
-        data_sh = data_shardings(data, mesh)
-        data = jax.device_put(data, data_sh)
-        keys, hparams = jax.device_put((keys, hparams), rep)
-        init = jax.jit(init_fn, out_shardings=state_sh)
-        evaluate = jax.jit(eval_fn, in_shardings=(state_sh, data_sh), out_shardings=rep)
-        jit_chunk = lambda n: jax.jit(chunk_of(n), donate_argnums=(0,),  # noqa: E731
-                                      in_shardings=(state_sh, data_sh, rep),
-                                      out_shardings=(state_sh, rep))
-        if state is not None:
-            state = jax.device_put(state, state_sh)
-
-    t0 = time.perf_counter()
-    if state is None:
-        state = init(keys, hparams)
-        history = [[m] for m in _to_host(evaluate(state, data))]
-    compiled = {length: jit_chunk(length).lower(state, data, hparams).compile()}
-    compile_s = time.perf_counter() - t0
-
-    diverged: list[int | None] = [None] * members
-    for hist_s, i in zip(history, range(members), strict=True):
-        bad = [h["step"] for h in hist_s if not h["finite"]]
-        diverged[i] = bad[0] if bad else None
-    t1 = time.perf_counter()
-    done = max(h[-1]["step"] for h in history) // length
-    if progress is not None:   # compiled: the progress display's "compiling" phase ends
-        progress(done, n_chunks, [h[-1] for h in history])
-    for c in range(done, n_chunks):
-        # the last chunk is shorter when eval_every does not divide the steps (its own program,
-        # compiled when reached)
-        n = min(length, cfg.steps - c * length)
-        if n not in compiled:
-            t2 = time.perf_counter()
-            compiled[n] = jit_chunk(n).lower(state, data, hparams).compile()
-            compile_s += time.perf_counter() - t2
-            t1 += time.perf_counter() - t2
-        state, metrics = compiled[n](state, data, hparams)
-        rows = _to_host(metrics)
-        for i, row in enumerate(rows):
-            if diverged[i] is None:
-                history[i].append(row)
-                if not row["finite"]:
-                    diverged[i] = row["step"]
-        if progress is not None:
-            progress(c + 1, n_chunks, [h[-1] for h in history])
-        if on_chunk is not None:
-            on_chunk(state, history)
-        if all(dv is not None for dv in diverged):
-            break
-    run_s = time.perf_counter() - t1
-    hist = np.asarray(jax.device_get(state.counts.staleness_hist))
-    return RunResult(history, diverged, state, compile_s, run_s, hist)
+# the runner (members' programs, compiled once, called chunk by chunk) lives in its own module
+from jaxasync.running import RunResult, run  # noqa: E402,F401  (re-exported)
