@@ -513,7 +513,6 @@ def _workload_error(name: str, options: dict, e: Exception) -> ConfigError:
 def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
     """Loads the workload and partitions it over the workers (data-dependent checks)."""
     from jaxasync.data import partition
-
     from jaxasync.models import with_init
 
     cfg, w, m = res.cfg, res.cfg.workload, res.cfg.run.num_workers

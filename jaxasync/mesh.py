@@ -186,7 +186,10 @@ def state_shardings(state: Any, mesh: Mesh, num_workers: int) -> Any:
         finish=worker(state.finish), worker_version=worker(state.worker_version),
         speed=worker(state.speed), ref_params=worker(state.ref_params),
         counts=replicated(state.counts), key=ns(P()), data_key=ns(P()),
-        draws=worker(state.draws), events=worker(state.events),
+        draws=worker(state.draws),
+        events=state.events._replace(   # (the block minima and the counts are not per worker)
+            block_min=ns(P()), clipped=worker(state.events.clipped),
+            held=worker(state.events.held), stopped=ns(P()), timeouts=ns(P())),
         downlink=replicated(state.downlink),   # the server's broadcast memory: one row
     )
 

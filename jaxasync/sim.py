@@ -27,6 +27,7 @@ another) and calls them chunk by chunk.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
