@@ -183,8 +183,8 @@ class EventState(NamedTuple):
 
     Attributes:
       block_min: float32[ceil(M / b)] the earliest finish time in each block of ``b =
-        ceil(sqrt M)`` workers (one arrival per step; empty otherwise): the next arrival is
-        found in O(sqrt M) instead of O(M) (:func:`next_arrival`).
+        ceil(sqrt M)`` workers (one arrival per step; one unused slot otherwise): the next
+        arrival is found in O(sqrt M) instead of O(M) (:func:`next_arrival`).
       clipped: bool[M] the worker's computation will be stopped at its timeout.
       held: bool[M] the worker computes nothing (held by the algorithm's :class:`Control`).
       stopped: int32[] computations dropped by a restart or a hold (wasted work).
@@ -458,7 +458,8 @@ class Simulator:
     def _events_init(self, m: int) -> EventState:
         zero = jnp.zeros((), jnp.int32)
         false = jnp.zeros((m,), bool)
-        nb = -(-m // block_size(m)) if self._event and self.rows == 1 else 0
+        # (one unused slot otherwise: orbax refuses to save an array of size zero)
+        nb = -(-m // block_size(m)) if self._event and self.rows == 1 else 1
         return EventState(jnp.full((nb,), jnp.inf, jnp.float32), false, false, zero, zero)
 
     def _arrivals(self, state: SimState, key: Array):
