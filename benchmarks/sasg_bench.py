@@ -67,7 +67,7 @@ import numpy as np
 
 import jaxasync as ja
 from jaxasync import delays as dl
-from jaxasync import lazy, report
+from jaxasync import lazy, lazy_algorithms, report
 from jaxasync.data import partition
 from jaxasync.sim import SimConfig, Simulator, put_data
 from jaxasync.workloads import get_workload, gradient_pair
@@ -111,17 +111,17 @@ def _plain_top_k():
     """While building: SASG's and Sparse's top-k as a plain function, so that their error
     feedback keeps a dense memory (and SASG dense stored messages) instead of the vector last
     compressed and its selection; the same selection, bitwise the same run."""
-    made = lazy.top_k_compressor
+    made = lazy_algorithms.top_k_compressor
 
     def plain(*args, **kwargs):
         comp = made(*args, **kwargs)
         return lambda tree, key: comp(tree, key)
 
-    lazy.top_k_compressor = plain
+    lazy_algorithms.top_k_compressor = plain
     try:
         yield
     finally:
-        lazy.top_k_compressor = made
+        lazy_algorithms.top_k_compressor = made
 
 
 def sasg_run(wl, data, method: str, steps: int, warmup: int, algorithm: str = "sasg"):
@@ -176,7 +176,7 @@ def gradients_run(wl, data, steps: int):
 
 def topk_run(v_w, method: str, steps: int):
     """The 10 per-layer selections of an iteration alone, on realistic inputs ``v_w``."""
-    comp = lazy.top_k_compressor(DENSITY, method=method)
+    comp = lazy_algorithms.top_k_compressor(DENSITY, method=method)
     keys = jax.random.split(jax.random.PRNGKey(0), M)
 
     def body(acc, t):

@@ -21,19 +21,8 @@ from jaxasync.baselines import asgd_drop, dc_asgd, dc_asgd_adaptive, koloskova, 
 from jaxasync.ce import ce_asgd, ce_asgd_lite, server_work
 from jaxasync.compress import COMPRESSORS, register_compressor
 from jaxasync.federated import fedasync, fedbuff
-from jaxasync.lazy import (
-    LazyState,
-    lag,
-    lag_ps,
-    lag_wk,
-    lasg,
-    lazy_counters,
-    lazy_state,
-    lazy_upload,
-    sasg,
-    sgd_sum,
-    sparse,
-)
+from jaxasync.lazy import LazyState, lazy_counters, lazy_state, lazy_upload
+from jaxasync.lazy_algorithms import lag, lag_ps, lag_wk, lasg, sasg, sgd_sum, sparse
 from jaxasync.markov import ef21, ef21_step_size
 from jaxasync.optimal import (
     naive_optimal_asgd,

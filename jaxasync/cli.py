@@ -47,8 +47,9 @@ def _job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from jaxasync.checks import start_processes
     from jaxasync.config import to_config
-    from jaxasync.experiment import run_experiment, start_processes
+    from jaxasync.experiment import run_experiment
     from jaxasync.mesh import is_writer, same_text
 
     _import_in_job(cfg)
