@@ -81,7 +81,8 @@ from jaxasync.resources import checkout
 UNHASHED = ("out_dir", "plot", "traceback", "imports", "logger", "run.checkpoint_every",
             "run.resume", "run.quiet", "run.compile_cache", "run.compile_cache_dir",
             # which process this is, and how they meet: every process of a run has one hash
-            "run.distributed", "run.coordinator", "run.num_processes", "run.process_id")
+            # (run.distributed stays hashed, as it was before these keys came)
+            "run.coordinator", "run.num_processes", "run.process_id")
 #: keys added after result files existed, left out of the hash while they change nothing, so
 #: those results (and their hashes) stay valid: key -> "this value changes nothing"
 NEUTRAL = {

@@ -193,10 +193,6 @@ def delay_histogram(ax, curves: Sequence[Curve], num_workers: int | None = None)
         top = int(np.flatnonzero(p)[-1]) + 1
         ax.step(np.arange(top), np.where(p[:top] > 0, p[:top], np.nan), where="mid",
                 color="black" if i < 0 else f"C{i % 10}", linewidth=1, gid="curve")
-    if -1 in fractions:
-        ax.text(0.97, 0.97, "the same in every run with stale arrivals", transform=ax.transAxes,
-                fontsize=7,
-                ha="right", va="top")
     if num_workers:
         ax.axvline(num_workers, color="grey", linestyle=":", linewidth=1, gid="target")
         ax.text(num_workers, 0.97, f" M={num_workers}", fontsize=7, va="top",
@@ -204,7 +200,8 @@ def delay_histogram(ax, curves: Sequence[Curve], num_workers: int | None = None)
     ax.set_yscale("log")
     ax.set_xlabel("delay τ (server steps)")
     ax.set_ylabel("fraction of arrivals")
-    ax.set_title("delay histogram", fontsize=9)
+    ax.set_title("delay histogram" + ("\n(the same in every run with stale arrivals)"
+                                      if -1 in fractions else ""), fontsize=9)
     ax.grid(True, alpha=0.3)
     return True
 
