@@ -151,6 +151,7 @@ def test_inject_hyperparams_equals_the_plain_factory(name):
                                        err_msg="inject_hyperparams vs factory, float32 ulps")
 
 
+@pytest.mark.slow   # one compile per entry: ~2 min in all (.ci/run runs them)
 @pytest.mark.parametrize("name", ALGS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_float32_and_bf16_parameters(name, dtype):
@@ -225,6 +226,7 @@ def test_declared_parameters_are_checked_with_one_line(name):
                 spec.build(**{**spec.example_kwargs(M), "learning_rate": bad})
 
 
+@pytest.mark.slow   # one compile per entry: ~2 min in all (.ci/run runs them)
 @pytest.mark.parametrize("name", ALGS)
 def test_a_short_simulator_run_stays_finite_with_and_without_a_schedule(name):
     spec = ja.get_algorithm(name)
@@ -275,6 +277,7 @@ def test_compressor_shapes_bits_determinism_vmap(name):
     assert jax.tree.structure(out) == jax.tree.structure(tree)
 
 
+@pytest.mark.slow   # one compile per entry: ~2 min in all (.ci/run runs them)
 @pytest.mark.parametrize("name", COMPS)
 @pytest.mark.parametrize("error_feedback", [False, True])
 def test_compressor_in_front_of_asgd_scans_from_init(name, error_feedback):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxasync import plugins
+from jaxasync import hparams, plugins
 from jaxasync.cli import CONF_DIR, help_text
 from jaxasync.config import RunConf
 
@@ -54,7 +54,8 @@ def test_readme_algorithm_runs_against_two_baselines_from_a_temporary_directory(
                          cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     table = (sweep / "summary.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    body = [ln for ln in table.splitlines() if ln.startswith("|")][2:]   # (title, header, rule)
+    rows = [line.split("|")[1].strip() for line in body]
     assert rows == ["my_algo", "asgd", "delay_adaptive"]            # one table, three rows
     rec = json.loads((sweep / "0_my_algo" / "run.json").read_text())
     # the default config came from the factory's keyword defaults
@@ -119,7 +120,8 @@ def test_help_names_the_app_lists_groups_and_describes_every_run_key():
     flat = " ".join(text.split())
     for f in dataclasses.fields(RunConf):
         assert f"run.{f.name}=" in text, f.name
-        assert " ".join(f.metadata["help"].split()) in flat, f.name   # from the schema itself
+        doc = hparams.declaration_of(f).doc                   # the key's declaration
+        assert " ".join(doc.split()) in flat, f.name
 
 
 @pytest.mark.parametrize("flag", ["--version", "--help"])

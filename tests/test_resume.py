@@ -188,13 +188,21 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
 
 
-def test_a_finished_run_of_other_code_runs_again_and_says_what_changed(tmp_path, capsys,
+def test_a_finished_run_of_other_code_runs_again_and_says_what_changed(tmp_path, caplog,
                                                                        monkeypatch):
     """The code is part of what a finished run is reused for: the algorithm's source (here a
     user's module, edited between two runs) and jaxasync's version."""
     import importlib
+    import logging
 
     from jaxasync import plugins
+
+    caplog.set_level(logging.INFO, logger="jaxasync")   # the job's lines go through logging
+
+    def said() -> str:
+        text = "\n".join(r.getMessage() for r in caplog.records if r.name == "jaxasync")
+        caplog.clear()
+        return text
 
     module = tmp_path / "cache_probe_algos.py"
     source = ("import optax\nimport jaxasync as ja\n\n@ja.register('cache_probe')\n"
@@ -207,17 +215,17 @@ def test_a_finished_run_of_other_code_runs_again_and_says_what_changed(tmp_path,
     out = tmp_path / "out"
     first = experiment.run_experiment(cfg, out)
     assert first["code"] == ckpt.code_identity("cache_probe")
-    capsys.readouterr()
+    said()
     again = experiment.run_experiment(cfg, out)             # same code: reused, not run
-    assert "finished run of this config (hash" in capsys.readouterr().out
+    assert "finished run of this config (hash" in said()
     assert again["timing"] == first["timing"]
     # the user edits the rule's module: the run is redone, and the line says why
     module.write_text(source.format("  # edited"))
     importlib.reload(importlib.import_module("cache_probe_algos"))
     third = experiment.run_experiment(cfg, out)
-    said = capsys.readouterr().out
+    lines = said()
     assert "finished run of this config by other code (the algorithm's source); running it " \
-           "again" in said and "least_squares: M=2" in said          # and it ran
+           "again" in lines and "least_squares: M=2" in lines          # and it ran
     assert third["code"]["algorithm"] != first["code"]["algorithm"]
     assert json.loads((out / "run.json").read_text())["code"] == third["code"]
     # a new jaxasync version: redone too
@@ -225,7 +233,7 @@ def test_a_finished_run_of_other_code_runs_again_and_says_what_changed(tmp_path,
 
     monkeypatch.setattr(jaxasync, "__version__", "99.0")
     experiment.run_experiment(cfg, out)
-    assert f"(jaxasync {third['code']['jaxasync']} -> 99.0)" in capsys.readouterr().out
+    assert f"(jaxasync {third['code']['jaxasync']} -> 99.0)" in said()
 
 
 def test_a_checkpoint_of_other_code_is_discarded_not_resumed(tmp_path):

@@ -139,6 +139,7 @@ def test_registry_names():
         "logistic",
         "mishchenko_quadratic",
         "sign_counterexample",
+        "worst_case_quadratic",
         "mnist1d_mlp",
         "mnist1d_cnn",
         "digits_mlp",
