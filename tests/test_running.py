@@ -77,9 +77,24 @@ def _compiled_both(fn, options, *args):
     return outs
 
 
-def _same_bits(a, b) -> bool:
-    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+def _same_values(a, b, what: str) -> None:
+    """Two compilations (other XLA options): integers and keys exactly, floats within float32
+    rounding (XLA promises no order of operations across programs)."""
+    from helpers import assert_f32_close
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if np.issubdtype(x.dtype, np.floating) and x.size:
+            finite = np.isfinite(y)         # inf (idle workers), NaN: the same, exactly
+            assert np.array_equal(x[~finite], y[~finite], equal_nan=True), what
+            if not finite.any():
+                continue
+            x, y = x[finite], y[finite]
+            assert_f32_close(x, y, roundings=64, why=f"{what}: two compilations of the same "
+                             "function; a reduction over a layer (fan-in <= 64 terms) may "
+                             "be reordered")
+        else:
+            assert np.array_equal(x, y), what
 
 
 def _check_cheap(workload: str, init: str, alg: str) -> None:
@@ -92,19 +107,19 @@ def _check_cheap(workload: str, init: str, alg: str) -> None:
     sim, data = prep.simulator, put_data(prep.workload, prep.index, prep.size)
     fns = programs(sim, "single")
     default, cheap = _compiled_both(fns.init, INIT_OPTIONS, prep.keys(), prep.hparams())
-    assert _same_bits(default, cheap), f"{workload} init={init}: initial state differs"
+    _same_values(default, cheap, f"{workload} init={init}: initial state")
     # the evaluation of a state that has moved (not only the initial one)
     state = jax.jit(fns.steps)(default, data, prep.hparams(), jnp.int32(3))
     default_m, cheap_m = _compiled_both(fns.evaluate, EVAL_OPTIONS, state, data)
-    assert _same_bits(default_m, cheap_m), f"{workload} {alg}: evaluation differs"
+    _same_values(default_m, cheap_m, f"{workload} {alg}: evaluation")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cheap options are CPU ones")
 @pytest.mark.parametrize("workload,init,alg", [("mnist1d_mlp", "flax", "ce_asgd:1.0"),
                                                ("least_squares", "flax", "sasg")])
-def test_cheap_compile_options_give_the_same_bits(workload, init, alg):
-    """The initial state and the evaluation, compiled for speed of compilation, are bitwise
-    those of the default options (what every earlier result was computed with)."""
+def test_cheap_compile_options_give_the_same_values(workload, init, alg):
+    """The initial state and the evaluation, compiled for speed of compilation, equal those of
+    the default options within float32 rounding (two programs: no bitwise promise)."""
     _check_cheap(workload, init, alg)
 
 
@@ -113,5 +128,5 @@ def test_cheap_compile_options_give_the_same_bits(workload, init, alg):
 @pytest.mark.parametrize("workload", ["logistic", "mishchenko_quadratic", "mnist1d_cnn",
                                       "digits_mlp", "mnist_subset_fc"])
 @pytest.mark.parametrize("init", ["flax", "torch"])
-def test_cheap_compile_options_give_the_same_bits_everywhere(workload, init):
+def test_cheap_compile_options_give_the_same_values_everywhere(workload, init):
     _check_cheap(workload, init, "asgd")
