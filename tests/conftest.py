@@ -35,3 +35,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in slow:
             item.add_marker(pytest.mark.slow)
+    _check_slow_ids(config, items, slow)
+
+
+def _check_slow_ids(config, items, slow: set[str]) -> None:
+    """A listed id that names no test of a collected module is stale (a renamed test would
+    otherwise drop silently into the default run, or break `pytest <listed ids>`): fail the
+    session with the ids. Skipped when the command names single tests (``file::test``), since
+    then a module is only partly collected."""
+    if any("::" in str(arg) for arg in config.args):
+        return
+    collected = {item.nodeid for item in items}
+    modules = {nodeid.split("::")[0] for nodeid in collected}
+    stale = sorted(i for i in slow if i.split("::")[0] in modules and i not in collected)
+    if stale:
+        raise pytest.UsageError(
+            f"tests/slow_tests.txt lists {len(stale)} test id(s) that no longer exist: "
+            + ", ".join(stale))
