@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 
 import pytest
 import yaml
@@ -468,3 +469,41 @@ def test_command_line(tmp_path, capsys):
     status = json.loads((results / "toy" / "entry.json").read_text())
     assert status["status"] == "failed" and "learning_rate=-1" in status["reason"]
     assert "failed" in (out / "LEADERBOARD.md").read_text()
+
+
+def test_large_results_are_stored_xz_compressed_and_read_back(tmp_path, monkeypatch):
+    """A run whose run.json is over the limit is stored as run.json.xz and metrics.csv.xz;
+    the renderer, a rerun (which reuses it) and jaxasync-compare's loader read it, and a later
+    small result of that run drops the compressed copy (real tiny runs)."""
+    import lzma
+
+    from jaxasync import report
+    from jaxasync.experiment import run_experiment
+    from jaxasync.leaderboard import runner as lb_runner
+
+    def runner(cfg, out, progress):
+        return run_experiment(cfg, out, progress=progress)
+
+    toy = lb.load_entries(toy_entries(tmp_path))[0]
+    results = tmp_path / "results"
+    monkeypatch.setattr(lb_runner, "COMPACT_ABOVE_BYTES", 0)
+    assert lb.run_entry(toy, results, progress=False, runner=runner)["status"] == "done"
+    slow = results / "toy" / "slow"
+    assert not (slow / "run.json").exists() and not (slow / "metrics.csv").exists()
+    stored = json.loads(lzma.decompress((slow / "run.json.xz").read_bytes()))
+    assert "metrics.csv" not in os.listdir(slow) and (slow / "metrics.csv.xz").exists()
+    assert lzma.decompress((slow / "metrics.csv.xz").read_bytes()).decode() == \
+        report.history_csv(stored)
+    state = lb.entry_state(toy, results, lb.compose_configs(toy))
+    assert state.status == "done" and not state.stale
+    assert state.records["Slow"]["config_hash"] == stored["config_hash"]
+    again = lb.run_entry(toy, results, progress=False, runner=runner)
+    assert all(r["reused"] for r in again["runs"].values())
+    assert {r["_source"] for r in report.load_records(results)} == {
+        str(results / "toy" / "fast"), str(slow)}
+    # the limit back up: a fresh result is plain again and the compressed copy goes
+    monkeypatch.setattr(lb_runner, "COMPACT_ABOVE_BYTES", 10**9)
+    assert lb.run_entry(toy, results, progress=False, runner=runner,
+                        rerun=True)["status"] == "done"
+    assert (slow / "run.json").exists() and not (slow / "run.json.xz").exists()
+    assert not (slow / "metrics.csv.xz").exists()

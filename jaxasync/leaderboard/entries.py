@@ -6,7 +6,6 @@ files say (:func:`entry_state`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -260,10 +259,11 @@ def config_digest(cfg: dict) -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    """A result file, or its xz-compressed form (``run.json.xz``: large results are stored
+    compressed, :func:`jaxasync.report.compact_result`); None where it cannot be read."""
+    from jaxasync.report import read_record
+
+    return read_record(path)
 
 
 @dataclasses.dataclass

@@ -34,6 +34,10 @@ from jaxasync.leaderboard.entries import (
 )
 from jaxasync.leaderboard.rendering import _minutes, markdown_table, render
 
+#: a stored run whose run.json exceeds this is kept xz-compressed (the grids of the
+#: optimal_sqrt_scaling entry write 1-5 MB of run.json each; git holds the store)
+COMPACT_ABOVE_BYTES = 1_000_000
+
 # ============================================================================ running
 
 
@@ -207,6 +211,7 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
             return finish(*record)
         # per-seed copies of run.json (a sweep's convenience): the leaderboard reads run.json
         shutil.rmtree(out / "members", ignore_errors=True)
+        report.compact_result(out, COMPACT_ABOVE_BYTES)
         status["runs"][run.label] = {
             "config_hash": record.get("config_hash"), "reused": False,
             "wall_seconds": record.get("timing", {}).get("wall_seconds"),
