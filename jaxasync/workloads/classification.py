@@ -197,6 +197,23 @@ def _cifar_augment(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
     return augment
 
 
+def _cifar_resnet18(classes: int, data_dir: str, verify: bool, target: Target,
+                    stats: tuple, top5: bool = False) -> Workload:
+    """CIFAR-``classes`` (10 or 100) with ResNet-18 (GroupNorm), crop + flip (``stats``: the
+    channel means and standard deviations)."""
+    return _classification_workload(
+        f"cifar{classes}_resnet18",
+        data_lib.load_cifar(data_dir, classes, verify=verify),
+        models.ResNet18(classes),
+        classes,
+        target,
+        f"CIFAR-{classes} 50000/10000, ResNet-18 (GroupNorm), crop+flip",
+        chunk=500,
+        augment=_cifar_augment(*stats),
+        top5=top5,
+    )
+
+
 @_options()
 def cifar10_resnet18(
     *, seed: int = 0, data_dir: str = _DEFAULT_DATA_DIR, verify_checksums: bool = True
@@ -208,16 +225,8 @@ def cifar10_resnet18(
     step decay at epoch 20). ``seed`` has no effect on the data.
     """
     _check_seed(seed)
-    return _classification_workload(
-        "cifar10_resnet18",
-        data_lib.load_cifar(data_dir, 10, verify=verify_checksums),
-        models.ResNet18(10),
-        10,
-        Target("test_accuracy", 0.92, "max"),
-        "CIFAR-10 50000/10000, ResNet-18 (GroupNorm), crop+flip",
-        chunk=500,
-        augment=_cifar_augment(data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD),
-    )
+    return _cifar_resnet18(10, data_dir, verify_checksums, Target("test_accuracy", 0.92, "max"),
+                           (data_lib.CIFAR10_MEAN, data_lib.CIFAR10_STD))
 
 
 @_options()
@@ -230,14 +239,5 @@ def cifar100_resnet18(
     ``evaluate`` also reports top-1 ``accuracy``. ``seed`` has no effect on the data.
     """
     _check_seed(seed)
-    return _classification_workload(
-        "cifar100_resnet18",
-        data_lib.load_cifar(data_dir, 100, verify=verify_checksums),
-        models.ResNet18(100),
-        100,
-        Target("test_top5", 0.92, "max"),
-        "CIFAR-100 50000/10000, ResNet-18 (GroupNorm), crop+flip",
-        chunk=500,
-        augment=_cifar_augment(data_lib.CIFAR100_MEAN, data_lib.CIFAR100_STD),
-        top5=True,
-    )
+    return _cifar_resnet18(100, data_dir, verify_checksums, Target("test_top5", 0.92, "max"),
+                           (data_lib.CIFAR100_MEAN, data_lib.CIFAR100_STD), top5=True)
