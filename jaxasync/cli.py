@@ -23,6 +23,7 @@ Rerunning into the same output directory (``out_dir=...``, or a fixed
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -224,8 +225,6 @@ def _precheck(argv: list[str]) -> Any:
     left to Hydra. Returns the command's first config (with its ``hydra`` node), or None
     where it left the command to Hydra.
     """
-    import itertools
-
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -247,22 +246,9 @@ def _precheck(argv: list[str]) -> Any:
         sys.exit(2)
 
     parser = OverridesParser.create()
-    cmd: dict[str, list[str]] = {}
-    for text in args.overrides:
-        try:
-            o = parser.parse_override(text)
-        except Exception as e:
-            fail(f"{text}: cannot parse this override ({str(e).splitlines()[0]})", e)
-        key = o.get_key_element()
-        if o.is_sweep_override():
-            if not o.is_discrete_sweep():
-                return  # a sweeper plugin's syntax: Hydra checks it
-            try:
-                cmd[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
-            except Exception:
-                return  # glob() and the like need Hydra's config loader
-        else:
-            cmd[key] = [text]
+    cmd = _command_overrides(parser, args.overrides, fail)
+    if cmd is None:
+        return
     config_name = args.config_name or "config"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3",
                                job_name="jaxasync_check"):
@@ -273,29 +259,11 @@ def _precheck(argv: list[str]) -> Any:
             fail(_composition_message(e), e)
         multirun = args.multirun or str(base.hydra.mode).endswith("MULTIRUN")
         _check_hydra_dirs(base, multirun, fail)
-        sweeps = {k: v for k, v in cmd.items() if len(v) > 1}
-        if sweeps and not multirun:
-            key = next(iter(sweeps))
-            fail(f"{key}={','.join(v.split('=', 1)[1] for v in sweeps[key])}: several values "
-                 f"need a multirun; add -m", ValueError(key))
+        _check_sweeps(cmd, multirun, fail)
         if multirun and str(base.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-            params = base.hydra.sweeper.get("params") or {}
-            for k, v in params.items():
-                if k in cmd:
-                    continue
-                try:
-                    o = parser.parse_override(f"{k}={v}")
-                    cmd[k] = ([f"{k}={x}" for x in o.sweep_string_iterator()]
-                              if o.is_sweep_override() else [f"{k}={v}"])
-                except Exception:
-                    return  # a form this does not know: Hydra's sweeper judges it
-        lists = list(cmd.values())
-        combos: list[tuple[str, ...]] = list(itertools.product(*lists))
-        if len(combos) > 64:  # a large grid: every value of every key once, the rest first
-            firsts = [vals[0] for vals in lists]
-            combos = [(*firsts[:i], v, *firsts[i + 1:])
-                      for i, vals in enumerate(lists) for v in vals]
-        for combo in combos:
+            if not _add_sweeper_params(parser, base.hydra.sweeper.get("params") or {}, cmd):
+                return
+        for combo in _combos(list(cmd.values())):
             if list(combo) == first:  # composed above: drop Hydra's own node
                 cfg = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])
             else:
@@ -313,6 +281,63 @@ def _precheck(argv: list[str]) -> Any:
             except ConfigError as e:
                 fail(str(e), e)
     return base
+
+
+def _command_overrides(parser, overrides: list[str], fail) -> dict[str, list[str]] | None:
+    """Each key of the command line with its overrides (several for a sweep), or None where
+    Hydra must judge the command (a sweeper plugin's syntax, ``glob()`` and the like)."""
+    cmd: dict[str, list[str]] = {}
+    for text in overrides:
+        try:
+            o = parser.parse_override(text)
+        except Exception as e:
+            fail(f"{text}: cannot parse this override ({str(e).splitlines()[0]})", e)
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return  # a sweeper plugin's syntax: Hydra checks it
+            try:
+                cmd[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            except Exception:
+                return  # glob() and the like need Hydra's config loader
+        else:
+            cmd[key] = [text]
+    return cmd
+
+
+def _check_sweeps(cmd: dict[str, list[str]], multirun: bool, fail) -> None:
+    """Several values of a key need a multirun (``-m``)."""
+    sweeps = {k: v for k, v in cmd.items() if len(v) > 1}
+    if sweeps and not multirun:
+        key = next(iter(sweeps))
+        fail(f"{key}={','.join(v.split('=', 1)[1] for v in sweeps[key])}: several values "
+             f"need a multirun; add -m", ValueError(key))
+
+
+def _add_sweeper_params(parser, params, cmd: dict[str, list[str]]) -> bool:
+    """Adds the config's ``hydra.sweeper.params`` the command line does not set to ``cmd``;
+    False where a value has a form this does not know (Hydra's sweeper judges it)."""
+    for k, v in params.items():
+        if k in cmd:
+            continue
+        try:
+            o = parser.parse_override(f"{k}={v}")
+            cmd[k] = ([f"{k}={x}" for x in o.sweep_string_iterator()]
+                      if o.is_sweep_override() else [f"{k}={v}"])
+        except Exception:
+            return False  # a form this does not know: Hydra's sweeper judges it
+    return True
+
+
+def _combos(lists: list[list[str]]) -> list[tuple[str, ...]]:
+    """The jobs to check: every combination of the keys' values, or, for a large grid (over
+    64), every value of every key once with the other keys at their first value."""
+    combos: list[tuple[str, ...]] = list(itertools.product(*lists))
+    if len(combos) > 64:  # a large grid: every value of every key once, the rest first
+        firsts = [vals[0] for vals in lists]
+        combos = [(*firsts[:i], v, *firsts[i + 1:])
+                  for i, vals in enumerate(lists) for v in vals]
+    return combos
 
 
 def main(argv: list[str] | None = None) -> None:

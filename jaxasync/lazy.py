@@ -255,19 +255,10 @@ def lazy_upload(
     References: Deng, Li, Sun, Lu, SASG, arXiv 2112.04088; Chen, Sun, Yin, LASG, arXiv
     2002.11360; Chen, Giannakis, Sun, Yin, LAG, NeurIPS 2018, arXiv 1805.09965.
     """
-    if rule not in RULES:
-        raise ValueError(f"lazy_upload rule={rule!r}: unknown; choose one of {', '.join(RULES)}")
-    num_workers = required_workers("lazy_upload", num_workers)
-    window, _ = threshold_form(threshold, 1.0, num_workers, history)   # validates the form
+    num_workers, window, max_skips, warmup = _checked(
+        rule, num_workers, threshold, history, max_skips, warmup, smoothness, compressor,
+        error_feedback)
     never = threshold == "never"
-    max_skips = history if max_skips is None else max_skips
-    warmup = history if warmup is None else warmup
-    if max_skips < 0 or warmup < 0:
-        raise ValueError(f"max_skips={max_skips!r}, warmup={warmup!r}: must be >= 0")
-    if rule == "parameter" and smoothness is None and not never:
-        raise ValueError("lazy_upload(rule='parameter') needs smoothness (L_m of LAG-PS)")
-    if error_feedback and compressor is None:
-        raise ValueError("lazy_upload(error_feedback=True) needs a compressor")
     m = num_workers
     # top-k with error feedback: the memory stores the compressed vector and its selection,
     # which give the message too (no dense message and dense memory: one array less)
@@ -305,11 +296,8 @@ def lazy_upload(
             thr = _threshold(update_norms, window, history, scale) * threshold_scale
             diff_sq = _change(rule, rows.grads, ref_grads, ref_grad_dist, state.reference,
                               params, smoothness, m)
-        passes = rules.lazy_upload(diff_sq, thr, state.skips, max_skips)
-        upload = live & (warm | passes)
-        skipped = live & ~upload
-        forced = live & ~warm & ~(diff_sq > thr) & (state.skips > max_skips)
-        skips = jnp.where(warm | ~live, state.skips, jnp.where(upload, 1, state.skips + 1))
+        upload, skipped, forced, skips = _decide(live, warm, diff_sq, thr, state.skips,
+                                                 max_skips)
 
         scaled = jax.tree.map(lambda g: (lr * g).astype(g.dtype), rows.grads)
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, m)
@@ -331,6 +319,39 @@ def lazy_upload(
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _checked(rule: str, num_workers: int, threshold: str, history: int,
+             max_skips: int | None, warmup: int | None, smoothness, compressor,
+             error_feedback: bool) -> tuple[int, int, int, int]:
+    """:func:`lazy_upload`'s arguments checked: ``(M, window, max_skips, warmup)`` with the
+    defaults filled in (``history`` for both)."""
+    if rule not in RULES:
+        raise ValueError(f"lazy_upload rule={rule!r}: unknown; choose one of {', '.join(RULES)}")
+    num_workers = required_workers("lazy_upload", num_workers)
+    window, _ = threshold_form(threshold, 1.0, num_workers, history)   # validates the form
+    never = threshold == "never"
+    max_skips = history if max_skips is None else max_skips
+    warmup = history if warmup is None else warmup
+    if max_skips < 0 or warmup < 0:
+        raise ValueError(f"max_skips={max_skips!r}, warmup={warmup!r}: must be >= 0")
+    if rule == "parameter" and smoothness is None and not never:
+        raise ValueError("lazy_upload(rule='parameter') needs smoothness (L_m of LAG-PS)")
+    if error_feedback and compressor is None:
+        raise ValueError("lazy_upload(error_feedback=True) needs a compressor")
+    return num_workers, window, max_skips, warmup
+
+
+def _decide(live: Array, warm: Array, diff_sq: Array, thr: Array, skips: Array,
+            max_skips: int) -> tuple[Array, Array, Array, Array]:
+    """Each worker's decision: ``(upload, skipped, forced, skips)`` (forced: an upload only
+    because the worker skipped ``max_skips`` times in a row; skips: the new counters)."""
+    passes = rules.lazy_upload(diff_sq, thr, skips, max_skips)
+    upload = live & (warm | passes)
+    skipped = live & ~upload
+    forced = live & ~warm & ~(diff_sq > thr) & (skips > max_skips)
+    skips = jnp.where(warm | ~live, skips, jnp.where(upload, 1, skips + 1))
+    return upload, skipped, forced, skips
 
 
 def _threshold(update_norms: Array | None, window: int, history: int, scale: Array) -> Array:

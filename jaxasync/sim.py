@@ -19,6 +19,9 @@ One server step (:meth:`Simulator.step`, one method per phase):
 5. advance the clocks (event model: the arrivals start again from the new version once
    their messages have crossed the link).
 
+Steps 1, 3 and 5 (arrivals, minibatches, clocks and the event model's bookkeeping) are in
+:mod:`jaxasync.arrivals`, the ring of versions in :mod:`jaxasync.ring`.
+
 A chunk of E steps is one loop (:meth:`Simulator.steps`), followed by an evaluation; the
 runner (:mod:`jaxasync.running`) compiles them once for all members (vmapped, or one after
 another) and calls them chunk by chunk.
@@ -27,7 +30,6 @@ another) and calls them chunk by chunk.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,12 +39,21 @@ import numpy as np
 import optax
 from jax import Array
 
-from jaxasync import _feistel as feistel
 from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
 from jaxasync import downlink as downlink_lib
 from jaxasync import side_info
 from jaxasync.algorithms import AlgorithmSpec
+from jaxasync.arrivals import (  # noqa: F401  (re-exported)
+    Arrivals,
+    EventState,
+    block_minima,
+    block_size,
+    epoch_position,
+    next_arrival,
+    refresh_block,
+)
+from jaxasync.ring import Ring, read_rows, ring_init, ring_push, ring_read  # noqa: F401
 from jaxasync.transforms import (
     Control,
     algorithm_metrics,
@@ -53,59 +64,9 @@ from jaxasync.transforms import (
     last_decisions,
     worker_control,
 )
-from jaxasync.trees import dense_bits, repeat_rows, tree_norm
+from jaxasync.trees import repeat_rows, tree_norm
 
 PyTree = Any
-
-
-# ----------------------------------------------------------------------------- ring buffer
-
-
-class Ring(NamedTuple):
-    """The last D parameter versions: leaves ``[D, ...]``, slot ``head`` holds the newest."""
-
-    versions: PyTree
-    head: Array
-
-
-def ring_init(params: PyTree, depth: int) -> Ring:
-    """A ring whose every slot holds ``params``: reading before step 0 gives x_0."""
-    versions = jax.tree.map(lambda p: jnp.broadcast_to(p, (depth,) + p.shape).copy(), params)
-    return Ring(versions, jnp.zeros((), jnp.int32))
-
-
-def ring_push(ring: Ring, params: PyTree) -> Ring:
-    depth = jax.tree.leaves(ring.versions)[0].shape[0]
-    head = (ring.head + 1) % depth
-    versions = jax.tree.map(lambda r, p: r.at[head].set(p), ring.versions, params)
-    return Ring(versions, head)
-
-
-def ring_read(ring: Ring, lag: Array) -> PyTree:
-    """The version pushed ``lag`` pushes ago (``lag`` int32 array, any shape; gathers)."""
-    depth = jax.tree.leaves(ring.versions)[0].shape[0]
-    slot = (ring.head - lag) % depth
-    return jax.tree.map(lambda r: r[slot], ring.versions)
-
-
-def read_rows(ring: Ring, lag: Array, always: Array) -> PyTree:
-    """:func:`ring_read` into buffers of their own: the read is a branch of a ``lax.cond`` on
-    ``always`` (True, but only known when the program runs), which XLA cannot fuse into the
-    read's consumers.
-
-    Why: when a reduction of the stale row (the minibatch loss, the update's norm) is fused
-    with the read, XLA's CPU backend copies the whole ring every step before writing the new
-    version in place. A workload whose loss is elementwise in the parameters (the worst-case
-    quadratic) then ran at ~200 steps/s with 2,048 versions of d = 1,000 instead of ~30,000;
-    one whose parameters meet a matrix product first (least squares: the row is a ``dot``
-    operand, read once) never showed it.
-    """
-    def zeros(r, g):
-        del g
-        return jax.tree.map(lambda v: jnp.zeros(jnp.shape(lag) + v.shape[1:], v.dtype),
-                            r.versions)
-
-    return jax.lax.cond(always, ring_read, zeros, ring, lag)
 
 
 # ----------------------------------------------------------------------------- config & state
@@ -178,26 +139,6 @@ class SimCounts(NamedTuple):
     batch_loss_n: Array
 
 
-class EventState(NamedTuple):
-    """The event-driven model's bookkeeping beyond each worker's finish time and version.
-
-    Attributes:
-      block_min: float32[ceil(M / b)] the earliest finish time in each block of ``b =
-        ceil(sqrt M)`` workers (one arrival per step; one unused slot otherwise): the next
-        arrival is found in O(sqrt M) instead of O(M) (:func:`next_arrival`).
-      clipped: bool[M] the worker's computation will be stopped at its timeout.
-      held: bool[M] the worker computes nothing (held by the algorithm's :class:`Control`).
-      stopped: int32[] computations dropped by a restart or a hold (wasted work).
-      timeouts: int32[] arrivals stopped at their timeout.
-    """
-
-    block_min: Array
-    clipped: Array
-    held: Array
-    stopped: Array
-    timeouts: Array
-
-
 class SimState(NamedTuple):
     params: PyTree
     opt_state: PyTree
@@ -228,7 +169,7 @@ class Data(NamedTuple):
     shard_size: Array   # int32[M]
 
 
-# ----------------------------------------------------------------------------- the simulator
+# ----------------------------------------------------------------------------- helpers
 
 
 def with_workers(compressor: str, params: dict, num_workers: int) -> dict:
@@ -269,75 +210,10 @@ def full_gradient_norm(loss: Callable, params: PyTree, x: Array, y: Array,
     return tree_norm(total)
 
 
-def epoch_position(key: Array, size: Array, q: Array) -> Array:
-    r"""Where the ``q``-th draw of a shuffled pass over ``size`` examples lands: int32 in
-    ``[0, size)``.
-
-    Draw :math:`q` belongs to epoch :math:`e = \lfloor q / n \rfloor` and is the
-    :math:`(q \bmod n)`-th entry of that epoch's random order :math:`\pi_e`, so every
-    epoch visits each example exactly once. :math:`\pi_e` is the Feistel permutation of
-    :func:`jaxasync._feistel.permute` keyed by ``fold_in(key, e)``. No sort, no state: any
-    draw of any epoch is computed directly, which a scan over server steps needs.
-    """
-    size = jnp.asarray(size, jnp.int32)
-    q = jnp.asarray(q, jnp.int32)
-    epoch, r = q // size, q % size
-    return feistel.permute(jax.random.fold_in(key, epoch), size, r)
+# ----------------------------------------------------------------------------- the simulator
 
 
-# ----------------------------------------------------------------------------- arrivals
-
-
-def block_size(m: int) -> int:
-    """b = ceil(sqrt(M)): the block length of the arrival index."""
-    return math.isqrt(max(m, 1) - 1) + 1
-
-
-def _first_min(v: Array) -> tuple[Array, Array]:
-    """``(index, value)`` of the first minimum of ``v``: two reductions, which XLA's CPU
-    backend runs several times faster than ``argmin``'s index-carrying reduction."""
-    low = jnp.min(v)
-    return jnp.min(jnp.where(v == low, jnp.arange(v.shape[0], dtype=jnp.int32),
-                             v.shape[0])), low
-
-
-def _block(finish: Array, j: Array, b: int) -> tuple[Array, Array]:
-    """Block ``j``'s finish times (``inf`` outside it) and the index of its first slot."""
-    start = jnp.minimum(j * b, finish.shape[0] - b)
-    row = jax.lax.dynamic_slice_in_dim(finish, start, b)
-    inside = start + jnp.arange(b) >= j * b
-    return jnp.where(inside, row, jnp.inf), start
-
-
-def block_minima(finish: Array) -> Array:
-    """The earliest finish time of every block (float32[ceil(M / b)])."""
-    m = finish.shape[0]
-    b = block_size(m)
-    nb = -(-m // b)
-    padded = jnp.concatenate([finish, jnp.full((nb * b - m,), jnp.inf, finish.dtype)])
-    return jnp.min(padded.reshape(nb, b), axis=1)
-
-
-def next_arrival(finish: Array, block_min: Array) -> Array:
-    """The worker that finishes first (the lowest index among ties, as ``lax.top_k`` orders
-    them), from the block minima: two reductions over sqrt(M) entries instead of a ``top_k``
-    over M. On the 2-core CPU at M = 10,000 a step's pick fell from ~35 us (``top_k``) to a
-    few (``benchmarks/async_bench.py``); an event heap would need log M dependent scalar
-    steps, which XLA runs one kernel at a time."""
-    j, _ = _first_min(block_min)
-    row, start = _block(finish, j, block_size(finish.shape[0]))
-    i, _ = _first_min(row)
-    return (start + i).astype(jnp.int32)
-
-
-def refresh_block(finish: Array, block_min: Array, i: Array) -> Array:
-    """``block_min`` after worker ``i``'s finish time changed (O(sqrt M))."""
-    b = block_size(finish.shape[0])
-    row, _ = _block(finish, i // b, b)
-    return block_min.at[i // b].set(jnp.min(row))
-
-
-class Simulator:
+class Simulator(Arrivals):
     """Runs one algorithm on one workload under one delay model.
 
     Args:
@@ -443,79 +319,6 @@ class Simulator:
                 self._down_comp, self.cfg.downlink[2], params, m),
         )
 
-    @property
-    def _event(self) -> bool:
-        """Asynchronous workers racing in the event-driven model (finish times, versions)."""
-        return self.cfg.delay.kind == "event" and not self.spec.synchronous
-
-    @staticmethod
-    def _slack(ctrl: Control | None, ids: Array | None = None) -> Array | None:
-        """The timeouts of new computations (all workers, or rows ``ids``); None: none."""
-        if ctrl is None or ctrl.timeout is None:
-            return None
-        return ctrl.timeout if ids is None else ctrl.timeout[ids]
-
-    def _events_init(self, m: int) -> EventState:
-        zero = jnp.zeros((), jnp.int32)
-        false = jnp.zeros((m,), bool)
-        # (one unused slot otherwise: orbax refuses to save an array of size zero)
-        nb = -(-m // block_size(m)) if self._event and self.rows == 1 else 1
-        return EventState(jnp.full((nb,), jnp.inf, jnp.float32), false, false, zero, zero)
-
-    def _arrivals(self, state: SimState, key: Array):
-        """Which workers arrive, how stale they are, and the new server clock."""
-        cfg, m = self.cfg, self.cfg.num_workers
-        k_pick, k_tau, k_time = jax.random.split(key, 3)
-        if self.spec.synchronous:
-            ids = jnp.arange(m, dtype=jnp.int32)
-            tau = jnp.zeros((m,), jnp.int32)
-            if cfg.delay.kind == "event":
-                # compute times only: the round's length also depends on what each worker
-                # sends, known after the update (see `_round_end`)
-                return ids, tau, dl.compute_times(cfg.delay, k_time, state.speed)
-            return ids, tau, state.clock + 1.0
-        k = self.rows
-        if cfg.delay.kind == "event":
-            if k == 1:
-                ids = next_arrival(state.finish, state.events.block_min)[None]
-            else:
-                _, ids = jax.lax.top_k(-state.finish, k)
-                ids = ids.astype(jnp.int32)
-            now = jnp.max(state.finish[ids])
-            tau = state.version - state.worker_version[ids]
-        else:
-            ids = jax.random.permutation(k_pick, m)[:k].astype(jnp.int32)
-            tau = dl.sample_delays(cfg.delay, k_tau, k, state.counts.iterations, ids=ids,
-                                   draws=state.draws[ids])
-            # No gradient predates x_0: before version tau, a "tau-stale" gradient was
-            # computed at x_0 (what the ring returns), which is `version` versions old.
-            tau = jnp.minimum(tau, state.version)
-            now = state.clock + 1.0
-        return ids, tau, now
-
-    def _batches(self, data: Data, ids: Array, key: Array, state: SimState | None = None):
-        b = self.cfg.batch_size
-        k_idx, k_aug = jax.random.split(key)
-        if self.cfg.full_batch:
-            idx = data.shard_index[ids]                                   # [W, n]
-        elif self.cfg.sampling == "epochs":
-            # row i's draws continue its worker's stream where its last batch ended
-            size = data.shard_size[ids]
-            q = state.draws[ids][:, None] * b + jnp.arange(b, dtype=jnp.int32)     # [W, B]
-            pos = jax.vmap(lambda w, s, qw: jax.vmap(
-                lambda qq: epoch_position(jax.random.fold_in(state.data_key, w), s, qq))(qw)
-            )(ids, size, q)                                                         # [W, B]
-            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)
-        else:
-            size = data.shard_size[ids]                                   # [W]
-            pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
-            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)  # [W, B]
-        x, y = data.x_train[idx], data.y_train[idx]
-        if self.workload.augment is not None:
-            keys = jax.random.split(k_aug, ids.shape[0])
-            x = jax.vmap(self.workload.augment)(keys, x)
-        return x, y
-
     # -- one server step: arrivals -> gather -> gradients -> side information -> transform
     #    -> apply -> clocks ------------------------------------------------------------------
 
@@ -609,70 +412,6 @@ class Simulator:
         norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
         return new_params, ring, norms, state.version + advance.astype(jnp.int32)
 
-    def _clocks(self, state: SimState, ctx, rows, version: Array, key: Array,
-                ctrl: Control | None = None):
-        """The server clock, when each worker's next gradient arrives, and the event state.
-
-        Each arrival's exchange (its upload, the model download) delays its next gradient;
-        rejected and dropped workers start again from the new version too. An algorithm's
-        :class:`~jaxasync.transforms.Control` adds timeouts to new computations and restarts
-        or holds other workers (:meth:`_interrupt`).
-        """
-        cfg, now = self.cfg, ctx.now
-        if self.spec.synchronous and cfg.delay.kind == "event":
-            now = self._round_end(state.clock, now, rows)
-        finish, worker_version, ev = state.finish, state.worker_version, state.events
-        if self._event:
-            link = self._seconds(rows.bits_up, ctx.ids) + self._seconds(rows.bits_down, ctx.ids)
-            compute, clipped = dl.computation(cfg.delay, key, state.speed[ctx.ids],
-                                              self._slack(ctrl, ctx.ids))
-            finish = finish.at[ctx.ids].set(now + link + compute)
-            worker_version = worker_version.at[ctx.ids].set(version)
-            if clipped is not None:
-                ended = jnp.sum(ev.clipped[ctx.ids].astype(jnp.int32))
-                ev = ev._replace(clipped=ev.clipped.at[ctx.ids].set(clipped),
-                                 timeouts=ev.timeouts + ended)
-            if ctrl is not None and (ctrl.restart is not None or ctrl.hold is not None):
-                finish, worker_version, ev = self._interrupt(
-                    state, ctx, ctrl, now, version, jax.random.fold_in(key, 1),
-                    finish, worker_version, ev)
-            elif self.rows == 1:
-                ev = ev._replace(block_min=refresh_block(finish, ev.block_min, ctx.ids[0]))
-        return now, finish, worker_version, ev
-
-    def _interrupt(self, state: SimState, ctx, ctrl: Control, now, version, key, finish,
-                   worker_version, ev: EventState):
-        """Carries out an algorithm's restarts and holds (O(M), only for algorithms that
-        expose them): a restarted worker drops its computation and starts one at the new
-        version after downloading the model; a held one drops it and idles. Dropped work
-        (of a worker that was busy and did not just arrive) is counted in ``stopped``."""
-        m = self.cfg.num_workers
-        false = jnp.zeros((m,), bool)
-        restart = false if ctrl.restart is None else ctrl.restart
-        hold = false if ctrl.hold is None else ctrl.hold
-        arrived = false.at[ctx.ids].set(True)
-        dropped = ~ev.held & ~arrived & (restart | hold)
-        fresh = restart & ~hold & ~arrived
-        compute, clipped = dl.computation(self.cfg.delay, key, state.speed, self._slack(ctrl))
-        download = self._seconds(jnp.float32(dense_bits(state.params)), jnp.arange(m))
-        finish = jnp.where(hold, jnp.inf, jnp.where(fresh, now + download + compute, finish))
-        worker_version = jnp.where(fresh, version, worker_version)
-        ev = ev._replace(
-            clipped=ev.clipped if clipped is None else jnp.where(fresh, clipped, ev.clipped),
-            held=hold | (ev.held & ~arrived & ~restart),
-            stopped=ev.stopped + jnp.sum(dropped.astype(jnp.int32)))
-        if self.rows == 1:
-            ev = ev._replace(block_min=block_minima(finish))
-        return finish, worker_version, ev
-
-    def _seconds(self, bits: Array, ids: Array) -> Array:
-        """Link time of a message of ``bits`` for workers ``ids``: the network's link, or each
-        worker's own bandwidth (``delay.bandwidths``, e.g. from a FedScale capacity file)."""
-        net, bw = self.cfg.network, self.cfg.delay.bandwidths
-        if bw is None:
-            return net.seconds(bits)
-        return jnp.float32(net.latency) + bits / jnp.asarray(bw, jnp.float32)[ids]
-
     def _references(self, state: SimState, ctx, rows) -> PyTree:
         """Each worker's last-upload iterate, advanced for the rows that uploaded."""
         if not self._needs_ref:
@@ -702,16 +441,6 @@ class Simulator:
             batch_loss_sum=c.batch_loss_sum + jnp.mean(ctx.loss_w),
             batch_loss_n=c.batch_loss_n + 1,
         )
-
-    def _round_end(self, clock: Array, compute: Array, rows) -> Array:
-        """End of a synchronous round: its slowest worker's compute + upload + download.
-
-        The upload costs what the row sent (a top-k message, a dense gradient), nothing
-        for a worker that skipped its upload; every worker downloads the model.
-        """
-        ids = jnp.arange(self.cfg.num_workers)
-        up = jnp.where(rows.bits_up > 0, self._seconds(rows.bits_up, ids), 0.0)
-        return clock + jnp.max(compute + up + self._seconds(rows.bits_down, ids))
 
     # -- chunks, evaluation ----------------------------------------------------------------
 

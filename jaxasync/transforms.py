@@ -26,14 +26,15 @@ The state of every transform here has its structure, shapes and dtypes fixed at 
 (optax's contract): ``lax.scan`` and ``lax.cond`` over updates work from ``tx.init(params)``.
 
 Transforms ignore the extra args they do not use (``optax.chain`` filters them).
+
+Where things are: the row bundle and its checks in :mod:`jaxasync.worker_rows`; the per-row
+transforms (staleness scaling, acceptance, compression) in :mod:`jaxasync.row_transforms`;
+here, the aggregation and its counters, worker control and reading a state. Every name is
+importable from here.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
-from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -42,8 +43,23 @@ import numpy as np
 import optax
 from jax import Array
 
-from jaxasync.side_info import SIDE_INFO
-from jaxasync.trees import dense_bits, num_params, row_norms, select_rows, tree_sq_dist
+# the row bundle and the per-row transforms live in their own modules (re-exported here)
+from jaxasync.row_transforms import (  # noqa: F401  (re-exported)
+    CompressState,
+    accept_if,
+    compress_rows,
+    needs_extra,
+    scale_by_staleness,
+)
+from jaxasync.trees import dense_bits, num_params, row_norms, tree_sq_dist  # noqa: F401
+from jaxasync.worker_rows import (  # noqa: F401  (re-exported)
+    ROW_ARGS,
+    TREE_ROW_ARGS,
+    WorkerRows,
+    as_rows,
+    check_inputs,
+    empty_rows,
+)
 
 PyTree = Any
 
@@ -54,132 +70,6 @@ __all__ = [
     "find_states", "keep_decisions", "last_decisions", "num_params", "row_norms", "row_sum",
     "scale_by_staleness", "total_bits", "tree_sq_dist",
 ]
-
-
-# ----------------------------------------------------------------------------- the row bundle
-
-
-class WorkerRows(NamedTuple):
-    """Per-row gradients plus the decisions taken on them so far (all leading axis ``W``).
-
-    Attributes:
-      grads: pytree of ``[W, ...]`` gradients (or compressed messages).
-      scale: float32[W] multiplier applied at aggregation (staleness scaling).
-      applied: bool[W] the row enters the aggregate.
-      uploaded: bool[W] the worker sent its gradient message (a communication round).
-      rejected: bool[W] an acceptance rule refused the row.
-      skipped: bool[W] a lazy rule let the worker skip its upload.
-      dropped: bool[W] the row arrived staler than the ring holds and was dropped.
-      bits_up: float32[W] bits the row sent worker -> server this step.
-      bits_down: float32[W] bits the worker receives server -> worker this step.
-    """
-
-    grads: PyTree
-    scale: Array
-    applied: Array
-    uploaded: Array
-    rejected: Array
-    skipped: Array
-    dropped: Array
-    bits_up: Array
-    bits_down: Array
-
-
-#: extra args with a leading row axis ``W`` (checked against the gradient rows)
-ROW_ARGS = tuple(k for k, s in SIDE_INFO.items() if "[W" in s.shape)
-#: of those, the ones shaped like the parameters after the row axis
-TREE_ROW_ARGS = tuple(k for k, s in SIDE_INFO.items() if s.shape == "[W, ...]")
-
-
-def _concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def check_inputs(updates: PyTree, params: PyTree | None, extra: dict) -> int:
-    """Checks a worker-axis transform's inputs at trace time; returns ``W``.
-
-    * every leaf of ``updates`` has the same leading row axis ``W``;
-    * with ``params``: ``updates`` has the parameters' tree structure, each leaf
-      ``[W, *param.shape]``;
-    * every extra arg with a row axis (:data:`ROW_ARGS`) has ``W`` rows (pytree ones are
-      shaped like the gradients);
-    * ``staleness`` is non-negative, where it is concrete (not traced).
-
-    Shapes are static, so this costs nothing per step. Raises ``ValueError`` naming the
-    argument, its shape and the expected one.
-    """
-    leaves = jax.tree.leaves(updates)
-    if not leaves:
-        raise ValueError("worker-axis transform: the updates are empty; expected stacked "
-                         "per-worker gradients [W, ...]")
-    shapes = [jnp.shape(x) for x in leaves]
-    if any(len(s) == 0 for s in shapes):
-        raise ValueError(f"updates: a leaf of shape {shapes[0]} has no worker axis; expected "
-                         "stacked per-worker gradients [W, ...]")
-    w = shapes[0][0]
-    if any(s[0] != w for s in shapes):
-        axes = sorted({s[0] for s in shapes})
-        raise ValueError(f"updates: leaves have different worker axes {axes}; expected one W "
-                         "for every leaf")
-    if params is not None:
-        _check_tree("updates", updates, params, w)
-    for name in ROW_ARGS:
-        value = extra.get(name)
-        if value is None:
-            continue
-        if name in TREE_ROW_ARGS:
-            _check_tree(name, value, params if params is not None else
-                        jax.tree.map(lambda g: g[0], updates), w)
-            continue
-        shape = jnp.shape(value)
-        if len(shape) != 1 or shape[0] != w:
-            raise ValueError(f"{name}: shape {tuple(shape)}; expected ({w},), one entry per "
-                             f"gradient row (W={w})")
-    tau = extra.get("staleness")
-    if tau is not None and _concrete(tau) and np.any(np.asarray(tau) < 0):
-        raise ValueError(f"staleness={np.asarray(tau).tolist()}: must be >= 0")
-    return w
-
-
-def _check_tree(name: str, rows: PyTree, params: PyTree, w: int) -> None:
-    if jax.tree.structure(rows) != jax.tree.structure(params):
-        raise ValueError(f"{name}: tree structure {jax.tree.structure(rows)} does not match "
-                         f"the parameters' {jax.tree.structure(params)}")
-    for r, p in zip(jax.tree.leaves(rows), jax.tree.leaves(params), strict=True):
-        want = (w,) + tuple(jnp.shape(p))
-        if tuple(jnp.shape(r)) != want:
-            raise ValueError(f"{name}: a leaf of shape {tuple(jnp.shape(r))}; expected {want} "
-                             f"(W={w} rows of the parameter's shape {tuple(jnp.shape(p))})")
-
-
-def as_rows(updates: PyTree | WorkerRows, mask: Array | None = None,
-            params: PyTree | None = None, extra: dict | None = None) -> WorkerRows:
-    """Wraps stacked gradients ``[W, ...]`` into :class:`WorkerRows` (idempotent).
-
-    The first worker-axis transform of a chain does the wrapping, after checking its inputs
-    (:func:`check_inputs`; pass ``params`` and the other extra args). Defaults: every
-    unmasked row applied and uploaded as a dense float32 message (``32 d`` bits up) and
-    answered with the dense model (``32 d`` bits down). A masked (dropped) row is not
-    applied; it costs nothing up (a parameter server checks the version tag before the
-    payload) and the model down.
-    """
-    if isinstance(updates, WorkerRows):
-        return updates
-    w = check_inputs(updates, params, {**(extra or {}), "mask": mask})
-    live = jnp.ones((w,), bool) if mask is None else jnp.asarray(mask, bool)
-    d_bits = float(dense_bits(updates, leading_axes=1))
-    false = jnp.zeros((w,), bool)
-    return WorkerRows(
-        grads=updates,
-        scale=jnp.ones((w,), jnp.float32),
-        applied=live,
-        uploaded=live,
-        rejected=false,
-        skipped=false,
-        dropped=~live,
-        bits_up=jnp.where(live, d_bits, 0.0).astype(jnp.float32),
-        bits_down=jnp.full((w,), d_bits, jnp.float32),
-    )
 
 
 # ----------------------------------------------------------------------------- counters
@@ -326,13 +216,6 @@ def aggregate(how: str = "mean", *, fuse_rows: bool = False
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def empty_rows(w: int) -> WorkerRows:
-    """Decisions of ``w`` rows before any update: nothing applied, nothing sent."""
-    false = jnp.zeros((w,), bool)
-    zero = jnp.zeros((w,), jnp.float32)
-    return WorkerRows((), zero, false, false, false, false, false, zero, zero)
-
-
 def keep_decisions(tx: optax.GradientTransformationExtraArgs, rows: int
                    ) -> optax.GradientTransformationExtraArgs:
     """``tx`` whose state keeps the per-row decisions of its last update (``rows`` rows).
@@ -418,237 +301,6 @@ def worker_control(opt_state: PyTree) -> Control | None:
     if len(states) > 1:
         raise ValueError(f"expected at most one Control in the chain, found {len(states)}")
     return states[0] if states else None
-
-
-# ----------------------------------------------------------------------------- row transforms
-
-
-def needs_extra(where: str, *names: str) -> Callable:
-    """Decorates an ``update_fn`` that requires the extra args ``names``: a call without one
-    raises ``ValueError`` naming it and its shape (instead of a ``TypeError`` about a
-    missing keyword argument from inside)."""
-
-    def wrap(update_fn: Callable) -> Callable:
-        @functools.wraps(update_fn)
-        def call(updates, state, params=None, **kw):
-            missing = next((n for n in names if kw.get(n) is None), None)
-            if missing is not None:
-                shape = f" ({SIDE_INFO[missing].shape})" if missing in SIDE_INFO else ""
-                raise ValueError(f"{missing}: missing; {where} needs the extra arg {missing}"
-                                 f"{shape}: pass {missing}=... to update (the simulator does)")
-            return update_fn(updates, state, params, **kw)
-
-        return call
-
-    return wrap
-
-
-def _row_transform(fn: Callable[..., WorkerRows]) -> optax.GradientTransformationExtraArgs:
-    """A stateless worker-axis transform from ``fn(rows, params, **extra) -> rows`` (its
-    keyword-only arguments without a default are required extra args)."""
-    required = [p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    @needs_extra(fn.__qualname__.split(".")[0], *required)
-    def update_fn(updates, state, params=None, *, mask=None, **extra):
-        return fn(as_rows(updates, mask, params, extra), params, **extra), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def scale_by_staleness(scaler: Callable[[Array], Array]) -> optax.GradientTransformationExtraArgs:
-    r"""Multiplies each row's step by ``scaler(tau_i)``.
-
-    Extra args: ``staleness`` (int32[W]). With :math:`\tau = 0` every scaler of
-    :mod:`jaxasync.rules` returns 1, so this is the identity on fresh gradients.
-
-    Example (staleness-aware ASGD)::
-
-        tx = optax.chain(scale_by_staleness(rules.inverse_staleness),
-                         aggregate("mean"), optax.sgd(0.1))
-    """
-
-    def fn(rows, params, *, staleness, **extra):
-        del params, extra
-        factor = _rule_output(scaler, (staleness,), rows.scale.shape[0], "scale_by_staleness",
-                              dtype="float")
-        return rows._replace(scale=rows.scale * factor.astype(jnp.float32))
-
-    return _row_transform(fn)
-
-
-def _rule_output(rule: Callable[..., Array], args: Sequence[Array], w: int, where: str,
-                 dtype: str = "bool", scalar: bool = False) -> Array:
-    """``rule(*args)``, checked at trace time to be ``dtype[W]`` (or a scalar if declared)."""
-    out = jnp.asarray(rule(*args))
-    name = getattr(rule, "__name__", "rule")
-    kind_ok = (out.dtype == jnp.bool_) if dtype == "bool" else jnp.issubdtype(out.dtype,
-                                                                             jnp.floating)
-    shape_ok = out.shape == (w,) or (scalar and out.shape == ())
-    if not (kind_ok and shape_ok):
-        want = f"{dtype}[{w}]" + (" or a scalar" if scalar else "")
-        raise ValueError(f"{where}: rule {name!r} returned {out.dtype}{list(out.shape)}; it "
-                         f"must return {want} (one {'decision' if dtype == 'bool' else 'factor'}"
-                         f" per row, W={w})")
-    return jnp.broadcast_to(out, (w,))
-
-
-def accept_if(
-    rule: Callable[..., Array],
-    inputs: Sequence[str] = ("grad_norm",),
-    *,
-    probe_bits: float = 0.0,
-    upload_after_accept: bool = False,
-    scalar: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """Applies a row only if ``rule(*inputs)`` is True; rejected rows contribute nothing.
-
-    Args:
-      rule: a pure function of the named inputs returning ``bool[W]`` (checked at trace time:
-        a float or a wrong shape is a ``ValueError``, never a silent cast or broadcast).
-      inputs: the quantities passed to ``rule`` in order: ``"grad_norm"`` (computed
-        from the rows), or the name of any extra arg (``"drift_norm"``,
-        ``"staleness"``, ``"update_norms"``...).
-      probe_bits: bits the worker sends before the decision (CE-ASGD: 32, the norm).
-      upload_after_accept: the gradient itself is sent only when accepted (CE-ASGD);
-        otherwise it was sent before the decision (PickySGD decides on arrival).
-      scalar: the rule returns one decision for all rows (a ``bool`` scalar), broadcast.
-
-    Rejections are counted by :func:`aggregate` (``rejections``).
-    """
-
-    def fn(rows, params, **extra):
-        del params
-        args = []
-        for name in inputs:
-            if name == "grad_norm":
-                args.append(row_norms(rows.grads))
-            elif name in extra:
-                args.append(extra[name])
-            else:
-                raise ValueError(f"accept_if input {name!r}: not supplied as an extra arg")
-        ok = _rule_output(rule, args, rows.scale.shape[0], "accept_if", scalar=scalar)
-        live = rows.applied
-        applied = live & ok
-        rejected = rows.rejected | (live & ~ok)
-        if upload_after_accept:
-            uploaded = rows.uploaded & ok
-            bits_up = jnp.where(live, probe_bits + jnp.where(ok, rows.bits_up, 0.0), rows.bits_up)
-        else:
-            uploaded = rows.uploaded
-            bits_up = jnp.where(live, probe_bits + rows.bits_up, rows.bits_up)
-        return rows._replace(applied=applied, rejected=rejected, uploaded=uploaded,
-                             bits_up=bits_up.astype(jnp.float32))
-
-    return _row_transform(fn)
-
-
-class CompressState(NamedTuple):
-    """State of :func:`compress_rows`: the memories, one per worker (a
-    :class:`jaxasync.compress.Memory` with leading axis ``M``: error feedback's residuals and a
-    stateful compressor's state; ``None`` when there is neither)."""
-
-    memory: Any = None
-
-    def residual(self) -> PyTree:
-        """The residuals :math:`e_w` (``[M, ...]``), however they are kept."""
-        return self.memory.residual()
-
-
-def _compress_lib():
-    # (imported when first used: jaxasync.compress imports jaxasync.trees, not this module,
-    # but keeping it lazy lets this module load without jax's compile-time constants)
-    return importlib.import_module("jaxasync.compress")
-
-
-def compress_rows(
-    compressor: Callable[[PyTree, Array], tuple[PyTree, Array]],
-    *,
-    error_feedback: bool | str = False,
-    num_workers: int | None = None,
-) -> optax.GradientTransformationExtraArgs:
-    r"""Compresses each applied row; optionally with error feedback.
-
-    Without memory: :math:`m_i = C(g_i)`. With error feedback
-    (:func:`jaxasync.compress.error_feedback`): :math:`v = e_w + g_i`, :math:`m_i = C(v)`,
-    :math:`e_w \leftarrow v - m_i`, where :math:`w` is the row's worker. A stateful compressor
-    (:class:`jaxasync.compress.Stateful`: PowerSGD, DGC, signum...) keeps its state per worker
-    in the same memories, with or without error feedback. The row's uplink cost becomes the
-    message size the compressor reports.
-
-    Args:
-      compressor: ``(tree, key) -> (decompressed_tree, bits)`` for one worker
-        (see :mod:`jaxasync.compress`).
-      error_feedback: keep a residual per worker (True, or ``"ef14"``); ``"ef21"``: EF21's
-        Markov compressor instead, :math:`m_i = C(g_i - h_w)`, :math:`h_w \leftarrow h_w + m_i`
-        (what :func:`jaxasync.markov.ef21` sends).
-      num_workers: M; the memories have a leading ``M`` axis indexed by the
-        ``worker_ids`` extra arg (required with error feedback or a stateful compressor).
-        Without worker ids, rows are taken to be workers ``0..W-1`` in order.
-
-    Extra args: ``key`` (PRNG key, optional), ``worker_ids`` (int32[W], optional).
-
-    References: Stich, Cordonnier, Jaggi, NeurIPS 2018 (arXiv 1809.07599); Aji & Heafield,
-    EMNLP 2017 (arXiv 1704.05021).
-    """
-    lib = _compress_lib()
-
-    # memories per worker: error feedback's, and a stateful compressor's state (PowerSGD's Q,
-    # DGC's momentum...), both carried by the one error_feedback step
-    if error_feedback not in (False, True, "ef14", "ef21"):
-        raise ValueError(f"compress_rows: error_feedback={error_feedback!r}: must be true, "
-                         "false, 'ef14' or 'ef21'")
-    feedback = "ef14" if error_feedback is True else (error_feedback or None)
-    keeps = feedback is not None or lib.is_stateful(compressor)
-
-    def init_fn(params):
-        if not keeps:
-            return CompressState()
-        if num_workers is None:
-            raise ValueError("compress_rows(error_feedback=True) or a stateful compressor "
-                             "needs num_workers")
-        return CompressState(lib.init_memory(compressor, params, num_workers, feedback))
-
-    def update_fn(updates, state, params=None, *, mask=None, key=None, worker_ids=None, **extra):
-        rows = as_rows(updates, mask, params, {**extra, "worker_ids": worker_ids})
-        w = rows.scale.shape[0]
-        keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, w)
-        live = rows.uploaded
-        if not keeps:
-            msg, bits = jax.vmap(compressor)(rows.grads, keys)
-            new_state = state
-        else:
-            if worker_ids is None and w > num_workers:
-                # rows 0..W-1 are workers 0..W-1: memories past num_workers would be clamped
-                # on read and lost on write, silently
-                raise ValueError(f"compress_rows: {w} rows without worker_ids, but "
-                                 f"memories for num_workers={num_workers}; give num_workers "
-                                 f">= {w}")
-            if worker_ids is not None and _concrete(worker_ids) and np.any(
-                    (np.asarray(worker_ids) < 0) | (np.asarray(worker_ids) >= num_workers)):
-                # a gather clamps an index out of range, a scatter drops it: silently
-                raise ValueError(f"worker_ids={np.asarray(worker_ids).tolist()}: must be in "
-                                 f"[0, num_workers={num_workers})")
-            ids = jnp.arange(w) if worker_ids is None else worker_ids
-            # every worker's memory, in order: no gather or scatter where rows = workers
-            every = worker_ids is None and w == num_workers
-            mem_w = state.memory if every else jax.tree.map(lambda e: e[ids], state.memory)
-            msg, mem_w, bits = lib.error_feedback(compressor, rows.grads, mem_w, keys, live)
-            new_state = CompressState(mem_w if every else jax.tree.map(
-                lambda e, n: e.at[ids].set(n), state.memory, mem_w))
-        msg = select_rows(live, msg, rows.grads)
-        bits_up = jnp.where(live, rows.bits_up - _dense_row_bits(rows) + bits, rows.bits_up)
-        return rows._replace(grads=msg, bits_up=bits_up.astype(jnp.float32)), new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _dense_row_bits(rows: WorkerRows) -> float:
-    return float(dense_bits(rows.grads, leading_axes=1))
 
 
 # ----------------------------------------------------------------------------- reading state

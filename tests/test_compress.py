@@ -465,7 +465,8 @@ def test_no_name_shadows_its_module():
     import jaxasync as ja
 
     assert importlib.import_module("jaxasync.compress") is ja.compress
-    assert callable(ja.compress_rows) and ja.compress_rows.__module__ == "jaxasync.transforms"
+    assert callable(ja.compress_rows) and ja.compress_rows.__module__ == "jaxasync.row_transforms"
+    assert ja.transforms.compress_rows is ja.compress_rows
     for info in pkgutil.iter_modules(ja.__path__):
         attr = getattr(ja, info.name, None)
         assert attr is None or isinstance(attr, type(ja)), f"ja.{info.name} shadows its module"

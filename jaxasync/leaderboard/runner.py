@@ -199,11 +199,7 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
                           progress=progress, data_dir=data_dir):
             cfg = _afresh(cfg)
         if reused:
-            before = earlier.get(run.label) or {}
-            status["runs"][run.label] = {
-                "config_hash": digest, "reused": True,
-                "wall_seconds": old.get("timing", {}).get("wall_seconds"),
-                "computed": before.get("computed"), "load": before.get("load")}
+            status["runs"][run.label] = _reused_status(digest, old, earlier.get(run.label))
             continue
         load = _load()
         record = _execute(run, cfg, out, runner, progress)
@@ -212,11 +208,24 @@ def run_entry(entry: Entry, results: Path = RESULTS_DIR, *, data_dir: str | None
         # per-seed copies of run.json (a sweep's convenience): the leaderboard reads run.json
         shutil.rmtree(out / "members", ignore_errors=True)
         report.compact_result(out, COMPACT_ABOVE_BYTES)
-        status["runs"][run.label] = {
-            "config_hash": record.get("config_hash"), "reused": False,
+        status["runs"][run.label] = _computed_status(record, load)
+    return finish("done")
+
+
+def _reused_status(digest: str, old: dict, before: dict | None) -> dict:
+    """A run's line in ``entry.json`` when its finished result is reused (when and under
+    which load it was computed: from the earlier status)."""
+    before = before or {}
+    return {"config_hash": digest, "reused": True,
+            "wall_seconds": old.get("timing", {}).get("wall_seconds"),
+            "computed": before.get("computed"), "load": before.get("load")}
+
+
+def _computed_status(record: dict, load) -> dict:
+    """A run's line in ``entry.json`` when it has just been computed."""
+    return {"config_hash": record.get("config_hash"), "reused": False,
             "wall_seconds": record.get("timing", {}).get("wall_seconds"),
             "computed": _now(), "load": load}
-    return finish("done")
 
 
 # ============================================================================ command line
