@@ -340,7 +340,8 @@ def _inclusion(mask, d, k):
     assert np.all(np.abs(z) <= 5), ("coordinate", np.abs(z).max())
     if k > 1:
         p = k * (k - 1) / (d * (d - 1))
-        z = ((np.asarray(m.T @ m, np.float64) / n)[np.triu_indices(d, 1)] - p) / np.sqrt(p * (1 - p) / n)
+        both = np.asarray(m.T @ m, np.float64)[np.triu_indices(d, 1)] / n
+        z = (both - p) / np.sqrt(p * (1 - p) / n)
         assert np.mean(z ** 2) <= 2.0, ("pair", np.mean(z ** 2))
 
 

@@ -326,7 +326,8 @@ def rand_k_unbiased(k: int | None = None, density: float | None = None,
     them. :math:`S` is drawn as in :func:`random_k` (the image of :math:`0, \dots, k - 1` under
     a keyed pseudo-random permutation), the message masked leaf by leaf: for speed, where the
     top-k of :math:`d` random keys over the concatenated tree it replaced cost 8x one
-    gradient's time on the SASG shape (``benchmarks/compress_bench.py``), this 0.7x (under load 7-9).
+    gradient's time on the SASG shape (``benchmarks/compress_bench.py``), this 0.7x (under
+    load 7-9).
 
     Reference: Szlendak, Tyurin, Richtárik, "Permutation compressors for provably faster
     distributed nonconvex optimization", ICLR 2022 (arXiv 2110.03300), Definition 1; code
