@@ -120,10 +120,14 @@ def powersgd(rank: int = 2, warm_start: bool = True, min_compression_rate: float
             p_hat = orthonormalize(mat @ q)
             q_new = mat.T @ p_hat
             approx = (p_hat @ q_new.T).reshape(jnp.shape(leaf)).astype(leaf.dtype)
-            outs.append(jnp.where(dense, leaf, approx))
-            bits = bits + jnp.where(dense, 32.0 * n * m, 32.0 * r * (n + m))
+            if start_step:
+                outs.append(jnp.where(dense, leaf, approx))
+                bits = bits + jnp.where(dense, 32.0 * n * m, 32.0 * r * (n + m))
+            else:           # no dense calls: no select, one pass less over every matrix
+                outs.append(approx)
+                bits = bits + 32.0 * r * (n + m)
             if warm_start:
-                new_q.append(jnp.where(dense, q, q_new))
+                new_q.append(jnp.where(dense, q, q_new) if start_step else q_new)
                 qi += 1
         count = state["count"] + 1
         return treedef.unflatten(outs), {"q": new_q, "count": count}, f32(bits)
