@@ -233,19 +233,23 @@ def _compose(overrides):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
 
-def _kill_at_random(out: Path, run_dir: Path, rng: random.Random) -> str:
-    """Starts the run on ``out`` and SIGKILLs it at a random moment: after a random number
-    (1-3) of progress lines (one per tenth of the run), plus 0-40 ms (inside a chunk or a checkpoint save). Returns how
-    the process ended ("killed" or "finished")."""
+def _kill_at_random(out: Path, run_dir: Path, rng: random.Random, by_time: bool) -> str:
+    """Starts the run on ``out`` and SIGKILLs it at a random moment. With ``by_time``, a
+    uniform 0-400 ms after the run reports its compile done (a chunk, a checkpoint save or
+    the start of one; the run is 40 chunks, each saved); otherwise after a random number
+    (1-3) of progress lines (one per tenth of the run), plus 0-40 ms. Line-counted kills
+    advance the run by one tenth or more each, so they end it within ten; the time-drawn ones
+    serve a longer soak. Returns how the process ended ("killed" or "finished")."""
     proc = subprocess.Popen([sys.executable, "-m", "jaxasync", *SOAK, f"out_dir={out}",
                              f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_env())
     wanted, seen = rng.randint(1, 3), 0
+    pattern = r"compiled in|resum" if by_time else r"\]\s+\d+%\s+step \d+"
     for line in proc.stdout:
-        if re.search(r"\]\s+\d+%\s+step \d+", line):     # a progress line
+        if re.search(pattern, line):
             seen += 1
-            if seen == wanted:
-                time.sleep(rng.uniform(0.0, 0.04))
+            if by_time or seen == wanted:
+                time.sleep(rng.uniform(0.0, 0.4 if by_time else 0.04))
                 proc.send_signal(signal.SIGKILL)
                 break
     proc.stdout.close()
@@ -256,10 +260,10 @@ def _kill_at_random(out: Path, run_dir: Path, rng: random.Random) -> str:
     return "finished"
 
 
-def _soak(tmp_path: Path, kills: int, seed: int) -> None:
+def _soak(tmp_path: Path, kills: int, seed: int, by_time: bool = False) -> None:
     rng = random.Random(seed)
     out = tmp_path / "soak"
-    ends = [_kill_at_random(out, tmp_path / f"h{i}", rng) for i in range(kills)]
+    ends = [_kill_at_random(out, tmp_path / f"h{i}", rng, by_time) for i in range(kills)]
     assert ends.count("killed") == kills, ends     # every kill landed before the end
     assert not (out / "run.json").exists()
     resumed = experiment.run_experiment(_compose(SOAK), out, progress=False)
@@ -276,7 +280,7 @@ def test_three_sigkills_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_fault_soak_twenty_sigkills(tmp_path):
-    _soak(tmp_path, kills=20, seed=20)
+    _soak(tmp_path, kills=20, seed=20, by_time=True)
 
 
 def test_a_truncated_checkpoint_is_one_line_and_every_orbax_manager_is_closed(tmp_path):
