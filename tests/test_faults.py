@@ -233,7 +233,7 @@ def _compose(overrides):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
 
-def _kill_at_random(out: Path, run_dir: Path, rng: random.Random, by_time: bool) -> str:
+def _kill_at_random(out: Path, run_dir: Path, rng: random.Random, by_time: bool = False) -> str:
     """Starts the run on ``out`` and SIGKILLs it at a random moment. With ``by_time``, a
     uniform 0-400 ms after the run reports its compile done (a chunk, a checkpoint save or
     the start of one; the run is 40 chunks, each saved); otherwise after a random number
