@@ -55,6 +55,10 @@ class Curve:
         return a
 
 
+
+#: the dash pattern of each round of ten curves (matplotlib's ten default colours)
+LINESTYLES = ("-", "--", ":", "-.")
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -105,8 +109,10 @@ def draw_panel(ax, curves: Sequence[Curve], x: str, y: str, *, xscale: str | Non
         keep = np.isfinite(xm) & ((xm > 0) if xscale == "log" else True)
         xm, ys = xm[keep], ys[:, keep]
         mean, lo, hi = _quiet_stats(ys)
+        # beyond ten curves the colours repeat: each round of ten gets its own dash pattern,
+        # so every curve keeps a distinct (colour, pattern) pair in the legend
         (line,) = ax.plot(xm, mean, label=c.label, color=f"C{i % 10}", linewidth=1.4,
-                          gid="curve")
+                          linestyle=LINESTYLES[(i // 10) % len(LINESTYLES)], gid="curve")
         if len(c.members) > 1:
             ax.fill_between(xm, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0,
                             gid="band")

@@ -144,6 +144,17 @@ def test_single_seed_curves_have_no_band():
     assert fig.legends[0].get_title().get_text() == "one seed per line"
 
 
+def test_more_than_ten_curves_keep_distinct_colour_and_dash_pairs():
+    """matplotlib has ten default colours: curves 11-20 get a dashed line, so a table of 23
+    compressors (the leaderboard's) keeps every curve distinguishable in the legend."""
+    fig = plots.records_figure([_record(algorithm=f"alg{i}", seeds=(0,)) for i in range(23)])
+    ax = _panel(fig, "grads", "test_accuracy")
+    curves = [ln for ln in ax.lines if ln.get_gid() == "curve"]
+    pairs = {(ln.get_color(), ln.get_linestyle()) for ln in curves}
+    assert len(curves) == 23 and len(pairs) == 23
+    assert [ln.get_linestyle() for ln in curves[:11]] == ["-"] * 10 + ["--"]
+
+
 # ----------------------------------------------------------------------------- tables
 
 
