@@ -276,7 +276,8 @@ def random_k(density: float) -> Compressor:
     :math:`S` is the image of :math:`0, \dots, k_l - 1` under a keyed pseudo-random
     permutation (:func:`_image_mask`), written for speed: the top-k of :math:`d_l` random keys
     it replaced cost 2.6x one gradient's time on the SASG shape (10 workers x 407,050
-    parameters, ``benchmarks/compress_bench.py``), this 0.7x (side by side, under load 7-9).
+    parameters, ``benchmarks/compress_bench.py``), this 0.7x (side by side, under load 7-9;
+    0.63x on quiet cores).
 
     Reference: Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018
     (arXiv 1809.07599), rand-k.
@@ -327,7 +328,7 @@ def rand_k_unbiased(k: int | None = None, density: float | None = None,
     a keyed pseudo-random permutation), the message masked leaf by leaf: for speed, where the
     top-k of :math:`d` random keys over the concatenated tree it replaced cost 8x one
     gradient's time on the SASG shape (``benchmarks/compress_bench.py``), this 0.7x (under
-    load 7-9).
+    load 7-9; 0.79x on quiet cores).
 
     Reference: Szlendak, Tyurin, Richtárik, "Permutation compressors for provably faster
     distributed nonconvex optimization", ICLR 2022 (arXiv 2110.03300), Definition 1; code
@@ -398,7 +399,7 @@ def perm_k(num_workers: int | None = None, seed: int = 0, index_bits: int = 0) -
     every worker computed :math:`\pi^{-1}` of all :math:`d` coordinates (a power-of-4 Feistel
     domain with up to ~25 rounds of cycle walking) and tested them against its block: on the
     SASG shape (10 workers x 407,050 coordinates, ``benchmarks/compress_bench.py``) PermK took
-    36x one gradient's time, now 1.1-1.5x (under load 7-9). What is left is memory traffic
+    36x one gradient's time, now 1.1-1.5x (under load 7-9; 1.23x on quiet cores). What is left is memory traffic
     a message of density 1/n needs: the hashes of the worker's d/n positions (0.2-0.3x), their
     scatter into the mask (0.3x) and the masked copy of the dense message (0.4x, as much as
     the identity compressor's copy), measured apart.
