@@ -224,9 +224,9 @@ def onebit(per_column: bool = False) -> Compressor:
     (:func:`jaxasync.compress.sparsify._count_true`) and sums of :math:`\min(x, 0)` and
     :math:`\max(x, 0)`, where a sum of a select per class was 4-8x slower on XLA's CPU
     backend; on the SASG shape (``benchmarks/compress_bench.py``) 8x one gradient's time
-    before, 1.7-2.3x after (side by side, under load 6-8; 1.72x on quiet cores): still above 1x, as it reads the
-    layer four times (the count, two sums, the message) where the gradient is one small
-    matmul per layer.
+    before, 1.7-2.3x after (side by side, under load 6-8; 1.72x on quiet cores): still
+    above 1x, as it reads the layer four times (the count, two sums, the message) where the
+    gradient is one small matmul per layer.
 
     References: Seide, Fu, Droppo, Li, Yu, "1-bit stochastic gradient descent and its
     application to data-parallel distributed training of speech DNNs", Interspeech 2014

@@ -399,10 +399,10 @@ def perm_k(num_workers: int | None = None, seed: int = 0, index_bits: int = 0) -
     every worker computed :math:`\pi^{-1}` of all :math:`d` coordinates (a power-of-4 Feistel
     domain with up to ~25 rounds of cycle walking) and tested them against its block: on the
     SASG shape (10 workers x 407,050 coordinates, ``benchmarks/compress_bench.py``) PermK took
-    36x one gradient's time, now 1.1-1.5x (under load 7-9; 1.23x on quiet cores). What is left is memory traffic
-    a message of density 1/n needs: the hashes of the worker's d/n positions (0.2-0.3x), their
-    scatter into the mask (0.3x) and the masked copy of the dense message (0.4x, as much as
-    the identity compressor's copy), measured apart.
+    36x one gradient's time, now 1.1-1.5x (under load 7-9; 1.23x on quiet cores). What is
+    left is memory traffic a message of density 1/n needs: the hashes of the worker's d/n
+    positions (0.2-0.3x), their scatter into the mask (0.3x) and the masked copy of the dense
+    message (0.4x, as much as the identity compressor's copy), measured apart.
 
     Args:
       num_workers: :math:`n` (the simulator passes the run's M); needs :math:`d \ge n`.
