@@ -199,6 +199,19 @@ def merge_config(base: dict, delta: dict) -> dict:
     return out
 
 
+def with_keys(base: dict, changes: dict, sep: str = ".") -> dict:
+    """A copy of ``base`` with each ``changes`` key, a path of nested keys joined by ``sep``
+    (``"run.steps"``), set to its value (missing levels are created)."""
+    out = copy.deepcopy(base)
+    for path, value in changes.items():
+        *parents, last = path.split(sep)
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
 def snapshot(root) -> dict[str, bytes]:
     """Every file under ``root`` with its content (to assert that nothing changed)."""
     from pathlib import Path

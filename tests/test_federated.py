@@ -72,7 +72,7 @@ def test_fedbuff_normalisations_and_polynomial_weights():
     np.testing.assert_allclose(-u["w"], (w @ np.asarray(g)) / 3.0, rtol=4 * EPS32)
 
 
-def test_fedbuff_default_is_the_original_rule_bitwise():
+def test_fedbuff_default_is_the_original_rule():
     """The defaults keep the paper's 1/sqrt(1 + tau) through the same code as before (the
     stored leaderboard results of fedbuff do not move)."""
     p = {"w": jnp.zeros(3)}

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import with_keys
 
 from jaxasync import delays as dl
 from jaxasync import sim, traces
@@ -94,13 +95,7 @@ def _cfg(**over):
             "delay": {"kind": "event", "compute": "constant", "times": "sqrt"},
             "network": {"bandwidth": math.inf, "latency": 0.0},
             "run": {"num_workers": 8, "steps": 400, "evals": 4, "seeds": [0]}, "plot": False}
-    for k, v in over.items():
-        node = base
-        *parents, last = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return base
+    return with_keys(base, over)
 
 
 def test_ring_is_sized_by_what_the_run_can_use():

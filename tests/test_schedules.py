@@ -6,7 +6,6 @@ steps by the documented convention; the schedule is recorded in run.json and the
 ``train_grad_norm`` equals a NumPy computation of the full gradient.
 """
 
-import copy
 import dataclasses
 import json
 
@@ -14,7 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_f32_close, assert_loss_close, least_squares, sgd_roundings, toy_data
+from helpers import (
+    assert_f32_close,
+    assert_loss_close,
+    least_squares,
+    sgd_roundings,
+    toy_data,
+    with_keys,
+)
 
 import jaxasync as ja
 from jaxasync import data as data_lib
@@ -111,14 +117,7 @@ BASE = {
 
 
 def _cfg(**changes):
-    cfg = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = cfg
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
+    return with_keys(BASE, changes, sep="__")
 
 
 @pytest.mark.parametrize("changes, per_epoch", [

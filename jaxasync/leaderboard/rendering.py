@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -205,7 +206,10 @@ def plot_entry(entry: Entry, records: dict[str, dict], path: Path) -> bool:
         ms = {(r.get("resolved") or {}).get("num_workers") for r in records.values()}
         plots.delay_histogram(axes[0][-1], curves, next(iter(ms)) if len(ms) == 1 else None)
     plots.figure_legend(fig, axes[0][:len(entry.plots)] if entry.plots else axes[0], curves)
-    fig.suptitle(f"{entry.id}: {entry.task}", fontsize=10)
+    # wrapped to the figure's width (about 11 characters per inch at 10 pt): a one-panel
+    # figure would otherwise clip a long task description at both sides
+    fig.suptitle(textwrap.fill(f"{entry.id}: {entry.task}", width=int(11 * 4.6 * panels)),
+                 fontsize=10)
     plots.save_figure(fig, path)
     return True
 
