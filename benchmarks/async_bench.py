@@ -16,6 +16,13 @@ one arrival per server step, batch 1. Printed, for n = 10, 100, 1,000, 10,000 wo
   ``--kaust FILE`` against rates measured beside this run (JSON ``{"10": 47000, ...}``; the
   KAUST code is not part of this repository, so timing it is done outside it).
 
+``--cores 1`` pins the process to one CPU core before JAX starts (its intra-op thread pool
+then has one thread). The KAUST simulator is one single-threaded NumPy process per run, so this
+is the like-for-like comparison; it is also faster for this model: every kernel of a d = 1,000
+step lasts a microsecond or two, and handing them to a second thread costs more than it saves
+(on the 2-core CPU ASGD at n = 10 ran at 97k arrivals/s on both cores, 163k on one). For
+models whose kernels are large (MNIST's matmuls) both cores are faster; run those unpinned.
+
 Variants alternate within one process (``--repeat`` rounds, medians), so a shared machine's
 drift hits both sides. The grid is skipped where its rings would pass ``--grid-mb`` (the ring
 of ASGD under sqrt times holds its staleness bound, about 3n versions: 2.4 GB for 21 members
@@ -24,12 +31,14 @@ at n = 10,000, d = 1,000). ``--quick`` runs n = 10 and 100 with fewer steps (a s
     python benchmarks/async_bench.py                  # all sizes (about 10 min on 2 cores)
     python benchmarks/async_bench.py --quick
     python benchmarks/async_bench.py --sizes 10 10000 --kaust kaust.json
+    python benchmarks/async_bench.py --cores 1         # one core, as the KAUST process uses
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -123,14 +132,19 @@ def main() -> None:
     ap.add_argument("--grid-mb", type=float, default=1024,
                     help="skip the grid where its rings need more MiB than this")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cores", type=int, default=None,
+                    help="pin the process to this many CPU cores before JAX starts")
     args = ap.parse_args()
+    if args.cores is not None:          # before the first JAX call sizes XLA's thread pool
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-args.cores:])
+    cores = len(os.sched_getaffinity(0))
     if args.quick:
         args.sizes, args.steps, args.repeat = [10, 100], 2_000, 1
     kaust = ({int(k): float(v) for k, v in json.load(open(args.kaust)).items()} if args.kaust
              else KAUST_ISSUE)
     source = "measured beside this run" if args.kaust else "issue 20's figures"
     print(f"worst-case quadratic d=1000, tau_i = sqrt(i+1), K=1, {args.steps} steps, "
-          f"medians of {args.repeat}; KAUST rates: {source}")
+          f"medians of {args.repeat}; {cores} CPU core(s); KAUST rates: {source}")
     print(f"{'n':>6} {'D':>6} {'ASGD/s':>9} {'xKAUST':>7} {'Rennala/s':>10} {'xKAUST':>7} "
           f"{'grid/s':>10} {'xKAUST':>7} {'seq/s':>9} {'grid/seq':>8} {'seq wall/s':>10} "
           f"{'grid/wall':>9}  compile s: asgd rennala grid")

@@ -24,6 +24,7 @@ from jax import Array
 
 from jaxasync import _feistel as feistel
 from jaxasync import delays as dl
+from jaxasync.data.partitioning import worker_rows
 from jaxasync.transforms import Control
 from jaxasync.trees import dense_bits
 
@@ -180,7 +181,7 @@ class Arrivals:
         b = self.cfg.batch_size
         k_idx, k_aug = jax.random.split(key)
         if self.cfg.full_batch:
-            idx = data.shard_index[ids]                                   # [W, n]
+            idx = worker_rows(data.shard_index, ids)                                   # [W, n]
         elif self.cfg.sampling == "epochs":
             # row i's draws continue its worker's stream where its last batch ended
             size = data.shard_size[ids]
@@ -188,11 +189,11 @@ class Arrivals:
             pos = jax.vmap(lambda w, s, qw: jax.vmap(
                 lambda qq: epoch_position(jax.random.fold_in(state.data_key, w), s, qq))(qw)
             )(ids, size, q)                                                         # [W, B]
-            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)
+            idx = jnp.take_along_axis(worker_rows(data.shard_index, ids), pos, axis=1)
         else:
             size = data.shard_size[ids]                                   # [W]
             pos = jax.random.randint(k_idx, (ids.shape[0], b), 0, size[:, None])
-            idx = jnp.take_along_axis(data.shard_index[ids], pos, axis=1)  # [W, B]
+            idx = jnp.take_along_axis(worker_rows(data.shard_index, ids), pos, axis=1)  # [W, B]
         x, y = data.x_train[idx], data.y_train[idx]
         if self.workload.augment is not None:
             keys = jax.random.split(k_aug, ids.shape[0])

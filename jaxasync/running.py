@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -62,6 +63,28 @@ MEMBER_LAYOUTS = ("auto", "vmap", "map")
 #: round some elementwise functions differently).
 INIT_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 EVAL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+#: XLA option (CPU) of the step program: YNNPACK for dots only, not for reductions. jaxlib 0.8+
+#: hands small reductions to YNNPACK, whose call costs tens of microseconds where XLA's own
+#: loop takes one: on the 2-core CPU the worst-case quadratic's 21-member grid spent 57 of its
+#: ~75 us per step in one such reduction (the loss's inner product), and the runner's ASGD
+#: on MNIST FC (M = K = 16) went from 0.92 to 1.27 of the bare vmapped-gradient limit without
+#: them (``benchmarks/throughput.py``; ``benchmarks/async_bench.py``). Older jaxlibs have no
+#: YNNPACK and no such option (:func:`step_options` then gives none).
+STEP_YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@functools.lru_cache(maxsize=None)
+def step_options() -> dict | None:
+    """The step program's XLA options on this backend (:data:`STEP_YNN` on a CPU whose XLA
+    knows it; None elsewhere)."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(lambda x: x.sum()).lower(jnp.zeros(2)).compile(STEP_YNN)
+    except Exception:  # noqa: BLE001  (an XLA without the option rejects it)
+        return None
+    return dict(STEP_YNN)
 
 
 def member_layout(sim, members: int, requested: str = "auto", mesh=None,
@@ -223,7 +246,7 @@ def _compile(init, evaluate, steps, data, keys, hparams, state, history):
     shapes = state if state is not None else jax.eval_shape(init, keys, hparams)
     lowered_steps = steps.lower(shapes, data, hparams, jax.ShapeDtypeStruct((), jnp.int32))
     with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="jaxasync-compile") as pool:
-        steps_done = pool.submit(lowered_steps.compile)
+        steps_done = pool.submit(lowered_steps.compile, step_options())
         cpu = jax.default_backend() == "cpu"
         evaluate_done = pool.submit(evaluate.lower(shapes, data).compile,
                                     EVAL_OPTIONS if cpu else None)

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from jax import Array
 
+from jaxasync import _threefry
 from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
 from jaxasync import downlink as downlink_lib
@@ -65,6 +66,8 @@ from jaxasync.transforms import (
     worker_control,
 )
 from jaxasync.trees import repeat_rows, tree_norm
+
+_threefry.install()   # the simulator's tiny draws: one kernel each on the CPU, same bits
 
 PyTree = Any
 
@@ -399,17 +402,20 @@ class Simulator(Arrivals):
         staleness counts real updates; an algorithm that buffers rows says itself when its
         iterate moves (``Control.advance``). Without ``cond`` (vmap would turn it into a select
         over the whole ring): when nothing advances, the head slot is rewritten with the same
-        parameters.
+        parameters. The norms of the updates (``update_norms``) are kept only for an algorithm
+        that reads them.
         """
         d = self.cfg.ring_size
         advance = jnp.any(rows.applied) if ctrl is None else ctrl.advance
         new_params = jax.tree.map(lambda p, u: jnp.where(advance, p + u, p), state.params, updates)
-        step_norm = jnp.where(advance, tree_norm(updates), 0.0)
         head = (state.ring.head + advance.astype(jnp.int32)) % d
         pushed = new_params if view is None else view
         ring = Ring(jax.tree.map(lambda r, p: r.at[head].set(p), state.ring.versions, pushed),
                     head)
-        norms = state.norms.at[head].set(jnp.where(advance, step_norm, state.norms[head]))
+        norms = state.norms
+        if "update_norms" in self.offered:      # a reduction per step, only where it is read
+            step_norm = jnp.where(advance, tree_norm(updates), 0.0)
+            norms = norms.at[head].set(jnp.where(advance, step_norm, norms[head]))
         return new_params, ring, norms, state.version + advance.astype(jnp.int32)
 
     def _references(self, state: SimState, ctx, rows) -> PyTree:

@@ -260,12 +260,6 @@ def load(res: Resolved, workload_factory: Callable | None = None) -> Loaded:
                               f"workload; {w.name!r} is regression (use iid or shared)")
         labels = np.zeros(labels.shape[0], np.int32)
     try:
-        if w.partition == "shared":  # every worker indexes the whole set: M x n int32
-            from jaxasync.memory import check_host_bytes
-
-            check_host_bytes(4 * m * labels.shape[0], "num_workers", m,
-                             f"the shard index of partition=shared ({m} workers x "
-                             f"{labels.shape[0]} examples, int32)")
         index, size = partition(labels, m, w.partition, alpha=w.dirichlet_alpha,
                                 shards_per_worker=w.shards_per_worker,
                                 seed=int(dict(w.options).get("seed", 0)))

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxasync import data
-from jaxasync.data import downloads  # private names (_urlopen, _Resource) live there
+from jaxasync.data import downloads, partitioning  # private names (_urlopen, _Resource) live there
 
 # ---------------------------------------------------------------------------------------------
 # Offline sources.
@@ -491,10 +491,17 @@ def test_partition_shared_gives_every_worker_every_example():
     labels = np.arange(37) % 3
     index, sizes = data.partition(labels, 5, "shared", seed=3)
     assert sizes.tolist() == [37] * 5
-    np.testing.assert_array_equal(index, np.tile(np.arange(37), (5, 1)))
+    # one row that every worker reads, not M copies of it
+    np.testing.assert_array_equal(index, np.arange(37)[None])
+    rows = np.asarray(partitioning.worker_rows(jnp.asarray(index), jnp.asarray([4, 0, 2])))
+    np.testing.assert_array_equal(rows, np.tile(np.arange(37), (3, 1)))
     # regression targets, and more workers than examples (each samples from all of them)
     index, sizes = data.partition(np.linspace(0, 1, 10, dtype=np.float32), 40, "shared")
-    assert index.shape == (40, 10) and sizes.tolist() == [10] * 40
+    assert index.shape == (1, 10) and sizes.tolist() == [10] * 40
+    # any other scheme: each worker its own row
+    index, _ = data.partition(labels, 5, "iid", seed=3)
+    rows = np.asarray(partitioning.worker_rows(jnp.asarray(index), jnp.asarray([4, 0])))
+    np.testing.assert_array_equal(rows, index[[4, 0]])
 
 
 def _label_skew(labels, index, sizes, num_classes=10):

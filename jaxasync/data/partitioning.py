@@ -122,7 +122,8 @@ def partition(
     Returns:
         ``(index, sizes)``: int32 [M, n_max] per-worker indices into the training set, padded to
         a common length by repeating the worker's own indices, and int32 [M] true shard sizes.
-        A worker samples its minibatch as ``index[m, randint(0, sizes[m])]``.
+        A worker samples its minibatch as ``index[m, randint(0, sizes[m])]``. For ``"shared"``
+        the index is one row, int32 [1, n], that every worker reads (:func:`worker_rows`).
 
     Raises:
         ValueError: bad arguments, or a split that leaves some worker without data. For
@@ -143,7 +144,9 @@ def partition(
     if scheme == "shared":
         if n < 1:
             raise ValueError("labels: the training set is empty")
-        return _pad([np.arange(n)] * num_workers)
+        # one row that every worker reads (not M copies: at M = 10,000 workers of a 2^18-draw
+        # pool the copies took 10 GB)
+        return np.arange(n, dtype=np.int32)[None], np.full(num_workers, n, np.int32)
 
     if scheme == "iid":
         if n < num_workers:
@@ -157,3 +160,11 @@ def partition(
     if scheme == "dirichlet":
         return _pad(_dirichlet_split(labels, num_workers, alpha, rng))
     return _pad(_label_shards(labels, num_workers, shards_per_worker, rng))
+
+
+def worker_rows(index, ids):
+    """The index rows of workers ``ids``: ``index[ids]``, or the one shared row repeated where
+    the index has a single row for every worker (``"shared"``)."""
+    if index.shape[0] == 1:
+        return index[ids * 0]
+    return index[ids]
