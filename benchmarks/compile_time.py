@@ -29,6 +29,7 @@ the step program's size (StableHLO ops).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -91,7 +92,7 @@ def breakdown(algorithm: str, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from jaxasync import experiment, running
+    from jaxasync import _threefry, experiment, running
     from jaxasync.cli import CONF_DIR
     from jaxasync.config import register_configs
     from jaxasync.sim import put_data
@@ -108,11 +109,13 @@ def breakdown(algorithm: str, overrides: list[str]) -> dict:
     cpu = jax.default_backend() == "cpu"
     jobs = {"init": (fns.init, (keys, hp), running.INIT_OPTIONS),
             "evaluate": (fns.evaluate, (shapes, data), running.EVAL_OPTIONS),
-            "steps": (fns.steps, (shapes, data, hp, jax.ShapeDtypeStruct((), jnp.int32)), None)}
+            "steps": (fns.steps, (shapes, data, hp, jax.ShapeDtypeStruct((), jnp.int32)),
+                      running.step_options())}
     out = {"algorithm": algorithm, "layout": layout}
     for name, (fn, args, options) in jobs.items():
         t = time.process_time()
-        lowered = jax.jit(fn).lower(*args)   # a fresh jit: nothing cached
+        with _threefry.unrolled() if name == "steps" else contextlib.nullcontext():
+            lowered = jax.jit(fn).lower(*args)   # a fresh jit: nothing cached (as the runner)
         out[f"{name}_lower"] = time.process_time() - t
         if name == "steps":
             out["steps_ops"] = lowered.as_text().count(" = ")
@@ -120,7 +123,8 @@ def breakdown(algorithm: str, overrides: list[str]) -> dict:
             if label == "default" and options is None:
                 continue
             t = time.process_time()
-            jax.jit(fn).lower(*args).compile(opts)
+            with _threefry.unrolled() if name == "steps" else contextlib.nullcontext():
+                jax.jit(fn).lower(*args).compile(opts)
             out[f"{name}_compile_{label}"] = time.process_time() - t - out[f"{name}_lower"]
     return out
 

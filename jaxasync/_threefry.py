@@ -10,14 +10,19 @@ the copies of its loop state: on the 2-core CPU, the worst-case quadratic's ASGD
 spent about a quarter of its time in these loops (24 -> 17.6 us per arrival with the unrolled
 form, ``benchmarks/async_bench.py``).
 
-:func:`install` registers, for the CPU only, a lowering of ``threefry2x32_p`` with the 20 rounds
-written out, which XLA fuses into one kernel per draw. It computes the same function in
+:func:`install` registers, for the CPU only, a lowering of ``threefry2x32_p`` that writes the
+20 rounds out for small operands (:data:`UNROLL_MAX`) of a program lowered inside
+:func:`unrolled` (XLA fuses them into one kernel per draw), and keeps the loop elsewhere. It computes the same function in
 uint32 arithmetic (wrap-around adds, rotations, xors: exact), so every random stream, and
 every stored result, is bitwise unchanged (``tests/test_threefry.py`` checks it against JAX's
-own lowering). The registration is global to the process and idempotent.
+own lowering). The registration is global to the process and idempotent; outside
+:func:`unrolled` it lowers as JAX does.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 
@@ -50,6 +55,61 @@ def threefry2x32(k0, k1, x0, x1):
     return x0, x1
 
 
+def _rolled(k0, k1, x0, x1):
+    """The same hash as :func:`threefry2x32`, its five 4-round blocks a ``fori_loop`` (JAX's
+    own CPU form): a small program for large operands, whose draws cost far more than a loop's
+    iterations."""
+    import jax
+    import jax.numpy as jnp
+
+    k0, k1, x0, x1 = (jnp.asarray(a, jnp.uint32) for a in (k0, k1, x0, x1))
+    ks = jnp.stack(jnp.broadcast_arrays(k0, k1, k0 ^ k1 ^ np.uint32(PARITY)))
+    rot = jnp.asarray(ROTATIONS, jnp.uint32)
+
+    def block(b, x):
+        y0, y1 = x
+        for j in range(4):
+            r = rot[b % 2, j]
+            y0 = y0 + y1
+            y1 = ((y1 << r) | (y1 >> (np.uint32(32) - r))) ^ y0
+        return (y0 + ks[(b + 1) % 3],
+                y1 + ks[(b + 2) % 3] + (b + 1).astype(jnp.uint32))
+
+    return jax.lax.fori_loop(0, 5, block, (x0 + ks[0], x1 + ks[1]))
+
+
+#: operands up to this many entries get the unrolled form: the simulator's per-step draws
+#: (key splits, minibatch indices, delays). Larger ones (initialisations, a compressor's draw
+#: per parameter) keep the loop: unrolled, XLA duplicates the 20 rounds into every fusion that
+#: reads them, and the default job's compile time doubled (``benchmarks/compile_time.py``).
+UNROLL_MAX = 4096
+
+
+_UNROLL = contextvars.ContextVar("jaxasync_threefry_unrolled", default=False)
+
+
+def _lowered(k0, k1, x0, x1):
+    size = max(int(np.prod(np.shape(a))) for a in (k0, k1, x0, x1))
+    fn = threefry2x32 if _UNROLL.get() and size <= UNROLL_MAX else _rolled
+    return list(fn(k0, k1, x0, x1))
+
+
+@contextlib.contextmanager
+def unrolled():
+    """Programs lowered inside this block draw their small operands' random bits with the
+    unrolled hash (:data:`UNROLL_MAX`); everywhere else the loop (JAX's CPU form). The
+    simulator's runner lowers its step program in it: the step runs its draws thousands of
+    times, while the initial state (compiled once, run once) has dozens of small draws that,
+    unrolled, took its compilation from 0.9 to 3.7 CPU seconds on the default job
+    (``benchmarks/compile_time.py --breakdown``)."""
+    install()
+    token = _UNROLL.set(True)
+    try:
+        yield
+    finally:
+        _UNROLL.reset(token)
+
+
 def install() -> None:
     """Registers the unrolled lowering for the CPU (once per process)."""
     global _installed
@@ -60,7 +120,6 @@ def install() -> None:
 
     mlir.register_lowering(
         threefry2x32_p,
-        mlir.lower_fun(lambda k0, k1, x0, x1: list(threefry2x32(k0, k1, x0, x1)),
-                       multiple_results=True),
+        mlir.lower_fun(_lowered, multiple_results=True),
         platform="cpu")
     _installed = True

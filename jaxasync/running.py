@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxasync import _threefry
+
 #: how the members of a run share its program (``run.members``)
 MEMBER_LAYOUTS = ("auto", "vmap", "map")
 
@@ -244,7 +246,8 @@ def _compile(init, evaluate, steps, data, keys, hparams, state, history):
     given) state and the history with its first evaluation.
     """
     shapes = state if state is not None else jax.eval_shape(init, keys, hparams)
-    lowered_steps = steps.lower(shapes, data, hparams, jax.ShapeDtypeStruct((), jnp.int32))
+    with _threefry.unrolled():      # the step's small draws: one kernel each (same bits)
+        lowered_steps = steps.lower(shapes, data, hparams, jax.ShapeDtypeStruct((), jnp.int32))
     with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="jaxasync-compile") as pool:
         steps_done = pool.submit(lowered_steps.compile, step_options())
         cpu = jax.default_backend() == "cpu"

@@ -39,7 +39,6 @@ import numpy as np
 import optax
 from jax import Array
 
-from jaxasync import _threefry
 from jaxasync import compress as compress_lib
 from jaxasync import delays as dl
 from jaxasync import downlink as downlink_lib
@@ -66,8 +65,6 @@ from jaxasync.transforms import (
     worker_control,
 )
 from jaxasync.trees import repeat_rows, tree_norm
-
-_threefry.install()   # the simulator's tiny draws: one kernel each on the CPU, same bits
 
 PyTree = Any
 

@@ -14,13 +14,26 @@ def draws(k):
             jax.random.normal(k, (3, 7)), jax.random.randint(k, (11,), 0, 100),
             jax.random.bits(k, (4,), jnp.uint32), jax.random.permutation(k, 9),
             jax.random.key_data(jax.random.fold_in(k, 7)))
+def big(k):      # past UNROLL_MAX: the loop even inside unrolled()
+    return jax.random.bits(k, (5000,), jnp.uint32), jax.random.uniform(k, (70, 70))
 keys = jax.random.split(jax.random.key(3), 7)
-out = [np.asarray(x).view(np.uint32) for x in jax.tree.leaves(jax.jit(jax.vmap(draws))(keys))]
+fns = [jax.jit(jax.vmap(draws)), jax.jit(jax.vmap(big))]
 if INSTALL:
     from jaxasync import _threefry
     _threefry.install()
-    hlo = jax.jit(lambda k: jax.random.split(k, 5)).lower(keys[0]).compile().as_text()
-    assert " while(" not in hlo, "the unrolled lowering was not used"
+    split = lambda k: jax.random.split(k, 5)    # a fresh jit each time: JAX caches lowerings
+    assert " while(" in jax.jit(split).lower(keys[0]).compile().as_text(), "outside: the loop"
+    with _threefry.unrolled():
+        text = jax.jit(lambda k: split(k)).lower(keys[0]).compile().as_text()
+        assert " while(" not in text, "inside: unrolled"
+        compiled = [f.lower(keys).compile() for f in fns]
+    outside = [np.asarray(x).view(np.uint32) for f in fns for x in jax.tree.leaves(f(keys))]
+else:
+    compiled = fns
+out = [np.asarray(x).view(np.uint32) for f in compiled for x in jax.tree.leaves(f(keys))]
+if INSTALL:
+    for a, b in zip(out, outside):
+        np.testing.assert_array_equal(a, b)
 np.savez(PATH, *out)
 """
 
@@ -35,9 +48,10 @@ def _draws(tmp_path, install: bool) -> list[np.ndarray]:
 
 def test_unrolled_threefry_draws_the_same_bits_as_jax(tmp_path):
     """Integer arithmetic only (wrap-around adds, rotations, xors): equal bit for bit, in a
-    process with JAX's rolled lowering and one with ours."""
+    process with JAX's lowering and one with ours, unrolled (small draws inside
+    ``unrolled()``) and as a loop (outside it, and large draws)."""
     ref, ours = _draws(tmp_path, False), _draws(tmp_path, True)
-    assert len(ref) == len(ours) == 7
+    assert len(ref) == len(ours) == 9
     for a, b in zip(ref, ours):
         np.testing.assert_array_equal(a, b)
 
