@@ -396,6 +396,29 @@ def test_threshold_is_re_estimated_every_period_calls():
     assert kept == [2, 5, 5, 2, 0]
 
 
+def _entry_computation(hlo: str) -> str:
+    return hlo[hlo.index("\nENTRY"):]
+
+
+def test_when_is_not_hoisted_out_of_its_loop():
+    """``when`` runs ``fn`` inside its loop: the compiled program's entry computation (what
+    runs every call) holds no sort, the sort of ``fn`` lives in the loop's body only. An
+    operand carried unchanged through the loop let XLA hoist ``fn`` out of it, and the
+    threshold compressor ran its exact top-k on every call."""
+    when = importlib.import_module("jaxasync.compress.base").when
+
+    def call(need, x):
+        return when(need, lambda t: jnp.sort(t), jnp.zeros_like(x), x)
+
+    x = jnp.arange(64.0)[::-1]
+    fn = jax.jit(jax.vmap(call))
+    hlo = fn.lower(jnp.zeros(3, bool), jnp.stack([x] * 3)).compile().as_text()
+    assert " sort(" in hlo and " sort(" not in _entry_computation(hlo), \
+        "the sort of fn was hoisted out of when's loop"
+    out = fn(jnp.array([True, False, True]), jnp.stack([x] * 3))
+    np.testing.assert_array_equal(np.asarray(out), np.stack([np.sort(x), 0 * x, np.sort(x)]))
+
+
 def test_onebit_by_hand():
     x = {"v": jnp.array([1.0, 2.0, -3.0, -1.0, 0.0])}
     out, bits = C.onebit()(x, jax.random.PRNGKey(0))
