@@ -419,6 +419,29 @@ def test_when_is_not_hoisted_out_of_its_loop():
     np.testing.assert_array_equal(np.asarray(out), np.stack([np.sort(x), 0 * x, np.sort(x)]))
 
 
+@pytest.mark.parametrize("size", [100, 32 * 300, 32 * 300 + 7])
+def test_fused_sums_and_onebit_on_leaves_with_and_without_a_tail(size):
+    """fused_sums (one pass: 32 rows, the tail of d mod 32 entries apart) against float64
+    sums, and 1-bit SGD's class means built on them. Tolerance: a float32 sum of d terms is
+    within d * 2^-24 * sum |x_i| of the exact sum (recursive summation's bound)."""
+    fused_sums = importlib.import_module("jaxasync.compress.base").fused_sums
+    x = jax.random.normal(jax.random.PRNGKey(size), (size,)) + 0.3
+    terms = (lambda v: jnp.minimum(v, 0.0), lambda v: jnp.maximum(v, 0.0),
+             lambda v: (v < 0).astype(jnp.float32))
+    got = [float(s) for s in jax.jit(lambda v: fused_sums(v, terms))(x)]
+    xn = np.asarray(x, np.float64)
+    neg = xn < 0
+    want = [xn[neg].sum(), xn[~neg].sum(), float(neg.sum())]
+    tol = size * 2.0 ** -24 * np.abs(xn).sum()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    assert got[2] == want[2]                              # a count below 2^24 is exact
+    out, _ = C.onebit()({"v": x}, jax.random.PRNGKey(0))
+    expect = np.where(neg, want[0] / want[2], want[1] / (size - want[2]))
+    # the sums' error over the class sizes, and the rounding of the division (2^-23 relative)
+    np.testing.assert_allclose(np.asarray(out["v"]), expect, rtol=2.0 ** -23,
+                               atol=2 * tol / min(want[2], size - want[2]))
+
+
 def test_onebit_by_hand():
     x = {"v": jnp.array([1.0, 2.0, -3.0, -1.0, 0.0])}
     out, bits = C.onebit()(x, jax.random.PRNGKey(0))

@@ -19,13 +19,13 @@ from jaxasync.compress.base import (
     Compressor,
     Stateful,
     f32,
+    fused_sums,
     per_leaf,
     size,
     uniform,
     uniform_bits,
 )
 from jaxasync.compress.registry import register_compressor
-from jaxasync.compress.sparsify import _count_true
 
 PyTree = Any
 
@@ -240,13 +240,15 @@ def onebit(per_column: bool = False) -> Compressor:
         axes = tuple(range(x.ndim - 1)) if per_column and x.ndim >= 2 else None
         neg = x < 0
         if axes is None:
-            n_neg = _count_true(jnp.ravel(neg)).astype(jnp.float32)
+            # the class sums as sums of min(x, 0) and max(x, 0), in one pass with the count
+            s_neg, s_pos, n_neg = fused_sums(x, (lambda v: jnp.minimum(v, 0.0),
+                                                 lambda v: jnp.maximum(v, 0.0),
+                                                 lambda v: (v < 0).astype(jnp.float32)))
         else:
             n_neg = jnp.sum(neg.astype(jnp.float32), axis=axes, keepdims=True)
+            s_neg = jnp.sum(jnp.minimum(x, 0.0), axis=axes, keepdims=True)
+            s_pos = jnp.sum(jnp.maximum(x, 0.0), axis=axes, keepdims=True)
         n_pos = jnp.float32(x.size if axes is None else math.prod(x.shape[:-1])) - n_neg
-        # the class sums as sums of min(x, 0) and max(x, 0): no select inside the reductions
-        s_neg = jnp.sum(jnp.minimum(x, 0.0), axis=axes, keepdims=True)
-        s_pos = jnp.sum(jnp.maximum(x, 0.0), axis=axes, keepdims=True)
         mean_neg = s_neg / jnp.maximum(n_neg, 1.0)
         mean_pos = s_pos / jnp.maximum(n_pos, 1.0)
         out = jnp.where(neg, mean_neg, mean_pos).astype(leaf.dtype)
@@ -290,7 +292,9 @@ def terngrad(clip: float | None = None) -> Compressor:
             sigma = jnp.sqrt(jnp.mean(jnp.square(x - jnp.mean(x))))
             x = jnp.clip(x, -clip * sigma, clip * sigma)
         s = jnp.max(jnp.abs(x))
-        keep = uniform(key, x.shape) * s < jnp.abs(x)
+        # u s < |x| as two comparisons: an abs shared with the max above is materialised
+        t = uniform(key, x.shape) * s
+        keep = (t < x) | (t < -x)
         out = jnp.where(keep, s * jnp.sign(x), 0.0).astype(leaf.dtype)
         return out, 2 * size(leaf) + 32
 
