@@ -20,6 +20,7 @@ messages by hand, the Walsh-Hadamard transform against the matrix.
 from __future__ import annotations
 
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -417,6 +418,39 @@ def test_when_is_not_hoisted_out_of_its_loop():
         "the sort of fn was hoisted out of when's loop"
     out = fn(jnp.array([True, False, True]), jnp.stack([x] * 3))
     np.testing.assert_array_equal(np.asarray(out), np.stack([np.sort(x), 0 * x, np.sort(x)]))
+
+
+def test_random_bits_are_uniform_and_uncorrelated():
+    """The counter-based draws behind every stochastic compressor, against what independent
+    uniform 32-bit words would give, each check as a z-score (or a chi-square's) under that
+    null, with a bound of 6 standard deviations (false alarm below 1e-8 per check):
+
+    * the histogram of the top byte and of the low byte (256 bins each): chi-square;
+    * each of the 32 bits: its mean;
+    * neighbours at lags 1, 2, 3, 32, 1024 within one key, and the same entry under keys
+      split from one key (the draws of consecutive calls): Pearson correlation of the
+      uniforms, standard deviation 1/sqrt(n)."""
+    random_bits = importlib.import_module("jaxasync.compress.base").random_bits
+    n = 1 << 20
+    keys = jax.random.split(jax.random.PRNGKey(11), 4)
+    words = np.asarray(jax.jit(jax.vmap(lambda k: random_bits(k, (n,))))(keys), np.uint64)
+    u = (words.astype(np.float64) + 0.5) / 2.0 ** 32
+    for row in words:
+        for byte in (row >> 24, row & 0xFF):
+            counts = np.bincount(byte.astype(np.int64), minlength=256)
+            chi2 = float(np.sum((counts - n / 256) ** 2 / (n / 256)))
+            assert abs(chi2 - 255) < 6 * math.sqrt(2 * 255), f"byte histogram chi2 {chi2}"
+        bits = (row[:, None] >> np.arange(32, dtype=np.uint64)) & 1
+        z_bits = (bits.mean(axis=0) - 0.5) / (0.5 / math.sqrt(n))
+        assert np.max(np.abs(z_bits)) < 6, f"bit balance z-scores {z_bits}"
+    for lag in (1, 2, 3, 32, 1024):
+        for row in u:
+            r = np.corrcoef(row[:-lag], row[lag:])[0, 1]
+            assert abs(r) * math.sqrt(n - lag) < 6, f"lag {lag}: correlation {r}"
+    for a in range(len(keys)):
+        for b in range(a + 1, len(keys)):
+            r = np.corrcoef(u[a], u[b])[0, 1]
+            assert abs(r) * math.sqrt(n) < 6, f"keys {a}, {b}: correlation {r}"
 
 
 @pytest.mark.parametrize("size", [100, 32 * 300, 32 * 300 + 7])
