@@ -108,6 +108,11 @@ def fo_sgd(lam: float | None = None) -> Compressor:
     \|y\|_\infty` is our choice (the smallest range that keeps every entry unsaturated), and
     ``lam`` gives the saturating, biased regime the abstract describes.
 
+    Not under 1x one gradient's time on the SASG shape (``benchmarks/compress_bench.py``):
+    two transforms of :math:`2^{19}` entries per worker (the kernel's 401,408 padded) cost
+    15x (side by side, under load 2-3; 23-28x with the transform's earlier blocks of
+    :math:`2^7`, see :func:`fwht`).
+
     Reference: Stollenwerk, Jacques, "Flattened one-bit stochastic gradient descent:
     compressed distributed optimization with controlled variance", arXiv 2405.11095 (2024).
     """

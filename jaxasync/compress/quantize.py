@@ -104,6 +104,10 @@ def qsgd(levels: int) -> Compressor:
     sign bit and a fixed-width level index in :math:`\{0,\dots,s\}` per entry. This is the
     simple fixed-width encoding, not the Elias coding of the paper, which is shorter.
 
+    On the SASG shape (``benchmarks/compress_bench.py``, side by side, under load 2-3):
+    0.7-0.8x one gradient's time (0.9-1.0x with the two-round hash before
+    :func:`jaxasync.compress.base.random_bits` took one).
+
     Reference: Alistarh, Grubic, Li, Tomioka, Vojnovic, "QSGD: communication-efficient SGD
     via gradient quantization and encoding", NeurIPS 2017 (arXiv 1610.02132).
     """
@@ -220,13 +224,16 @@ def onebit(per_column: bool = False) -> Compressor:
     columns: the last axis of a kernel ``[in, out]``). Meant with error feedback, as in the
     paper.
 
-    Written for speed: the class counts and sums are one bit-packed count of the negatives
-    (:func:`jaxasync.compress.sparsify._count_true`) and sums of :math:`\min(x, 0)` and
-    :math:`\max(x, 0)`, where a sum of a select per class was 4-8x slower on XLA's CPU
-    backend; on the SASG shape (``benchmarks/compress_bench.py``) 8x one gradient's time
-    before, 1.7-2.3x after (side by side, under load 6-8; 1.72x on quiet cores): still
-    above 1x, as it reads the layer four times (the count, two sums, the message) where the
-    gradient is one small matmul per layer.
+    Written for speed: the count of the negatives and the sums of :math:`\min(x, 0)` and
+    :math:`\max(x, 0)` (no select inside a reduction, 4-8x slower on XLA's CPU backend) are
+    taken in one pass over the layer (:func:`jaxasync.compress.base.fused_sums`), then the
+    message in a second: two reads of the layer where there were four (a count, two sums
+    whose ``max(x, 0)`` XLA fed from a materialised array of zeros, the message). On the SASG
+    shape (``benchmarks/compress_bench.py``, side by side, under load 2-3): 1.7-2.5x one
+    gradient's time before, 0.8-1.4x after (0.9-1.0x in runs of two compressors). It cannot
+    go much lower: scaled sign, one reduction and the message, measured 0.7-0.9x beside it.
+    The count is a float32 sum, exact up to :math:`2^{24}` entries per layer.
+    (The ``per_column`` form keeps one reduction per quantity.)
 
     References: Seide, Fu, Droppo, Li, Yu, "1-bit stochastic gradient descent and its
     application to data-parallel distributed training of speech DNNs", Interspeech 2014
@@ -281,6 +288,12 @@ def terngrad(clip: float | None = None) -> Compressor:
     :math:`\omega`. bits per layer :math:`= 2 d_l + 32` (two bits per ternary entry, the
     float32 scale).
 
+    Written for speed: the draw is one hash round per entry
+    (:func:`jaxasync.compress.base.random_bits`), and :math:`u s < |x|` is tested as
+    :math:`u s < x` or :math:`u s < -x`, since an :math:`|x|` shared with the max was
+    written to memory and read back. On the SASG shape (``benchmarks/compress_bench.py``,
+    side by side, under load 2-3): 1.3-1.4x one gradient's time before, 0.8-1.1x after.
+
     Reference: Wen, Xu, Yan, Wu, Wang, Chen, Li, "TernGrad: ternary gradients to reduce
     communication in distributed deep learning", NeurIPS 2017 (arXiv 1705.07878), Eq. (4);
     GRACE ``grace_dl/torch/compressor/terngrad.py``.
@@ -324,6 +337,10 @@ def natural() -> Compressor:
     rounds to 0 or :math:`2^{-126}` with the same rule (still unbiased); zero stays zero;
     the largest binade may round up to infinity. bits :math:`= 9 d` (sign and 8-bit
     exponent: the paper's count, the KAUST library's ``CompressedNatVector``).
+
+    On the SASG shape (``benchmarks/compress_bench.py``, side by side, under load 2-3):
+    0.5-0.6x one gradient's time (0.5-0.7x before :func:`jaxasync.compress.base.random_bits`
+    took one hash round where it took two).
 
     Reference: Horváth, Ho, Horváth, Sahu, Canini, Richtárik, "Natural compression for
     distributed deep learning", MSML 2022 (arXiv 1905.10988), Section 3; GRACE
