@@ -221,11 +221,13 @@ def when(need: Array, fn: Callable[[PyTree], PyTree], value: PyTree, operand: Py
     would compute both branches every time).
 
     The body reads ``operand`` behind a select on the loop's trip counter: XLA's loop
-    invariant code motion hoists out of the loop whatever depends on loop invariants only,
-    and an operand carried unchanged through the loop state is one, so ``fn`` ran on every
-    call (the threshold compressor's exact top-k: 1.5x one gradient's time on the SASG
-    shape, every call, where it is meant once every ``period`` calls;
-    ``tests/test_compress.py::test_when_is_not_hoisted`` checks the compiled program)."""
+    invariant code motion hoists out of the loop whatever depends on loop invariants only.
+    An earlier version carried the operand unchanged through the loop state, a loop
+    invariant, so ``fn`` was hoisted and ran on every call (the threshold compressor's exact
+    top-k: 1.5x one gradient's time on the SASG shape on every call, where it is meant once
+    every ``period`` calls);
+    ``tests/test_compress_properties.py::test_when_is_not_hoisted_out_of_its_loop`` checks
+    the compiled program."""
 
     def body(carry):
         trips, _ = carry
