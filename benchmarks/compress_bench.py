@@ -148,8 +148,10 @@ def bench_fwht(reps: int) -> dict:
     err = float(jnp.max(jnp.abs(calls["fwht (kronecker)"]() - calls["fwht (butterfly)"]())))
     stats = time_many(calls, (), reps)
     base = stats["matmul 1024^3"]["median"]
-    print(f"\nWalsh-Hadamard at d = 2^20 ({H.fwht_flops(n):.3g} multiply-adds as three "
-          f"128-blocks; max |kronecker - butterfly| = {err:.2g}) vs a dense matmul of two "
+    blocks = -(-20 // H._BLOCK_BITS)
+    print(f"\nWalsh-Hadamard at d = 2^20 ({H.fwht_flops(n):.3g} multiply-adds as {blocks} "
+          f"blocks of up to 2^{H._BLOCK_BITS}; max |kronecker - butterfly| = {err:.2g}) vs a "
+          f"dense matmul of two "
           f"1024 x 1024 matrices ({1024 ** 3:.3g} multiply-adds)")
     for name, s in stats.items():
         print(f"  {name:<18} {s['median']:8.2f} ms  {s['median'] / base:6.2f}x the matmul")

@@ -20,6 +20,7 @@ messages by hand, the Walsh-Hadamard transform against the matrix.
 from __future__ import annotations
 
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -396,6 +397,85 @@ def test_threshold_is_re_estimated_every_period_calls():
     assert kept == [2, 5, 5, 2, 0]
 
 
+def _entry_computation(hlo: str) -> str:
+    return hlo[hlo.index("\nENTRY"):]
+
+
+def test_when_is_not_hoisted_out_of_its_loop():
+    """``when`` runs ``fn`` inside its loop: the compiled program's entry computation (what
+    runs every call) holds no sort, the sort of ``fn`` lives in the loop's body only. An
+    operand carried unchanged through the loop let XLA hoist ``fn`` out of it, and the
+    threshold compressor ran its exact top-k on every call."""
+    when = importlib.import_module("jaxasync.compress.base").when
+
+    def call(need, x):
+        return when(need, lambda t: jnp.sort(t), jnp.zeros_like(x), x)
+
+    x = jnp.arange(64.0)[::-1]
+    fn = jax.jit(jax.vmap(call))
+    hlo = fn.lower(jnp.zeros(3, bool), jnp.stack([x] * 3)).compile().as_text()
+    assert " sort(" in hlo and " sort(" not in _entry_computation(hlo), \
+        "the sort of fn was hoisted out of when's loop"
+    out = fn(jnp.array([True, False, True]), jnp.stack([x] * 3))
+    np.testing.assert_array_equal(np.asarray(out), np.stack([np.sort(x), 0 * x, np.sort(x)]))
+
+
+def test_random_bits_are_uniform_and_uncorrelated():
+    """The counter-based draws behind every stochastic compressor, against what independent
+    uniform 32-bit words would give, each check as a z-score (or a chi-square's) under that
+    null, with a bound of 6 standard deviations (false alarm below 1e-8 per check):
+
+    * the histogram of the top byte and of the low byte (256 bins each): chi-square;
+    * each of the 32 bits: its mean;
+    * neighbours at lags 1, 2, 3, 32, 1024 within one key, and the same entry under keys
+      split from one key (the draws of consecutive calls): Pearson correlation of the
+      uniforms, standard deviation 1/sqrt(n)."""
+    random_bits = importlib.import_module("jaxasync.compress.base").random_bits
+    n = 1 << 20
+    keys = jax.random.split(jax.random.PRNGKey(11), 4)
+    words = np.asarray(jax.jit(jax.vmap(lambda k: random_bits(k, (n,))))(keys), np.uint64)
+    u = (words.astype(np.float64) + 0.5) / 2.0 ** 32
+    for row in words:
+        for byte in (row >> 24, row & 0xFF):
+            counts = np.bincount(byte.astype(np.int64), minlength=256)
+            chi2 = float(np.sum((counts - n / 256) ** 2 / (n / 256)))
+            assert abs(chi2 - 255) < 6 * math.sqrt(2 * 255), f"byte histogram chi2 {chi2}"
+        bits = (row[:, None] >> np.arange(32, dtype=np.uint64)) & 1
+        z_bits = (bits.mean(axis=0) - 0.5) / (0.5 / math.sqrt(n))
+        assert np.max(np.abs(z_bits)) < 6, f"bit balance z-scores {z_bits}"
+    for lag in (1, 2, 3, 32, 1024):
+        for row in u:
+            r = np.corrcoef(row[:-lag], row[lag:])[0, 1]
+            assert abs(r) * math.sqrt(n - lag) < 6, f"lag {lag}: correlation {r}"
+    for a in range(len(keys)):
+        for b in range(a + 1, len(keys)):
+            r = np.corrcoef(u[a], u[b])[0, 1]
+            assert abs(r) * math.sqrt(n) < 6, f"keys {a}, {b}: correlation {r}"
+
+
+@pytest.mark.parametrize("size", [100, 32 * 300, 32 * 300 + 7])
+def test_fused_sums_and_onebit_on_leaves_with_and_without_a_tail(size):
+    """fused_sums (one pass: 32 rows, the tail of d mod 32 entries apart) against float64
+    sums, and 1-bit SGD's class means built on them. Tolerance: a float32 sum of d terms is
+    within d * 2^-24 * sum |x_i| of the exact sum (recursive summation's bound)."""
+    fused_sums = importlib.import_module("jaxasync.compress.base").fused_sums
+    x = jax.random.normal(jax.random.PRNGKey(size), (size,)) + 0.3
+    terms = (lambda v: jnp.minimum(v, 0.0), lambda v: jnp.maximum(v, 0.0),
+             lambda v: (v < 0).astype(jnp.float32))
+    got = [float(s) for s in jax.jit(lambda v: fused_sums(v, terms))(x)]
+    xn = np.asarray(x, np.float64)
+    neg = xn < 0
+    want = [xn[neg].sum(), xn[~neg].sum(), float(neg.sum())]
+    tol = size * 2.0 ** -24 * np.abs(xn).sum()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    assert got[2] == want[2]                              # a count below 2^24 is exact
+    out, _ = C.onebit()({"v": x}, jax.random.PRNGKey(0))
+    expect = np.where(neg, want[0] / want[2], want[1] / (size - want[2]))
+    # the sums' error over the class sizes, and the rounding of the division (2^-23 relative)
+    np.testing.assert_allclose(np.asarray(out["v"]), expect, rtol=2.0 ** -23,
+                               atol=2 * tol / min(want[2], size - want[2]))
+
+
 def test_onebit_by_hand():
     x = {"v": jnp.array([1.0, 2.0, -3.0, -1.0, 0.0])}
     out, bits = C.onebit()(x, jax.random.PRNGKey(0))
@@ -421,10 +501,10 @@ def test_terngrad_and_natural_take_only_their_values():
 def test_fwht_is_the_sylvester_hadamard_matrix():
     from jaxasync.compress.hadamard import _sylvester, fwht
 
-    for p in (0, 1, 3, 8, 15):
+    for p in (0, 1, 3, 8, 11, 15):                     # 11: three blocks (5 + 5 + 1 bits)
         n = 1 << p
         x = jax.random.normal(jax.random.PRNGKey(p), (2, n))
-        if p <= 8:
+        if p <= 11:
             np.testing.assert_allclose(fwht(x), x @ _sylvester(p), rtol=1e-5,
                                        atol=1e-5 * np.sqrt(n))
         # H H = n I: back to n x, up to float32 rounding of log2(n) levels of sums

@@ -5,9 +5,13 @@ r"""The fast Walsh–Hadamard transform and FO-SGD's flattened, dithered one-bit
 :math:`O(n \log n)`. It is written as the Kronecker product it is,
 :math:`H_{2^p} = H_{2^{c_1}} \otimes \dots \otimes H_{2^{c_m}}` with blocks of at most
 :math:`2^7`: the vector reshaped to :math:`[2^{c_1}, \dots, 2^{c_m}]` and one small dense
-matmul per axis (three for :math:`n = 2^{20}`). On a 2-core CPU that measured a little faster
-than the :math:`p` butterfly passes (52 vs 59 ms at :math:`2^{20}`, under load;
-``benchmarks/compress_bench.py`` has the comparison with a dense matmul of the same size).
+matmul per axis (four for :math:`n = 2^{20}`), each contracting the first block axis so that
+no transpose is needed between them. On a 2-core CPU that measured a little faster than the
+:math:`p` butterfly passes (52 vs 59 ms at :math:`2^{20}`, under load, with blocks of
+:math:`2^7`; ``benchmarks/compress_bench.py`` has the comparison with a dense matmul of the
+same size). Blocks of :math:`2^5` without the transposes took 0.69x the time of blocks of
+:math:`2^7` with them (10 rows of :math:`2^{19}`, side by side, under load): 32 multiply-adds
+per entry and block where 128 were.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from jaxasync.compress.registry import register_compressor
 
 PyTree = Any
 
-_BLOCK_BITS = 7
+_BLOCK_BITS = 5
 
 
 @cache
@@ -52,10 +56,10 @@ def fwht(x: Array) -> Array:
         rest -= c
     lead = x.shape[:-1]
     y = x.reshape(lead + tuple(1 << c for c in blocks))
-    for i, c in enumerate(blocks):
-        axis = len(lead) + i
-        h = jnp.asarray(_sylvester(c), x.dtype)
-        y = jnp.moveaxis(jnp.tensordot(y, h, axes=([axis], [1])), -1, axis)
+    # each product contracts the first block axis and appends the result's axis last: after
+    # one product per block the axes are back in order, with no transpose in between
+    for c in blocks:
+        y = jnp.tensordot(y, jnp.asarray(_sylvester(c), x.dtype), axes=([len(lead)], [1]))
     return y.reshape(x.shape)
 
 
@@ -103,6 +107,11 @@ def fo_sgd(lam: float | None = None) -> Compressor:
     (Jacques and Cambareri 2017; Dirksen and Mendelson 2021); :math:`\lambda =
     \|y\|_\infty` is our choice (the smallest range that keeps every entry unsaturated), and
     ``lam`` gives the saturating, biased regime the abstract describes.
+
+    Not under 1x one gradient's time on the SASG shape (``benchmarks/compress_bench.py``):
+    two transforms of :math:`2^{19}` entries per worker (the kernel's 401,408 padded) cost
+    15x (side by side, under load 2-3; 23-28x with the transform's earlier blocks of
+    :math:`2^7`, see :func:`fwht`).
 
     Reference: Stollenwerk, Jacques, "Flattened one-bit stochastic gradient descent:
     compressed distributed optimization with controlled variance", arXiv 2405.11095 (2024).

@@ -19,13 +19,13 @@ from jaxasync.compress.base import (
     Compressor,
     Stateful,
     f32,
+    fused_sums,
     per_leaf,
     size,
     uniform,
     uniform_bits,
 )
 from jaxasync.compress.registry import register_compressor
-from jaxasync.compress.sparsify import _count_true
 
 PyTree = Any
 
@@ -103,6 +103,10 @@ def qsgd(levels: int) -> Compressor:
     bits per layer :math:`= 32 + d_l\,(1 + \lceil \log_2(s+1) \rceil)`: the float32 norm, then a
     sign bit and a fixed-width level index in :math:`\{0,\dots,s\}` per entry. This is the
     simple fixed-width encoding, not the Elias coding of the paper, which is shorter.
+
+    On the SASG shape (``benchmarks/compress_bench.py``, side by side, under load 2-3):
+    0.7-0.8x one gradient's time (0.9-1.0x with the two-round hash before
+    :func:`jaxasync.compress.base.random_bits` took one).
 
     Reference: Alistarh, Grubic, Li, Tomioka, Vojnovic, "QSGD: communication-efficient SGD
     via gradient quantization and encoding", NeurIPS 2017 (arXiv 1610.02132).
@@ -220,13 +224,16 @@ def onebit(per_column: bool = False) -> Compressor:
     columns: the last axis of a kernel ``[in, out]``). Meant with error feedback, as in the
     paper.
 
-    Written for speed: the class counts and sums are one bit-packed count of the negatives
-    (:func:`jaxasync.compress.sparsify._count_true`) and sums of :math:`\min(x, 0)` and
-    :math:`\max(x, 0)`, where a sum of a select per class was 4-8x slower on XLA's CPU
-    backend; on the SASG shape (``benchmarks/compress_bench.py``) 8x one gradient's time
-    before, 1.7-2.3x after (side by side, under load 6-8; 1.72x on quiet cores): still
-    above 1x, as it reads the layer four times (the count, two sums, the message) where the
-    gradient is one small matmul per layer.
+    Written for speed: the count of the negatives and the sums of :math:`\min(x, 0)` and
+    :math:`\max(x, 0)` (no select inside a reduction, 4-8x slower on XLA's CPU backend) are
+    taken in one pass over the layer (:func:`jaxasync.compress.base.fused_sums`), then the
+    message in a second: two reads of the layer where there were four (a count, two sums
+    whose ``max(x, 0)`` XLA fed from a materialised array of zeros, the message). On the SASG
+    shape (``benchmarks/compress_bench.py``, side by side, under load 2-3): 1.7-2.5x one
+    gradient's time before, 0.8-1.4x after (0.9-1.0x in runs of two compressors). It cannot
+    go much lower: scaled sign, one reduction and the message, measured 0.7-0.9x beside it.
+    The count is a float32 sum, exact up to :math:`2^{24}` entries per layer.
+    (The ``per_column`` form keeps one reduction per quantity.)
 
     References: Seide, Fu, Droppo, Li, Yu, "1-bit stochastic gradient descent and its
     application to data-parallel distributed training of speech DNNs", Interspeech 2014
@@ -240,13 +247,15 @@ def onebit(per_column: bool = False) -> Compressor:
         axes = tuple(range(x.ndim - 1)) if per_column and x.ndim >= 2 else None
         neg = x < 0
         if axes is None:
-            n_neg = _count_true(jnp.ravel(neg)).astype(jnp.float32)
+            # the class sums as sums of min(x, 0) and max(x, 0), in one pass with the count
+            s_neg, s_pos, n_neg = fused_sums(x, (lambda v: jnp.minimum(v, 0.0),
+                                                 lambda v: jnp.maximum(v, 0.0),
+                                                 lambda v: (v < 0).astype(jnp.float32)))
         else:
             n_neg = jnp.sum(neg.astype(jnp.float32), axis=axes, keepdims=True)
+            s_neg = jnp.sum(jnp.minimum(x, 0.0), axis=axes, keepdims=True)
+            s_pos = jnp.sum(jnp.maximum(x, 0.0), axis=axes, keepdims=True)
         n_pos = jnp.float32(x.size if axes is None else math.prod(x.shape[:-1])) - n_neg
-        # the class sums as sums of min(x, 0) and max(x, 0): no select inside the reductions
-        s_neg = jnp.sum(jnp.minimum(x, 0.0), axis=axes, keepdims=True)
-        s_pos = jnp.sum(jnp.maximum(x, 0.0), axis=axes, keepdims=True)
         mean_neg = s_neg / jnp.maximum(n_neg, 1.0)
         mean_pos = s_pos / jnp.maximum(n_pos, 1.0)
         out = jnp.where(neg, mean_neg, mean_pos).astype(leaf.dtype)
@@ -279,6 +288,12 @@ def terngrad(clip: float | None = None) -> Compressor:
     :math:`\omega`. bits per layer :math:`= 2 d_l + 32` (two bits per ternary entry, the
     float32 scale).
 
+    Written for speed: the draw is one hash round per entry
+    (:func:`jaxasync.compress.base.random_bits`), and :math:`u s < |x|` is tested as
+    :math:`u s < x` or :math:`u s < -x`, since an :math:`|x|` shared with the max was
+    written to memory and read back. On the SASG shape (``benchmarks/compress_bench.py``,
+    side by side, under load 2-3): 1.3-1.4x one gradient's time before, 0.8-1.1x after.
+
     Reference: Wen, Xu, Yan, Wu, Wang, Chen, Li, "TernGrad: ternary gradients to reduce
     communication in distributed deep learning", NeurIPS 2017 (arXiv 1705.07878), Eq. (4);
     GRACE ``grace_dl/torch/compressor/terngrad.py``.
@@ -290,7 +305,9 @@ def terngrad(clip: float | None = None) -> Compressor:
             sigma = jnp.sqrt(jnp.mean(jnp.square(x - jnp.mean(x))))
             x = jnp.clip(x, -clip * sigma, clip * sigma)
         s = jnp.max(jnp.abs(x))
-        keep = uniform(key, x.shape) * s < jnp.abs(x)
+        # u s < |x| as two comparisons: an abs shared with the max above is materialised
+        t = uniform(key, x.shape) * s
+        keep = (t < x) | (t < -x)
         out = jnp.where(keep, s * jnp.sign(x), 0.0).astype(leaf.dtype)
         return out, 2 * size(leaf) + 32
 
@@ -320,6 +337,10 @@ def natural() -> Compressor:
     rounds to 0 or :math:`2^{-126}` with the same rule (still unbiased); zero stays zero;
     the largest binade may round up to infinity. bits :math:`= 9 d` (sign and 8-bit
     exponent: the paper's count, the KAUST library's ``CompressedNatVector``).
+
+    On the SASG shape (``benchmarks/compress_bench.py``, side by side, under load 2-3):
+    0.5-0.6x one gradient's time (0.5-0.7x before :func:`jaxasync.compress.base.random_bits`
+    took one hash round where it took two).
 
     Reference: Horváth, Ho, Horváth, Sahu, Canini, Richtárik, "Natural compression for
     distributed deep learning", MSML 2022 (arXiv 1905.10988), Section 3; GRACE
