@@ -69,10 +69,11 @@ EVAL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 #: XLA option (CPU) of the step program: YNNPACK for dots only, not for reductions. jaxlib 0.8+
 #: hands small reductions to YNNPACK, whose call costs tens of microseconds where XLA's own
 #: loop takes one: on the 2-core CPU the worst-case quadratic's 21-member grid spent 57 of its
-#: ~75 us per step in one such reduction (the loss's inner product), and the runner's ASGD
-#: on MNIST FC (M = K = 16) went from 0.92 to 1.27 of the bare vmapped-gradient limit without
-#: them (``benchmarks/throughput.py``; ``benchmarks/async_bench.py``). Older jaxlibs have no
-#: YNNPACK and no such option (:func:`step_options` then gives none).
+#: ~75 us per step in one such reduction (the loss's inner product; ``benchmarks/
+#: async_bench.py``). On MNIST FC (``benchmarks/throughput.py``, M = K = 16) it makes no
+#: difference on quiet cores (runner 1.00 and 0.93 of the bare vmapped-gradient limit with it,
+#: 1.04 and 0.94 without, alternated). Older jaxlibs have no YNNPACK and no such option
+#: (:func:`step_options` then gives none).
 STEP_YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
