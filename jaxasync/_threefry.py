@@ -12,11 +12,11 @@ form, ``benchmarks/async_bench.py``).
 
 :func:`install` registers, for the CPU only, a lowering of ``threefry2x32_p`` that writes the
 20 rounds out for small operands (:data:`UNROLL_MAX`) of a program lowered inside
-:func:`unrolled` (XLA fuses them into one kernel per draw), and keeps the loop elsewhere. It computes the same function in
-uint32 arithmetic (wrap-around adds, rotations, xors: exact), so every random stream, and
-every stored result, is bitwise unchanged (``tests/test_threefry.py`` checks it against JAX's
-own lowering). The registration is global to the process and idempotent; outside
-:func:`unrolled` it lowers as JAX does.
+:func:`unrolled` (XLA fuses them into one kernel per draw), and keeps the loop elsewhere. It
+computes the same function in uint32 arithmetic (wrap-around adds, rotations, xors: exact), so
+every random stream, and every stored result, is bitwise unchanged (``tests/test_threefry.py``
+checks it against JAX's own lowering). The registration is global to the process and
+idempotent; outside :func:`unrolled` it lowers as JAX does (a loop).
 """
 
 from __future__ import annotations

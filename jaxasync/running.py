@@ -77,7 +77,7 @@ EVAL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 STEP_YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def step_options() -> dict | None:
     """The step program's XLA options on this backend (:data:`STEP_YNN` on a CPU whose XLA
     knows it; None elsewhere)."""

@@ -52,7 +52,7 @@ def test_unrolled_threefry_draws_the_same_bits_as_jax(tmp_path):
     ``unrolled()``) and as a loop (outside it, and large draws)."""
     ref, ours = _draws(tmp_path, False), _draws(tmp_path, True)
     assert len(ref) == len(ours) == 9
-    for a, b in zip(ref, ours):
+    for a, b in zip(ref, ours, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
