@@ -20,7 +20,7 @@ one arrival per server step, batch 1. Printed, for n = 10, 100, 1,000, 10,000 wo
 then has one thread). The KAUST simulator is one single-threaded NumPy process per run, so this
 is the like-for-like comparison; it is also faster for this model: every kernel of a d = 1,000
 step lasts a microsecond or two, and handing them to a second thread costs more than it saves
-(on the 2-core CPU ASGD at n = 10 ran at 97k arrivals/s on both cores, 163k on one). For
+(on the quiet 2-core CPU ASGD at n = 10 ran at 84k arrivals/s on both cores, 159k on one). For
 models whose kernels are large (MNIST's matmuls) both cores are faster; run those unpinned.
 
 Variants alternate within one process (``--repeat`` rounds, medians), so a shared machine's
