@@ -56,9 +56,9 @@ def threefry2x32(k0, k1, x0, x1):
 
 
 def _rolled(k0, k1, x0, x1):
-    """The same hash as :func:`threefry2x32`, its five 4-round blocks a ``fori_loop`` (JAX's
-    own CPU form): a small program for large operands, whose draws cost far more than a loop's
-    iterations."""
+    """The same hash as :func:`threefry2x32`, its five 4-round blocks a ``fori_loop`` (the form
+    JAX itself uses on the CPU, whose rule is private, hence written here): a small program for
+    large operands, whose draws cost far more than a loop's iterations."""
     import jax
     import jax.numpy as jnp
 

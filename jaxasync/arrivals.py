@@ -181,7 +181,7 @@ class Arrivals:
         b = self.cfg.batch_size
         k_idx, k_aug = jax.random.split(key)
         if self.cfg.full_batch:
-            idx = worker_rows(data.shard_index, ids)                                   # [W, n]
+            idx = worker_rows(data.shard_index, ids)                      # [W, n]
         elif self.cfg.sampling == "epochs":
             # row i's draws continue its worker's stream where its last batch ended
             size = data.shard_size[ids]

@@ -139,8 +139,8 @@ def run_parts(prep: Any, ring: Any) -> list[Part]:
              "workload.name", cfg.workload.name, "use a smaller model, or fewer members"),
         Part("the data on the device (train and test sets)", data_bytes,
              "workload.name", cfg.workload.name, "use a smaller data set"),
-        Part(f"the shard index of M = {m} workers x {prep.index.shape[1]} examples "
-             f"(workload.partition={cfg.workload.partition})", index_bytes,
+        Part(f"the shard index ({prep.index.shape[0]} row(s) x {prep.index.shape[1]} examples, "
+             f"workload.partition={cfg.workload.partition})", index_bytes,
              "run.num_workers", m, "use fewer workers"),
         Part(f"the metric history ({chunks} evaluation points x {members} member(s))",
              chunks * members * HISTORY_ROW_BYTES,

@@ -10,8 +10,11 @@ import numpy as np
 SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
 def draws(k):
+    # (uniform floats are built from the bits exactly: mantissa bits | 1.0, minus 1.0; a
+    # transcendental map such as normal's erfinv is left out, as two programs may round it
+    # differently)
     return (jax.random.key_data(jax.random.split(k, 5)), jax.random.uniform(k, (1000,)),
-            jax.random.normal(k, (3, 7)), jax.random.randint(k, (11,), 0, 100),
+            jax.random.randint(k, (11,), 0, 100),
             jax.random.bits(k, (4,), jnp.uint32), jax.random.permutation(k, 9),
             jax.random.key_data(jax.random.fold_in(k, 7)))
 def big(k):      # past UNROLL_MAX: the loop even inside unrolled()
@@ -47,11 +50,12 @@ def _draws(tmp_path, install: bool) -> list[np.ndarray]:
 
 
 def test_unrolled_threefry_draws_the_same_bits_as_jax(tmp_path):
-    """Integer arithmetic only (wrap-around adds, rotations, xors): equal bit for bit, in a
+    """Integer arithmetic only (wrap-around adds, rotations, xors; the uniform floats are exact
+    bit manipulations of them): equal bit for bit, in a
     process with JAX's lowering and one with ours, unrolled (small draws inside
     ``unrolled()``) and as a loop (outside it, and large draws)."""
     ref, ours = _draws(tmp_path, False), _draws(tmp_path, True)
-    assert len(ref) == len(ours) == 9
+    assert len(ref) == len(ours) == 8
     for a, b in zip(ref, ours, strict=True):
         np.testing.assert_array_equal(a, b)
 
